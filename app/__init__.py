@@ -1,0 +1,1 @@
+"""The FastAPI layer: app factory, routes, dependencies, error handlers, CLI."""

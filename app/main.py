@@ -1,0 +1,55 @@
+"""The app factory. Start-up checks the database, applies migrations and loads the
+embedding model once, so the first request is as fast as the rest."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.errors import install_error_handlers
+from app.middleware import RequestIdMiddleware
+from app.routes import health
+from core import SERVICE_NAME, __version__
+from core.database import check_database
+from core.embeddings import get_embed_model
+from core.migrate import upgrade
+from core.settings import Settings, get_settings
+
+logger = logging.getLogger("ils_rag")
+
+ROUTERS = [health.router]
+
+
+def prepare_runtime(settings: Settings) -> None:
+    """Everything the service needs before it takes traffic; raises ConfigurationError."""
+    check_database(settings)
+    upgrade()
+    get_embed_model()
+
+
+def create_app(settings: Settings | None = None, *, prepare: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if prepare:
+            prepare_runtime(settings)
+        app.state.embed_model_loaded = True
+        yield
+
+    app = FastAPI(title=SERVICE_NAME, version=__version__, lifespan=lifespan,
+                  description="Multi-tenant retrieval-augmented generation for optical practices.")
+    app.state.settings = settings
+    app.state.embed_model_loaded = False
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
+                           allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(RequestIdMiddleware)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

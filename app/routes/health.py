@@ -1,0 +1,79 @@
+"""Liveness and discovery: `GET /health` and `GET /` (the seed's shapes, extended)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from core import SERVICE_NAME, __version__
+from core.database import get_engine, pgvector_version
+from core.embeddings import embedding_info, get_embed_model
+
+router = APIRouter(tags=["health"])
+
+
+class DatabaseStatus(BaseModel):
+    reachable: bool
+    embedded: bool
+    pgvector_version: str | None = None
+    error: str | None = None
+
+
+class EmbeddingStatus(BaseModel):
+    loaded: bool
+    model: str
+    dimensions: int | None = None
+    max_input_tokens: int | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str
+    service: str
+    version: str
+    database: DatabaseStatus
+    embedding: EmbeddingStatus
+
+
+class RootResponse(BaseModel):
+    service: str
+    version: str
+    docs: str
+    endpoints: list[str]
+
+
+def _database_status(embedded: bool) -> DatabaseStatus:
+    try:
+        with get_engine().connect() as connection:
+            connection.execute(text("SELECT 1"))
+            return DatabaseStatus(reachable=True, embedded=embedded, pgvector_version=pgvector_version(connection))
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return DatabaseStatus(reachable=False, embedded=embedded, error=reason)
+
+
+@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+def health(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
+    database = _database_status(settings.embedded_database)
+    loaded = getattr(request.app.state, "embed_model_loaded", False)
+    info = embedding_info(get_embed_model()) if loaded else None
+    embedding = EmbeddingStatus(
+        loaded=loaded, model=settings.embedding_model,
+        dimensions=info.dimensions if info else None, max_input_tokens=info.max_input_tokens if info else None,
+    )
+    healthy = database.reachable and bool(database.pgvector_version) and loaded
+    body = HealthResponse(status="healthy" if healthy else "unhealthy", service=SERVICE_NAME, version=__version__,
+                          database=database, embedding=embedding)
+    return JSONResponse(status_code=200 if healthy else 503, content=body.model_dump())
+
+
+@router.get("/", response_model=RootResponse)
+def root(request: Request) -> RootResponse:
+    endpoints = sorted(
+        {f"{method} {route.path}" for route in request.app.routes
+         for method in (getattr(route, "methods", None) or ()) if method not in ("HEAD", "OPTIONS")
+         and getattr(route, "include_in_schema", False)}
+    )
+    return RootResponse(service=SERVICE_NAME, version=__version__, docs="/docs", endpoints=endpoints)

@@ -1,0 +1,1 @@
+"""Tokens, passwords, users, companies and permissions."""

@@ -1,0 +1,77 @@
+"""Companies and users: creation, lookup, listing. Shared by the CLI, the API and samples."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from auth.models import Company, User
+from auth.passwords import hash_password
+from auth.permissions import ROLES
+from core.errors import Conflict, NotFound, ServiceError
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MIN_PASSWORD_LENGTH = 8
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create_company(session: Session, slug: str, name: str) -> Company:
+    if not SLUG_RE.match(slug):
+        raise ServiceError(f"company slug {slug!r} must be 2-63 lowercase letters, digits or dashes",
+                           code="VALIDATION_ERROR", status_code=422)
+    if session.scalar(select(Company).where(Company.slug == slug)):
+        raise Conflict(f"company {slug!r} already exists", code="COMPANY_EXISTS")
+    company = Company(id=new_id(), slug=slug, name=name, is_active=True)
+    session.add(company)
+    session.flush()
+    return company
+
+
+def get_company_by_slug(session: Session, slug: str) -> Company:
+    company = session.scalar(select(Company).where(Company.slug == slug))
+    if company is None:
+        raise NotFound(f"no company with slug {slug!r} (see `ils-rag companies list`)", code="COMPANY_NOT_FOUND")
+    return company
+
+
+def list_companies(session: Session) -> list[Company]:
+    return list(session.scalars(select(Company).order_by(Company.slug)))
+
+
+def create_user(session: Session, company_id: str, email: str, password: str, role: str,
+                full_name: str | None = None) -> User:
+    email = email.strip().lower()
+    if not EMAIL_RE.match(email):
+        raise ServiceError(f"{email!r} is not an email address", code="VALIDATION_ERROR", status_code=422)
+    if role not in ROLES:
+        raise ServiceError(f"role must be one of {', '.join(ROLES)}", code="VALIDATION_ERROR", status_code=422)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ServiceError(f"password must be at least {MIN_PASSWORD_LENGTH} characters",
+                           code="VALIDATION_ERROR", status_code=422)
+    if find_user_in_company(session, company_id, email):
+        raise Conflict(f"user {email} already exists in this company", code="USER_EXISTS")
+    user = User(id=new_id(), company_id=company_id, email=email, password_hash=hash_password(password),
+                role=role, full_name=full_name, is_active=True)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def find_user_in_company(session: Session, company_id: str, email: str) -> User | None:
+    return session.scalar(
+        select(User).where(User.company_id == company_id, func.lower(User.email) == email.strip().lower())
+    )
+
+
+def list_users(session: Session, company_id: str | None = None) -> list[User]:
+    query = select(User).order_by(User.company_id, User.email)
+    if company_id:
+        query = query.where(User.company_id == company_id)
+    return list(session.scalars(query))

@@ -1,0 +1,80 @@
+"""The one settings object: environment variables, then `.env`, then defaults.
+
+Every field is documented in the README's configuration table; keep both in step.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+PLACEHOLDER_SECRET = "your-secret-key-change-in-production"  # the seed's default, always refused
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Field(default=Path("data"), description="Embedded Postgres data, caches, generated secrets.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+
+    # Database
+    database_url: str | None = Field(default=None, description="Postgres with pgvector; unset = embedded server.")
+    db_pool_size: int = 10
+    db_connect_timeout_s: int = 5
+
+    # Embeddings
+    embedding_backend: Literal["local", "openai"] = "local"
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="Local: the bundled all-MiniLM-L6-v2 (or a path). OpenAI: text-embedding-3-small / ada-002.",
+    )
+    embedding_batch_size: int = 64
+
+    # LLM
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = Field(default=None, description="Any OpenAI-compatible endpoint.")
+    llm_model: str = "gpt-4o"
+    llm_timeout_s: float = 30.0
+    llm_max_retries: int = 2
+
+    # Auth
+    jwt_secret: SecretStr | None = None
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    jwt_public_key: str | None = Field(default=None, description="PEM, for RS256/ES256 platform tokens.")
+    jwt_private_key: str | None = Field(default=None, description="PEM, to sign our own RS256/ES256 tokens.")
+    jwt_issuer: str = "ils-platform"
+    jwt_audience: str = "ils-api"
+    access_token_minutes: int = 15
+    refresh_token_days: int = 14
+
+    # Limits
+    max_upload_mb: int = 20
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @property
+    def embedded_database(self) -> bool:
+        return not self.database_url
+
+    @property
+    def pgdata_dir(self) -> Path:
+        return self.data_dir.resolve() / "pg"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
