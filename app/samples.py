@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-
-from auth.users import create_company, create_user, find_user_in_company
-from auth.models import Company
-from core.database import session_scope
 from sqlalchemy import select
+
+from auth.models import Company
+from auth.users import create_company, create_user, find_user_in_company
+from core.database import session_scope
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 
@@ -44,7 +44,7 @@ def load_samples(console: Console) -> None:
         company = ensure_sample_company(slug)
         report = ingest_folder(SAMPLES_DIR / slug, company_id=company.id, sync=True, show_progress=True)
         console.print(f"[bold]{SAMPLE_COMPANIES[slug]}[/] ({slug}): {report.summary()}")
-    console.print("\nSample sign-ins (password for all: [bold]%s[/]):" % SAMPLE_PASSWORD)
+    console.print(f"\nSample sign-ins (password for all: [bold]{SAMPLE_PASSWORD}[/]):")
     for slug in SAMPLE_COMPANIES:
         for email, role in sample_users(slug):
             console.print(f"  {role:5}  {email}")

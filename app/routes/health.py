@@ -71,9 +71,6 @@ def health(request: Request) -> JSONResponse:
 
 @router.get("/", response_model=RootResponse)
 def root(request: Request) -> RootResponse:
-    endpoints = sorted(
-        {f"{method} {route.path}" for route in request.app.routes
-         for method in (getattr(route, "methods", None) or ()) if method not in ("HEAD", "OPTIONS")
-         and getattr(route, "include_in_schema", False)}
-    )
+    paths = request.app.openapi()["paths"]
+    endpoints = sorted(f"{method.upper()} {path}" for path, item in paths.items() for method in item)
     return RootResponse(service=SERVICE_NAME, version=__version__, docs="/docs", endpoints=endpoints)

@@ -117,7 +117,8 @@ def upgrade() -> None:
                "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)")
     # PGVectorStore filters compile to metadata_->>'key' = '...': index those expressions.
     op.execute("CREATE INDEX data_chunks_company_expr_idx ON data_chunks ((metadata_->>'company_id'))")
-    op.execute("CREATE INDEX data_chunks_ref_doc_idx ON data_chunks ((metadata_->>'company_id'), (metadata_->>'ref_doc_id'))")
+    op.execute("CREATE INDEX data_chunks_ref_doc_idx ON data_chunks "
+               "((metadata_->>'company_id'), (metadata_->>'ref_doc_id'))")
     op.execute("CREATE INDEX data_chunks_tsv_idx ON data_chunks USING gin (text_search_tsv)")
 
     # IngestionPipeline docstore (llama-index-storage-kvstore-postgres' table shape); its

@@ -1,0 +1,117 @@
+"""Shared fixtures: one embedded Postgres and one loaded model per test session, one
+fresh company per test. Network access beyond loopback is blocked for the whole run."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="ils-rag-test-"))
+os.environ["ENVIRONMENT"] = "test"
+os.environ["DATA_DIR"] = str(_SESSION_DIR)
+os.environ.setdefault("JWT_SECRET", "test-secret-" + "x" * 40)
+os.environ.pop("DATABASE_URL", None)
+os.environ.pop("OPENAI_API_KEY", None)
+os.environ.pop("OPENAI_BASE_URL", None)
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def _is_local(address: object) -> bool:
+    if isinstance(address, str | bytes):  # unix socket path
+        return True
+    host = address[0] if isinstance(address, tuple) else ""
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    if not _is_local(address):
+        raise OSError(f"tests may not reach the network: connect to {address!r} blocked")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: object) -> int:
+    if not _is_local(address):
+        raise OSError(f"tests may not reach the network: connect to {address!r} blocked")
+    return _real_connect_ex(self, address)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    """The session's embedded Postgres, migrated to head."""
+    from core.database import check_database, database_url
+    from core.migrate import upgrade
+
+    check_database()
+    upgrade()
+    yield database_url()
+
+
+@pytest.fixture(scope="session")
+def embed_model(database: str):
+    from core.embeddings import get_embed_model
+
+    return get_embed_model()
+
+
+@pytest.fixture(scope="session")
+def app(database: str, embed_model: object):
+    from app.main import create_app
+
+    return create_app()
+
+
+@pytest.fixture(scope="session")
+def client(app: object) -> Iterator[object]:
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as test_client:  # type: ignore[arg-type]
+        yield test_client
+
+
+@pytest.fixture
+def company(database: str):
+    """A fresh company per test, so tests never see each other's data."""
+    from auth.users import create_company
+    from core.database import session_scope
+
+    slug = f"t-{uuid.uuid4().hex[:12]}"
+    with session_scope() as session:
+        return create_company(session, slug, f"Test practice {slug}")
+
+
+@pytest.fixture
+def make_company(database: str):
+    from auth.users import create_company
+    from core.database import session_scope
+
+    def _make(name: str = "Test practice"):
+        slug = f"t-{uuid.uuid4().hex[:12]}"
+        with session_scope() as session:
+            return create_company(session, slug, name)
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "samples"
