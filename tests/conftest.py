@@ -115,3 +115,31 @@ def make_company(database: str):
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "samples"
+
+
+@pytest.fixture
+def make_user(database: str):
+    """Create a user in a company and return (user, headers with a fresh access token)."""
+    from auth.permissions import permissions_for
+    from auth.tokens import issue_access_token
+    from auth.users import create_user
+    from core.database import session_scope
+
+    def _make(company, role: str = "staff", password: str = "correct horse battery"):
+        with session_scope() as session:
+            user = create_user(session, company.id, f"{role}-{uuid.uuid4().hex[:8]}@example.com", password, role)
+        token, _ = issue_access_token(user_id=user.id, company_id=company.id, email=user.email, role=role,
+                                      permissions=permissions_for(role))
+        return user, {"Authorization": f"Bearer {token}"}
+
+    return _make
+
+
+@pytest.fixture
+def admin_headers(company, make_user) -> dict[str, str]:
+    return make_user(company, "admin")[1]
+
+
+@pytest.fixture
+def staff_headers(company, make_user) -> dict[str, str]:
+    return make_user(company, "staff")[1]

@@ -1,0 +1,54 @@
+"""FastAPI dependencies: the current user and company (from the token, never the body)
+and per-route permission checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from auth.permissions import Permission
+from auth.tokens import decode_access_token
+from core.errors import Forbidden, Unauthorized
+
+_bearer = HTTPBearer(auto_error=False, description="Access token from POST /api/auth/login")
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    id: str
+    company_id: str
+    email: str
+    role: str
+    permissions: frozenset[str]
+
+    def can(self, permission: Permission) -> bool:
+        return permission.value in self.permissions
+
+
+def get_current_user(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> CurrentUser:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise Unauthorized("Missing bearer token in the Authorization header", code="NOT_AUTHENTICATED")
+    claims = decode_access_token(credentials.credentials)
+    return CurrentUser(id=claims.user_id, company_id=claims.company_id, email=claims.email, role=claims.role,
+                       permissions=frozenset(claims.permissions))
+
+
+def require(permission: Permission) -> Callable[..., CurrentUser]:
+    """`user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))` on a route."""
+
+    def dependency(user: CurrentUser = Depends(get_current_user)) -> CurrentUser:
+        if not user.can(permission):
+            raise Forbidden(f"This action needs the {permission.value} permission", code="FORBIDDEN")
+        return user
+
+    return dependency
+
+
+def check_company(user: CurrentUser, company_id: str | None) -> str:
+    """A company_id sent by the client must be the token's own; absent, the token's is used."""
+    if company_id is not None and company_id != user.company_id:
+        raise Forbidden("company_id does not match your token's company", code="FORBIDDEN")
+    return user.company_id
