@@ -154,6 +154,28 @@ def users_list(company: Annotated[str | None, typer.Option(help="Company slug.")
     console.print(table)
 
 
+@users_app.command("deactivate")
+def users_deactivate(
+    company: Annotated[str, typer.Option(help="Company slug.")],
+    email: Annotated[str, typer.Option(help="Login email.")],
+    reactivate: Annotated[bool, typer.Option("--reactivate", help="Re-enable the user instead.")] = False,
+) -> None:
+    """Deactivate a user (sign-in and refresh stop at once), or re-enable one with --reactivate."""
+    from auth.users import find_user_in_company, get_company_by_slug, update_user
+    from core.database import session_scope, tenant
+    from core.errors import NotFound
+
+    prepared()
+    with session_scope() as session:
+        company_id = get_company_by_slug(session, company).id
+    with tenant(company_id), session_scope() as session:
+        user = find_user_in_company(session, company_id, email)
+        if user is None:
+            raise NotFound(f"no user {email} in {company} (see `ils-rag users list --company {company}`)")
+        update_user(session, company_id, user.id, actor_id=None, is_active=reactivate)
+        console.print(f"{'reactivated' if reactivate else 'deactivated'} {user.email} in {company}")
+
+
 @app.command("load-samples")
 def load_samples_command() -> None:
     """Create the two sample practices, their users, and ingest their documents (idempotent)."""

@@ -6,14 +6,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from auth.permissions import Permission
 from auth.tokens import decode_access_token
 from core.errors import Forbidden, Unauthorized
+from core.settings import Settings, get_settings
 
+# auto_error=False: FastAPI's own error for a missing or non-Bearer header is a 403 (older
+# releases) or a bare 401 without our code; we answer 401 NOT_AUTHENTICATED ourselves.
 _bearer = HTTPBearer(auto_error=False, description="Access token from POST /api/auth/login")
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 @dataclass(frozen=True)
@@ -28,10 +32,26 @@ class CurrentUser:
         return permission.value in self.permissions
 
 
-def get_current_user(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> CurrentUser:
+def get_app_settings(request: Request) -> Settings:
+    """The settings the app was created with (tests build apps with their own)."""
+    return getattr(request.app.state, "settings", None) or get_settings()
+
+
+def client_ip(request: Request) -> str | None:
+    """The peer address (uvicorn resolves X-Forwarded-For only from its trusted proxies)."""
+    return request.client.host if request.client else None
+
+
+def get_current_user(request: Request,
+                     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> CurrentUser:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise Unauthorized("Missing bearer token in the Authorization header", code="NOT_AUTHENTICATED")
-    claims = decode_access_token(credentials.credentials)
+        raise Unauthorized("Missing bearer token: send `Authorization: Bearer <token>` from POST /api/auth/login",
+                           code="NOT_AUTHENTICATED", headers=_CHALLENGE)
+    try:
+        claims = decode_access_token(credentials.credentials, get_app_settings(request))
+    except Unauthorized as exc:
+        exc.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
+        raise
     return CurrentUser(id=claims.user_id, company_id=claims.company_id, email=claims.email, role=claims.role,
                        permissions=frozenset(claims.permissions))
 

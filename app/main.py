@@ -12,7 +12,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handlers
 from app.middleware import RequestIdMiddleware
+from app.routes import auth as auth_routes
+from app.routes import chat as chat_routes
 from app.routes import health
+from app.routes import search as search_routes
+from app.routes import users as users_routes
+from auth.tokens import check_auth_configuration
 from core import SERVICE_NAME, __version__
 from core.database import check_database
 from core.embeddings import get_embed_model
@@ -21,11 +26,12 @@ from core.settings import Settings, get_settings
 
 logger = logging.getLogger("ils_rag")
 
-ROUTERS = [health.router]
+ROUTERS = [health.router, auth_routes.router, users_routes.router, search_routes.router, chat_routes.router]
 
 
 def prepare_runtime(settings: Settings) -> None:
     """Everything the service needs before it takes traffic; raises ConfigurationError."""
+    check_auth_configuration(settings)  # first: a bad JWT_SECRET fails in a second, before Postgres starts
     check_database(settings)
     upgrade()
     get_embed_model()

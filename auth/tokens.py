@@ -1,25 +1,44 @@
 """Access tokens with python-jose, in the ILS platform's claim set.
 
 Claims: userId, companyId, email, role, permissions, iat, exp, iss, aud (the seed's), plus
-sub, jti and typ. Decoding always names the algorithms, issuer and audience, and requires
-the claims python-jose would otherwise treat as optional.
+sub, jti, nbf and typ. Decoding always names the one configured algorithm, the issuer and
+the audience, and requires the claims python-jose would otherwise treat as optional
+(python-jose 3.5 skips the audience check entirely when a token has no `aud`, and never
+looks at an `iat` in the future; both are guarded here).
+
+The HS256 secret comes from JWT_SECRET; in development without one, a random secret is
+generated once and kept in DATA_DIR/jwt_secret (mode 0600) so restarts keep sessions valid.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from jose import ExpiredSignatureError, JWTError, jwt
+from jose import ExpiredSignatureError, JOSEError, jwk, jwt
 
 from core.errors import ConfigurationError, Unauthorized
 from core.settings import PLACEHOLDER_SECRET, Settings, get_settings
 
+logger = logging.getLogger(__name__)
+
 ACCESS_TYPE = "access"
+REFRESH_TYPE = "refresh"  # refresh tokens are opaque (auth.sessions); the name keeps kinds distinct
+ALLOWED_ALGORITHMS = frozenset({"HS256", "RS256", "ES256"})
 MIN_SECRET_BYTES = 32
+LEEWAY_S = 30
+MAX_TOKEN_CHARS = 8192  # a bearer token longer than this is refused before any parsing
+SECRET_FILE_NAME = "jwt_secret"
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "companyId")
+_SECRET_HINT = "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
 
 
 @dataclass(frozen=True)
@@ -34,23 +53,96 @@ class TokenClaims:
     expires_at: datetime
 
 
-def validate_secret(settings: Settings) -> None:
-    """Refuse to run with a missing, short or placeholder secret outside development."""
-    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
-    if settings.jwt_algorithm != "HS256" and settings.jwt_public_key:
-        return
+# --- configuration -------------------------------------------------------------------------
+
+
+def _configured_secret(settings: Settings) -> str | None:
+    if settings.jwt_secret is None:
+        return None
+    value = settings.jwt_secret.get_secret_value()
+    return value if value.strip() else None
+
+
+def _check_secret_strength(secret: str, source: str) -> None:
     if secret == PLACEHOLDER_SECRET:
-        raise ConfigurationError("JWT_SECRET is the seed's placeholder; set a random secret of 32+ bytes "
-                                 "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`).")
+        raise ConfigurationError(f"{source} is the seed's placeholder secret; set a random secret of "
+                                 f"{MIN_SECRET_BYTES}+ bytes {_SECRET_HINT}.")
     if len(secret.encode()) < MIN_SECRET_BYTES:
-        raise ConfigurationError(f"JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes "
-                                 "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`).")
+        raise ConfigurationError(f"{source} is shorter than {MIN_SECRET_BYTES} bytes; set a random secret "
+                                 f"{_SECRET_HINT}.")
+
+
+@lru_cache
+def _development_secret(path: Path) -> str:
+    """Read, or create once, the development secret file (0600). Cached per path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: two workers starting together cannot both write a different secret.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        secret = path.read_text().strip()
+        _check_secret_strength(secret, str(path))
+        return secret
+    secret = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    logger.warning("JWT_SECRET is not set: generated a development secret in %s", path)
+    return secret
+
+
+def resolve_jwt_secret(settings: Settings | None = None) -> str:
+    """The HS256 secret to sign and verify with; raises ConfigurationError when unusable.
+
+    JWT_SECRET wins; outside development it is required. In development without one, the
+    secret lives in DATA_DIR/jwt_secret, generated on first use.
+    """
+    settings = settings or get_settings()
+    secret = _configured_secret(settings)
+    if secret is not None:
+        _check_secret_strength(secret, "JWT_SECRET")
+        return secret
+    if settings.environment != "development":
+        raise ConfigurationError(f"JWT_SECRET must be set when ENVIRONMENT={settings.environment} "
+                                 f"(at least {MIN_SECRET_BYTES} bytes) {_SECRET_HINT}.")
+    return _development_secret(settings.data_dir.resolve() / SECRET_FILE_NAME)
+
+
+def _construct_key(pem: str, algorithm: str, name: str) -> None:
+    try:
+        jwk.construct(pem, algorithm)
+    except (JOSEError, ValueError, TypeError) as exc:
+        raise ConfigurationError(f"{name} is not a valid PEM key for JWT_ALGORITHM={algorithm} ({exc}).") from exc
+
+
+def check_auth_configuration(settings: Settings | None = None) -> None:
+    """Start-up check: everything token signing and verification needs, or a one-line error."""
+    settings = settings or get_settings()
+    if settings.jwt_algorithm not in ALLOWED_ALGORITHMS:  # pragma: no cover - Literal in Settings
+        raise ConfigurationError(f"JWT_ALGORITHM must be one of {', '.join(sorted(ALLOWED_ALGORITHMS))}.")
+    if _configured_secret(settings) == PLACEHOLDER_SECRET:
+        raise ConfigurationError(f"JWT_SECRET is the seed's placeholder secret; set a random secret of "
+                                 f"{MIN_SECRET_BYTES}+ bytes {_SECRET_HINT}.")
+    if settings.jwt_algorithm == "HS256":
+        resolve_jwt_secret(settings)
+        return
+    if not settings.jwt_public_key:
+        raise ConfigurationError(f"JWT_ALGORITHM={settings.jwt_algorithm} needs JWT_PUBLIC_KEY (PEM) to verify tokens.")
+    _construct_key(settings.jwt_public_key, settings.jwt_algorithm, "JWT_PUBLIC_KEY")
+    if settings.jwt_private_key:
+        _construct_key(settings.jwt_private_key, settings.jwt_algorithm, "JWT_PRIVATE_KEY")
+
+
+def can_issue_tokens(settings: Settings | None = None) -> bool:
+    """False in verify-only mode (RS256/ES256 with the platform's public key and no private key)."""
+    settings = settings or get_settings()
+    return settings.jwt_algorithm == "HS256" or bool(settings.jwt_private_key)
 
 
 def _signing_key(settings: Settings) -> str:
     if settings.jwt_algorithm == "HS256":
-        validate_secret(settings)
-        return settings.jwt_secret.get_secret_value()  # type: ignore[union-attr]
+        return resolve_jwt_secret(settings)
     if not settings.jwt_private_key:
         raise ConfigurationError(f"JWT_ALGORITHM={settings.jwt_algorithm} needs JWT_PRIVATE_KEY to issue tokens.")
     return settings.jwt_private_key
@@ -58,10 +150,13 @@ def _signing_key(settings: Settings) -> str:
 
 def _verification_key(settings: Settings) -> str:
     if settings.jwt_algorithm == "HS256":
-        return settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
+        return resolve_jwt_secret(settings)
     if not settings.jwt_public_key:
         raise ConfigurationError(f"JWT_ALGORITHM={settings.jwt_algorithm} needs JWT_PUBLIC_KEY.")
     return settings.jwt_public_key
+
+
+# --- access tokens -------------------------------------------------------------------------
 
 
 def issue_access_token(*, user_id: str, company_id: str, email: str, role: str, permissions: list[str],
@@ -72,38 +167,82 @@ def issue_access_token(*, user_id: str, company_id: str, email: str, role: str, 
     lifetime = timedelta(minutes=settings.access_token_minutes)
     claims: dict[str, Any] = {
         "userId": user_id, "sub": user_id, "companyId": company_id, "email": email, "role": role,
-        "permissions": permissions, "iat": int(now.timestamp()), "nbf": int(now.timestamp()),
+        "permissions": list(permissions), "iat": int(now.timestamp()), "nbf": int(now.timestamp()),
         "exp": int((now + lifetime).timestamp()), "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
         "jti": str(uuid.uuid4()), "typ": ACCESS_TYPE,
     }
     return jwt.encode(claims, _signing_key(settings), algorithm=settings.jwt_algorithm), int(lifetime.total_seconds())
 
 
+def _invalid(reason: str) -> Unauthorized:
+    return Unauthorized(f"Invalid authentication token: {reason}", code="INVALID_TOKEN")
+
+
+def _identifier(value: object) -> str | None:
+    """A user or company id as a non-empty string (the platform may send integers)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
 def decode_access_token(token: str, settings: Settings | None = None) -> TokenClaims:
+    """Verify an access token (ours or the platform's) and return its claims.
+
+    Raises Unauthorized: TOKEN_EXPIRED for an expired but otherwise genuine token,
+    INVALID_TOKEN for everything else. Never lets a parsing error escape as a 500.
+    """
     settings = settings or get_settings()
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+        raise _invalid("malformed token")
+    key = _verification_key(settings)
     try:
         claims = jwt.decode(
-            token, _verification_key(settings), algorithms=[settings.jwt_algorithm],
+            token, key, algorithms=[settings.jwt_algorithm],
             audience=settings.jwt_audience, issuer=settings.jwt_issuer,
             options={"require_exp": True, "require_iat": True, "require_aud": True, "require_iss": True,
-                     "leeway": 30},
+                     "verify_nbf": True, "leeway": LEEWAY_S},
         )
     except ExpiredSignatureError as exc:
         raise Unauthorized("Token expired", code="TOKEN_EXPIRED") from exc
-    except (JWTError, ValueError, TypeError) as exc:
-        raise Unauthorized("Invalid authentication token", code="INVALID_TOKEN") from exc
-    user_id = claims.get("userId") or claims.get("sub")
-    missing = [name for name in REQUIRED_CLAIMS if not claims.get(name)]
-    if missing or not user_id:
-        raise Unauthorized("Invalid authentication token: missing claims", code="INVALID_TOKEN")
+    except (JOSEError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        raise _invalid(str(exc).rstrip(".") or "cannot be verified") from exc
+    if not isinstance(claims, dict):
+        raise _invalid("claims are not an object")
+
+    missing = [name for name in REQUIRED_CLAIMS if claims.get(name) in (None, "", [])]
+    if missing:
+        raise _invalid(f"missing claims {', '.join(missing)}")
+    # Belt and braces for python-jose skipping the audience check when `aud` is absent.
+    audience = claims["aud"]
+    if not (audience == settings.jwt_audience or (isinstance(audience, list) and settings.jwt_audience in audience)):
+        raise _invalid("wrong audience")
+    if int(claims["iat"]) > time.time() + LEEWAY_S:  # python-jose only checks that iat is a number
+        raise _invalid("issued in the future")
+
+    user_id, subject = _identifier(claims.get("userId")), _identifier(claims.get("sub"))
+    if not (user_id or subject):
+        raise _invalid("missing claims userId/sub")
+    if user_id and subject and user_id != subject:
+        raise _invalid("userId and sub disagree")
+    company_id = _identifier(claims["companyId"])
+    if company_id is None:
+        raise _invalid("bad companyId claim")
+
     token_type = claims.get("typ", ACCESS_TYPE)  # platform tokens predate typ: they are access tokens
     if token_type != ACCESS_TYPE:
-        raise Unauthorized("Invalid authentication token: not an access token", code="INVALID_TOKEN")
+        raise _invalid("not an access token")
     permissions = claims.get("permissions") or []
     if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
-        raise Unauthorized("Invalid authentication token: bad permissions claim", code="INVALID_TOKEN")
+        raise _invalid("bad permissions claim")
+    email, role, jti = claims.get("email", ""), claims.get("role", ""), claims.get("jti")
+    if not isinstance(email, str) or not isinstance(role, str) or not (jti is None or isinstance(jti, str)):
+        raise _invalid("bad email, role or jti claim")
     return TokenClaims(
-        user_id=str(user_id), company_id=str(claims["companyId"]), email=str(claims.get("email", "")),
-        role=str(claims.get("role", "")), permissions=tuple(permissions), jti=claims.get("jti"),
-        token_type=token_type, expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        user_id=str(user_id or subject), company_id=company_id, email=email, role=role,
+        permissions=tuple(permissions), jti=jti, token_type=token_type,
+        expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
     )

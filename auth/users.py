@@ -8,9 +8,11 @@ import uuid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from auth import audit
 from auth.models import Company, User
 from auth.passwords import hash_password
 from auth.permissions import ROLES
+from auth.sessions import revoke_user_tokens
 from core.errors import Conflict, NotFound, ServiceError
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -75,3 +77,51 @@ def list_users(session: Session, company_id: str | None = None) -> list[User]:
     if company_id:
         query = query.where(User.company_id == company_id)
     return list(session.scalars(query))
+
+
+def find_user(session: Session, company_id: str, user_id: str) -> User | None:
+    return session.get(User, (company_id, user_id))
+
+
+def get_user(session: Session, company_id: str, user_id: str) -> User:
+    """A user of `company_id` only: another company's id is simply not found."""
+    user = find_user(session, company_id, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id} in your company", code="USER_NOT_FOUND")
+    return user
+
+
+def _active_admins(session: Session, company_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(User).where(
+        User.company_id == company_id, User.role == "admin", User.is_active.is_(True))) or 0
+
+
+def update_user(session: Session, company_id: str, user_id: str, *, actor_id: str | None,
+                role: str | None = None, is_active: bool | None = None, client_ip: str | None = None) -> User:
+    """Change a user's role and/or active flag, audited; deactivation revokes their refresh tokens.
+
+    Refuses a change that would leave the company without an active admin, so nobody can
+    lock a practice out of its own user management.
+    """
+    user = get_user(session, company_id, user_id)
+    if role is not None and role not in ROLES:
+        raise ServiceError(f"role must be one of {', '.join(ROLES)}", code="VALIDATION_ERROR", status_code=422)
+    loses_admin = user.role == "admin" and user.is_active and (
+        (role is not None and role != "admin") or is_active is False)
+    if loses_admin and _active_admins(session, company_id) <= 1:
+        raise Conflict("this is the company's last active admin; promote another admin first", code="LAST_ADMIN")
+    if role is not None and role != user.role:
+        audit.record(session, company_id, actor_id, audit.ROLE_CHANGED, target=user.id,
+                     details={"email": user.email, "from": user.role, "to": role}, client_ip=client_ip)
+        user.role = role
+    if is_active is not None and is_active != user.is_active:
+        user.is_active = is_active
+        if is_active:
+            audit.record(session, company_id, actor_id, audit.USER_REACTIVATED, target=user.id,
+                         details={"email": user.email}, client_ip=client_ip)
+        else:
+            revoked = revoke_user_tokens(session, company_id, user.id)
+            audit.record(session, company_id, actor_id, audit.USER_DEACTIVATED, target=user.id,
+                         details={"email": user.email, "revoked_refresh_tokens": revoked}, client_ip=client_ip)
+    session.flush()
+    return user

@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     llm_model: str = "gpt-4o"
     llm_timeout_s: float = 30.0
     llm_max_retries: int = 2
+    llm_fallback_extractive: bool = Field(
+        default=False, description="On LLM timeout/outage answer extractively instead of 502/504.")
+    llm_context_window: int = Field(
+        default=8192, description="Context window assumed for OpenAI-compatible models OpenAI does not list.")
+
+    # Retrieval
+    search_mode: Literal["vector", "text", "hybrid"] = Field(
+        default="vector", description="Default retrieval mode for search and chat.")
+    search_threshold: float = Field(
+        default=0.3, ge=-1.0, le=1.0, description="Default minimum cosine similarity of a returned chunk.")
+    chat_top_k: int = Field(default=5, ge=1, le=20, description="Chunks given to the answering step.")
+    max_query_chars: int = Field(default=2000, ge=10, description="Longest accepted search query / chat message.")
 
     # Auth
     jwt_secret: SecretStr | None = None
@@ -53,6 +65,9 @@ class Settings(BaseSettings):
     jwt_audience: str = "ils-api"
     access_token_minutes: int = 15
     refresh_token_days: int = 14
+    login_max_failures_per_account: int = Field(default=5, description="Failed logins per email per window.")
+    login_max_failures_per_address: int = Field(default=30, description="Failed logins per client IP per window.")
+    login_failure_window_s: int = Field(default=60, description="Sliding window for the two limits above.")
 
     # Limits
     max_upload_mb: int = 20

@@ -143,3 +143,63 @@ def admin_headers(company, make_user) -> dict[str, str]:
 @pytest.fixture
 def staff_headers(company, make_user) -> dict[str, str]:
     return make_user(company, "staff")[1]
+
+
+# --- retrieval and chat (issue 5) -------------------------------------------------------------
+
+
+@pytest.fixture
+def index_texts(database: str, embed_model):
+    """Index `[(filename, text, category)]` as one chunk each for a company, following the chunk
+    metadata contract (what ingestion writes); returns the node ids in order."""
+    from llama_index.core.schema import TextNode
+
+    from core.database import tenant
+    from core.vector_store import get_vector_store
+
+    def _index(company, items: list[tuple[str, str, str | None]], *, active: bool = True) -> list[str]:
+        nodes = []
+        for filename, text, category in items:
+            document_id = uuid.uuid4().hex
+            node = TextNode(id_=str(uuid.uuid4()), text=text, metadata={
+                "company_id": company.id, "source_document_id": document_id, "filename": filename,
+                "category": category, "is_active": active, "uploaded_by": None})
+            node.embedding = embed_model.get_text_embedding(text)
+            nodes.append(node)
+        with tenant(company.id):
+            return get_vector_store().add(nodes)
+
+    return _index
+
+
+@pytest.fixture(scope="session")
+def _fake_openai_server():
+    from tests.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_openai(_fake_openai_server):
+    """The loopback OpenAI-compatible server, reset for each test (reply, delay, failures, log)."""
+    _fake_openai_server.reset()
+    yield _fake_openai_server
+    _fake_openai_server.reset()
+
+
+@pytest.fixture
+def llm_client(app, fake_openai):
+    """`llm_client(**settings)`: a TestClient on an app whose LLM is the fake server."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from core.settings import Settings
+
+    def _make(**overrides):
+        values = {"openai_base_url": fake_openai.base_url, "openai_api_key": "sk-test", "llm_model": "gpt-4o",
+                  "llm_timeout_s": 5.0, "llm_max_retries": 1, **overrides}
+        return TestClient(create_app(Settings(**values), prepare=False))
+
+    return _make

@@ -1,0 +1,96 @@
+"""`POST /api/rag/search` and `POST /api/embeddings/generate` (the seed's shapes); the
+company always comes from the token."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import CurrentUser, get_app_settings, require
+from auth.permissions import Permission
+from core.embeddings import embedding_info, get_embed_model
+from core.errors import ServiceError
+from core.settings import Settings
+from retrieval.retriever import search
+
+router = APIRouter(tags=["search"])
+read = require(Permission.KNOWLEDGE_READ)
+_ERRORS = {401: {"description": "NOT_AUTHENTICATED / INVALID_TOKEN / TOKEN_EXPIRED"},
+           403: {"description": "FORBIDDEN: lacks knowledge:read"},
+           422: {"description": "VALIDATION_ERROR / QUERY_TOO_LONG / EMPTY_QUERY"}}
+HARD_MAX_CHARS = 100_000  # a body-size backstop; MAX_QUERY_CHARS is the real limit
+
+
+def check_text(text: str, settings: Settings, what: str = "query") -> str:
+    """Refuse empty and over-long input with a 422 a person can act on."""
+    stripped = text.strip()
+    if not stripped:
+        raise ServiceError(f"The {what} is empty; send some text.", code="EMPTY_QUERY", status_code=422)
+    if len(stripped) > settings.max_query_chars:
+        raise ServiceError(f"The {what} has {len(stripped)} characters; the limit is {settings.max_query_chars} "
+                           "(MAX_QUERY_CHARS). Shorten it.", code="QUERY_TOO_LONG", status_code=422)
+    return stripped
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=HARD_MAX_CHARS)
+    limit: int = Field(default=5, ge=1, le=50)
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0,
+                                    description="Minimum cosine similarity; default SEARCH_THRESHOLD.")
+    mode: Literal["vector", "text", "hybrid"] | None = Field(default=None, description="Default SEARCH_MODE.")
+
+
+class SearchResult(BaseModel):
+    id: str
+    content: str
+    filename: str | None
+    category: str | None
+    similarity: float
+    document_id: str | None = None
+
+
+class SearchResponse(BaseModel):
+    query: str
+    results: list[SearchResult]
+    total_found: int
+    mode: str
+    threshold: float
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=HARD_MAX_CHARS)
+
+
+class EmbeddingResponse(BaseModel):
+    embedding: list[float]
+    model: str
+    dimensions: int
+
+
+@router.post("/api/rag/search", response_model=SearchResponse, responses=_ERRORS)
+def rag_search(body: SearchRequest, request: Request, user: CurrentUser = Depends(read)) -> SearchResponse:
+    settings = get_app_settings(request)
+    query = check_text(body.query, settings)
+    mode = body.mode or settings.search_mode
+    threshold = settings.search_threshold if body.threshold is None else body.threshold
+    nodes = search(user.company_id, query, limit=body.limit, threshold=threshold, mode=mode)
+    results = [SearchResult(id=n.node.node_id, content=n.node.get_content(), filename=n.node.metadata.get("filename"),
+                            category=n.node.metadata.get("category"), similarity=round(float(n.score or 0.0), 6),
+                            document_id=n.node.metadata.get("source_document_id")) for n in nodes]
+    return SearchResponse(query=query, results=results, total_found=len(results), mode=mode, threshold=threshold)
+
+
+@router.post("/api/embeddings/generate", response_model=EmbeddingResponse, responses=_ERRORS)
+def generate_embedding(body: EmbeddingRequest, request: Request,
+                       user: CurrentUser = Depends(read)) -> EmbeddingResponse:
+    text = check_text(body.text, get_app_settings(request), what="text")
+    model = get_embed_model()
+    info = embedding_info(model)
+    vector = model.get_text_embedding(text)
+    return EmbeddingResponse(embedding=vector, model=info.name, dimensions=len(vector))

@@ -1,0 +1,84 @@
+"""Chunk sizes derived from the embedding model, counted in the model's own word pieces.
+
+all-MiniLM-L6-v2 reads at most 256 word pieces *including* [CLS] and [SEP] and silently
+drops the rest, so a chunk sized by SentenceSplitter's default (1,024 tiktoken tokens)
+would be three-quarters invisible to search. The splitter is given the model's tokenizer,
+and chunks embed their text alone (all metadata is excluded from the embed text), so
+"chunk_size" here means exactly what the model will see, minus a small safety margin for
+re-joined splits tokenizing differently at their seams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.node_parser import SentenceSplitter
+
+from core.embeddings import embedding_info, get_embed_model
+from core.settings import get_settings
+
+SEAM_MARGIN = 8  # word pieces kept free for splits that tokenize longer once joined
+OPENAI_CHUNK_SIZE = 512  # well under the 8k limit; long chunks make poor retrieval units
+
+
+class ModelTokenizer:
+    """`SentenceSplitter(tokenizer=...)` wants text -> list of tokens; this is the model's."""
+
+    def __init__(self, hf_tokenizer: Any) -> None:
+        self._tokenizer = hf_tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False, verbose=False)
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    model_limit: int  # word pieces the model reads, special tokens included
+    special_tokens: int
+    chunk_size: int
+    chunk_overlap: int
+
+
+def _hf_tokenizer(model: BaseEmbedding) -> Any | None:
+    st = getattr(model, "_model", None)
+    return getattr(st, "tokenizer", None)
+
+
+def chunk_plan(model: BaseEmbedding | None = None) -> ChunkPlan:
+    model = model or get_embed_model()
+    info = embedding_info(model)
+    tokenizer = _hf_tokenizer(model) if get_settings().embedding_backend == "local" else None
+    if tokenizer is None:
+        size = min(OPENAI_CHUNK_SIZE, info.max_input_tokens)
+        return ChunkPlan(info.max_input_tokens, 0, size, size // 8)
+    special = int(tokenizer.num_special_tokens_to_add(pair=False))
+    size = info.max_input_tokens - special - SEAM_MARGIN
+    return ChunkPlan(info.max_input_tokens, special, size, size // 8)
+
+
+def embed_tokenizer(model: BaseEmbedding | None = None) -> ModelTokenizer | None:
+    model = model or get_embed_model()
+    if get_settings().embedding_backend != "local":
+        return None
+    tokenizer = _hf_tokenizer(model)
+    return ModelTokenizer(tokenizer) if tokenizer is not None else None
+
+
+@lru_cache
+def get_splitter() -> SentenceSplitter:
+    """The one splitter configuration; its chunk ids are set per run (see pipeline)."""
+    return build_splitter()
+
+
+def build_splitter(model: BaseEmbedding | None = None, id_func: Any = None) -> SentenceSplitter:
+    plan = chunk_plan(model)
+    kwargs: dict[str, Any] = {"chunk_size": plan.chunk_size, "chunk_overlap": plan.chunk_overlap}
+    tokenizer = embed_tokenizer(model)
+    if tokenizer is not None:
+        kwargs["tokenizer"] = tokenizer
+    if id_func is not None:
+        kwargs["id_func"] = id_func
+    return SentenceSplitter(**kwargs)

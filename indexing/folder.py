@@ -1,0 +1,191 @@
+"""Keep a company's knowledge base in step with a folder of files (`ils-rag ingest`).
+
+A file whose bytes and category match an 'indexed' registry row is unchanged and never
+parsed; everything else is parsed (in `workers` threads), grouped into batches of about
+`BATCH_CHARS` characters, and handed to the pipeline. Embedding stays batched in the main
+thread: on a small CPU box the model already uses every core, so parallel *processes*
+(IngestionPipeline's num_workers, spawn-based) would only load the model N times and
+fight over the same cores; threads overlap file reading/parsing (and the tokenizer, which
+releases the GIL) with embedding instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import select
+
+from core.database import get_engine, session_scope, tenant
+from core.errors import NotFound, ServiceError
+from indexing.models import Document
+from indexing.pipeline import (
+    RESERVED_PREFIXES,
+    Outcome,
+    Source,
+    content_hash,
+    index_sources,
+    purge_document,
+    set_chunk_metadata,
+)
+from indexing.readers import IngestError, check_extension, read_parts, safe_source_key
+
+BATCH_CHARS = 200_000  # ~200 chunks per pipeline run: full embedding batches, bounded memory
+
+
+@dataclass
+class FileFailure:
+    source_key: str
+    code: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    """What one folder run did, per file."""
+
+    indexed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: list[FileFailure] = field(default_factory=list)
+    chunks_embedded: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        line = (f"{len(self.indexed)} indexed, {len(self.unchanged)} unchanged, {len(self.updated)} updated, "
+                f"{len(self.removed)} removed, {len(self.failed)} failed; "
+                f"{self.chunks_embedded} chunks embedded in {self.seconds:.1f}s")
+        for failure in self.failed:
+            line += f"\n  failed {failure.source_key}: [{failure.code}] {failure.reason}"
+        return line
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.action == "failed":
+            self.failed.append(FileFailure(outcome.source_key, outcome.code or "FAILED", outcome.reason or ""))
+        else:
+            getattr(self, outcome.action).append(outcome.source_key)
+            self.chunks_embedded += outcome.chunks_embedded
+
+
+def company_exists(company_id: str) -> bool:
+    with get_engine().connect() as connection:
+        return connection.execute(sa.text("SELECT 1 FROM companies WHERE id = :c"), {"c": company_id}).first() is not None
+
+
+def _list_files(root: Path) -> list[Path]:
+    """Every regular file below root, hidden files and folders skipped (editor/OS debris)."""
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _parse(path: Path, key: str, data: bytes, category: str | None, uploaded_by: str | None) -> Source | FileFailure:
+    try:
+        parts = read_parts(path.name, data)
+    except ServiceError as exc:
+        return FileFailure(key, exc.code, exc.message)
+    except Exception as exc:  # a reader bug must not stop the other files
+        return FileFailure(key, "READ_FAILED", f"{type(exc).__name__}: {exc}")
+    return Source(source_key=key, filename=path.name, data_hash=content_hash(data), size_bytes=len(data),
+                  parts=parts, category=category, keep_category=category is None, uploaded_by=uploaded_by)
+
+
+def _batches(sources: Iterator[Source | FileFailure], report: IngestReport) -> Iterator[list[Source]]:
+    batch: list[Source] = []
+    size = 0
+    for item in sources:
+        if isinstance(item, FileFailure):
+            report.failed.append(item)
+            continue
+        batch.append(item)
+        size += sum(len(p.text) for p in item.parts)
+        if size >= BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def ingest_folder(path: Path, company_id: str, *, category: str | None = None, sync: bool = False,
+                  workers: int = 1, uploaded_by: str | None = None, show_progress: bool = False) -> IngestReport:
+    """Index new and changed files of `path` for `company_id`; with `sync`, remove the
+    company's folder documents whose files are gone. Idempotent; safe to re-run after a crash."""
+    started = time.perf_counter()
+    root = Path(path)
+    if not root.is_dir():
+        raise IngestError(f"folder {str(path)!r} does not exist or is not a directory.", code="FOLDER_NOT_FOUND",
+                          status_code=404)
+    if not company_exists(company_id):
+        raise NotFound(f"no company with id {company_id!r}", code="COMPANY_NOT_FOUND")
+    report = IngestReport()
+    with session_scope() as session:
+        rows = {r.source_key: r for r in session.scalars(select(Document).where(Document.company_id == company_id))}
+
+    todo: list[tuple[Path, str, bytes]] = []
+    seen: set[str] = set()
+    for file in _list_files(root):
+        relative = file.relative_to(root).as_posix()
+        try:
+            key = safe_source_key(relative)
+            if key.startswith(RESERVED_PREFIXES):
+                raise IngestError(f"{relative!r} starts with a reserved prefix.", code="INVALID_FILENAME")
+            check_extension(key)
+        except ServiceError as exc:
+            report.failed.append(FileFailure(relative, exc.code, exc.message))
+            continue
+        seen.add(key)
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            report.failed.append(FileFailure(key, "READ_FAILED", f"cannot read the file: {exc.strerror or exc}"))
+            continue
+        row = rows.get(key)
+        if row is not None and row.status == "indexed" and row.content_hash == content_hash(data):
+            if category is not None and row.category != category:
+                _recategorise(company_id, row.id, category)
+                report.updated.append(key)
+            else:
+                report.unchanged.append(key)
+            continue
+        todo.append((file, key, data))
+
+    progress = _progress(show_progress)
+    with progress:
+        files_task = progress.add_task("files", total=len(todo))
+        chunks_task = progress.add_task("chunks embedded", total=None)
+
+        def done(outcome: Outcome) -> None:
+            progress.advance(files_task)
+            progress.advance(chunks_task, outcome.chunks_embedded)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ingest-read") as pool:
+            parsed = pool.map(lambda item: _parse(item[0], item[1], item[2], category, uploaded_by), todo)
+            for batch in _batches(parsed, report):
+                for outcome in index_sources(company_id, batch, on_done=done):
+                    report.add(outcome)
+        progress.update(files_task, completed=len(todo))
+
+    if sync:
+        for key, row in sorted(rows.items()):
+            if key not in seen and not key.startswith(RESERVED_PREFIXES) and purge_document(company_id, row.id):
+                report.removed.append(key)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _recategorise(company_id: str, document_id: str, category: str) -> None:
+    with tenant(company_id), get_engine().begin() as connection:
+        connection.execute(sa.text("UPDATE documents SET category = :cat, updated_at = now() "
+                                   "WHERE company_id = :c AND id = :d"),
+                           {"cat": category, "c": company_id, "d": document_id})
+        set_chunk_metadata(connection, company_id, document_id, "category", category)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=False)

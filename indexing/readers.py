@@ -1,0 +1,195 @@
+"""Turn one file's bytes into text parts with LlamaIndex's file readers, or a clear error.
+
+Every input is checked before a reader sees it (name, size, emptiness, binary junk,
+encoding), because the readers themselves either crash with library errors or, worse,
+index garbage. A file becomes one or more *parts* (PDF pages, Markdown sections); each
+part is one LlamaIndex Document in the pipeline, so an edit to one page re-embeds only it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import ServiceError
+
+TEXT_TYPES = {".md", ".markdown", ".txt", ".html", ".htm", ".csv"}
+BINARY_TYPES = {".pdf", ".docx"}
+SUPPORTED_EXTENSIONS = tuple(sorted(TEXT_TYPES | BINARY_TYPES))
+MAX_NAME_LENGTH = 512
+
+
+class IngestError(ServiceError):
+    """A file that cannot be indexed; `code` says why, per file, in a batch."""
+
+    status_code = 422
+    code = "INVALID_DOCUMENT"
+
+
+@dataclass
+class Part:
+    """A piece of a file with the location metadata the reader knows (page or section)."""
+
+    text: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def safe_source_key(name: str) -> str:
+    """Validate a client- or folder-supplied relative name and return its normal form.
+
+    Absolute paths, `..` components, drive letters, backslashes and control characters
+    are refused: the name becomes our source key and is shown back to users.
+    """
+    if not name or not name.strip():
+        raise IngestError("The file has no name.", code="INVALID_FILENAME")
+    if len(name) > MAX_NAME_LENGTH:
+        raise IngestError(f"The file name is longer than {MAX_NAME_LENGTH} characters.", code="INVALID_FILENAME")
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in name):
+        raise IngestError("The file name contains control characters.", code="INVALID_FILENAME")
+    if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise IngestError(f"{name!r} is an absolute or Windows path; send a plain file name.", code="UNSAFE_FILENAME")
+    parts = name.split("/")
+    if any(part in ("..", "") for part in parts):
+        raise IngestError(f"{name!r} contains '..' or empty path segments; send a plain file name.",
+                          code="UNSAFE_FILENAME")
+    normal = posixpath.normpath(name)
+    if normal.startswith("../") or normal == ".." or normal == ".":
+        raise IngestError(f"{name!r} points outside the knowledge base.", code="UNSAFE_FILENAME")
+    return normal
+
+
+def check_extension(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    if suffix not in TEXT_TYPES and suffix not in BINARY_TYPES:
+        raise IngestError(
+            f"{Path(name).name!r}: unsupported file type {suffix or '(none)'}; "
+            f"supported: {', '.join(SUPPORTED_EXTENSIONS)}.",
+            code="UNSUPPORTED_FILE_TYPE", status_code=415)
+    return suffix
+
+
+def _looks_binary(data: bytes) -> bool:
+    sample = data[:8192]
+    if b"\x00" in sample:
+        return True
+    control = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
+    return control > max(1, len(sample) // 20)
+
+
+def decode_text(name: str, data: bytes) -> str:
+    if _looks_binary(data):
+        raise IngestError(f"{name!r} is named as text but contains binary data.", code="BINARY_CONTENT")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IngestError(
+            f"{name!r} is not UTF-8 text (invalid byte at position {exc.start}); save it as UTF-8 and retry.",
+            code="NOT_UTF8") from exc
+
+
+def _markdown_parts(text: str) -> list[Part]:
+    from llama_index.readers.file import MarkdownReader
+
+    reader = MarkdownReader()
+    text = reader.remove_images(reader.remove_hyperlinks(text))
+    parts = []
+    for header, body in reader.markdown_to_tups(text):
+        if header is None:
+            parts.append(Part(body))
+        else:
+            parts.append(Part(f"{header}\n{body}", {"section": header[:200]}))
+    return parts
+
+
+def _csv_parts(text: str) -> list[Part]:
+    # Hand-written on purpose: LlamaIndex's CSV readers join bare cell values, so a row
+    # such as "Anti-reflective, Coating, 35.00" loses which number is the price once it is
+    # split away from the header. Each row here carries its column names.
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return []
+    header, body = rows[0], rows[1:]
+    if not body:
+        return [Part(", ".join(header))]
+    lines = []
+    for row in body:
+        cells = [f"{h.strip()}: {v.strip()}" for h, v in zip(header, row, strict=False) if v.strip()]
+        if cells:
+            lines.append("; ".join(cells))
+    return [Part("\n".join(lines))]
+
+
+def _with_temp_file(suffix: str, data: bytes, load: object) -> list:
+    with tempfile.TemporaryDirectory(prefix="ils-rag-read-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        return load(path)  # type: ignore[operator]
+
+
+def _html_parts(text: str) -> list[Part]:
+    from llama_index.readers.file import HTMLTagReader
+
+    docs = _with_temp_file(".html", text.encode("utf-8"), HTMLTagReader(tag="body").load_data)
+    if not docs:  # a fragment without <body>
+        from bs4 import BeautifulSoup
+
+        return [Part(BeautifulSoup(text, "html.parser").get_text("\n"))]
+    return [Part(doc.text) for doc in docs]
+
+
+def _pdf_parts(name: str, data: bytes) -> list[Part]:
+    from llama_index.readers.file import PDFReader
+
+    if not data.lstrip().startswith(b"%PDF-"):
+        raise IngestError(f"{name!r} is not a PDF (no %PDF header).", code="CORRUPTED_PDF")
+    try:
+        docs = _with_temp_file(".pdf", data, PDFReader().load_data)
+    except Exception as exc:  # pypdf raises many types (and PDFReader wraps them in RetryError)
+        raise IngestError(f"{name!r} is a damaged PDF that cannot be read.", code="CORRUPTED_PDF") from exc
+    return [Part(doc.text or "", {"page_label": str(doc.metadata.get("page_label", i + 1))})
+            for i, doc in enumerate(docs)]
+
+
+def _docx_parts(name: str, data: bytes) -> list[Part]:
+    from llama_index.readers.file import DocxReader
+
+    try:
+        docs = _with_temp_file(".docx", data, DocxReader().load_data)
+    except Exception as exc:  # docx2txt raises BadZipFile, KeyError...
+        raise IngestError(f"{name!r} is a damaged Word document that cannot be read.",
+                          code="CORRUPTED_DOCX") from exc
+    return [Part(doc.text or "") for doc in docs]
+
+
+def read_parts(name: str, data: bytes) -> list[Part]:
+    """Parse `data` (the contents of file `name`) into non-empty text parts.
+
+    Raises IngestError with a specific code for every kind of bad input.
+    """
+    suffix = check_extension(name)
+    label = Path(name).name
+    if not data or not data.strip():
+        raise IngestError(f"{label!r} is empty.", code="EMPTY_FILE")
+    if suffix == ".pdf":
+        parts = _pdf_parts(label, data)
+    elif suffix == ".docx":
+        parts = _docx_parts(label, data)
+    else:
+        text = decode_text(label, data)
+        if suffix in (".md", ".markdown"):
+            parts = _markdown_parts(text)
+        elif suffix == ".csv":
+            parts = _csv_parts(text)
+        elif suffix in (".html", ".htm"):
+            parts = _html_parts(text)
+        else:
+            parts = [Part(text)]
+    parts = [Part(p.text.strip(), p.metadata) for p in parts if p.text and p.text.strip()]
+    if not parts:
+        raise IngestError(f"{label!r} contains no extractable text (a scanned PDF needs OCR first).",
+                          code="NO_TEXT")
+    return parts

@@ -1,0 +1,266 @@
+"""Answers with citations: LlamaIndex's CondensePlusContextChatEngine over the tenant
+retriever when an LLM is configured, the extractive answerer otherwise.
+
+One turn: load the conversation (company + user scoped) from Postgres, rebuild the chat
+memory from it, condense the follow-up into a standalone question, retrieve the company's
+chunks above the threshold, and - only if something passed - ask the LLM with the chunks
+numbered [1]..[n]. `sources[n-1]` is passage [n]. The turn is stored afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.chat_engine import CondensePlusContextChatEngine
+from llama_index.core.llms import LLM
+from llama_index.core.memory import ChatMemoryBuffer
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from core.database import session_scope, tenant
+from core.embeddings import get_embed_model
+from core.errors import ServiceError
+from core.settings import Settings, get_settings
+from retrieval import conversations, prompts
+from retrieval.extractive import extractive_answer
+from retrieval.llm import build_llm, translate_llm_error
+from retrieval.retriever import TenantRetriever
+
+logger = logging.getLogger(__name__)
+
+SNIPPET_CHARS = 300
+MEMORY_TOKENS = 3000
+
+
+class NothingRelevant(Exception):
+    """Raised inside the engine when no chunk passed the threshold, before any answer LLM call."""
+
+    def __init__(self, query: str) -> None:
+        super().__init__(query)
+        self.query = query
+
+
+class NumberedContext(BaseNodePostprocessor):
+    """Prefix each passage with `[n] (filename)` so the LLM can cite it, and hide metadata from the LLM."""
+
+    def _postprocess_nodes(self, nodes: list[NodeWithScore],
+                           query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
+        numbered = []
+        for number, item in enumerate(nodes, start=1):
+            source = " ".join(str(item.node.metadata.get("filename") or "document").split())
+            node = TextNode(id_=item.node.node_id, text=f"[{number}] ({source})\n{item.node.get_content()}",
+                            metadata=dict(item.node.metadata))
+            node.excluded_llm_metadata_keys = list(node.metadata)
+            numbered.append(NodeWithScore(node=node, score=item.score))
+        return numbered
+
+
+class TenantChatEngine(CondensePlusContextChatEngine):
+    """Stops before the answering LLM call when retrieval found nothing (no tokens spent)."""
+
+    def _get_nodes(self, message: str) -> list[NodeWithScore]:
+        nodes = super()._get_nodes(message)
+        if not nodes:
+            raise NothingRelevant(message)
+        return nodes
+
+
+@dataclass
+class ChatResult:
+    answer: str
+    conversation_id: str
+    sources: list[dict[str, Any]]
+    is_relevant: bool
+    mode: str  # "llm" | "extractive" | "none"
+    used_external_ai: bool
+    retrieval_query: str
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def confidence(self) -> float:
+        return round(max((s["similarity"] for s in self.sources), default=0.0), 4)
+
+    def body(self) -> dict[str, Any]:
+        """The seed's response shape."""
+        return {
+            "answer": self.answer,
+            "conversationId": self.conversation_id,
+            "sources": self.sources,
+            "toolsUsed": ["vector_search", "knowledge_base"] + (["llm"] if self.used_external_ai else []),
+            "confidence": self.confidence,
+            "isRelevant": self.is_relevant,
+            "metadata": {
+                "responseTime": int((time.perf_counter() - self.started) * 1000),
+                "queryType": "knowledge" if self.is_relevant else "no_results",
+                "usedExternalAI": self.used_external_ai,
+                "mode": self.mode,
+                "retrievalQuery": self.retrieval_query,
+            },
+        }
+
+
+def _snippet(node: NodeWithScore) -> str:
+    text = node.node.get_content()
+    if text.startswith("[") and "\n" in text:  # drop the NumberedContext header
+        text = text.split("\n", 1)[1]
+    text = " ".join(text.split())
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rstrip() + "…"
+
+
+def source_list(nodes: list[NodeWithScore]) -> list[dict[str, Any]]:
+    return [{"citation": number, "document_id": n.node.metadata.get("source_document_id"),
+             "filename": n.node.metadata.get("filename"), "snippet": _snippet(n),
+             "similarity": round(float(n.score or 0.0), 4)}
+            for number, n in enumerate(nodes, start=1)]
+
+
+class ChatService:
+    """One company's user asking questions; the company comes from the verified token."""
+
+    def __init__(self, company_id: str, user_id: str, settings: Settings | None = None,
+                 embed_model: BaseEmbedding | None = None) -> None:
+        self.company_id = company_id
+        self.user_id = user_id
+        self.settings = settings or get_settings()
+        self.embed_model = embed_model or get_embed_model()
+        self.llm: LLM | None = build_llm(self.settings)
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _retriever(self) -> TenantRetriever:
+        return TenantRetriever(self.company_id, top_k=self.settings.chat_top_k, embed_model=self.embed_model)
+
+    def _history(self, conversation_id: str | None) -> list[conversations.Turn]:
+        if not conversation_id:
+            return []
+        with tenant(self.company_id), session_scope() as session:
+            return conversations.history(session, self.company_id, self.user_id, conversation_id)
+
+    def _engine(self, turns: list[conversations.Turn]) -> TenantChatEngine:
+        assert self.llm is not None
+        memory = ChatMemoryBuffer.from_defaults(chat_history=conversations.chat_history(turns),
+                                                token_limit=MEMORY_TOKENS)
+        return TenantChatEngine(retriever=self._retriever(), llm=self.llm, memory=memory,
+                                system_prompt=prompts.SYSTEM_PROMPT, context_prompt=prompts.CONTEXT_PROMPT,
+                                context_refine_prompt=prompts.CONTEXT_REFINE_PROMPT,
+                                condense_prompt=prompts.CONDENSE_PROMPT, node_postprocessors=[NumberedContext()])
+
+    @staticmethod
+    def extractive_query(message: str, turns: list[conversations.Turn]) -> str:
+        """Condensing without an LLM: the previous user question gives the follow-up its subject."""
+        previous = next((t.content for t in reversed(turns) if t.role == "user"), None)
+        return f"{previous} {message}" if previous else message
+
+    def _extractive(self, message: str, turns: list[conversations.Turn], conversation_id: str | None,
+                    started: float) -> ChatResult:
+        query = self.extractive_query(message, turns)
+        nodes = self._retriever().retrieve(query)
+        if not nodes:
+            return self._nothing(query, conversation_id, started)
+        answer = extractive_answer(query, nodes, self.embed_model)
+        return ChatResult(answer=answer, conversation_id=conversation_id or "",
+                          sources=source_list(nodes), is_relevant=True, mode="extractive", used_external_ai=False,
+                          retrieval_query=query, started=started)
+
+    def _nothing(self, query: str, conversation_id: str | None, started: float) -> ChatResult:
+        return ChatResult(answer=prompts.NOTHING_FOUND, conversation_id=conversation_id or "", sources=[],
+                          is_relevant=False, mode="none", used_external_ai=False, retrieval_query=query,
+                          started=started)
+
+    def _store(self, message: str, result: ChatResult, conversation_id: str | None) -> None:
+        with tenant(self.company_id), session_scope() as session:
+            row = conversations.open_conversation(session, self.company_id, self.user_id, conversation_id, message)
+            conversations.append_turn(session, self.company_id, row.id, message, result.answer, result.sources)
+            result.conversation_id = row.id
+
+    def _llm_failed(self, exc: Exception) -> ServiceError:
+        error = translate_llm_error(exc)
+        if error is None:
+            raise exc
+        logger.warning("LLM call failed (%s): %s", error.code, exc)
+        return error
+
+    # -- one turn -------------------------------------------------------------------------
+    def ask(self, message: str, conversation_id: str | None = None) -> ChatResult:
+        started = time.perf_counter()
+        turns = self._history(conversation_id)  # 404 before any work for a foreign id
+        if self.llm is None:
+            result = self._extractive(message, turns, conversation_id, started)
+        else:
+            try:
+                response = self._engine(turns).chat(message)
+                query = str(response.sources[0].raw_input.get("message", message)) if response.sources else message
+                result = ChatResult(answer=str(response.response), conversation_id=conversation_id or "",
+                                    sources=source_list(response.source_nodes), is_relevant=True, mode="llm",
+                                    used_external_ai=True, retrieval_query=query, started=started)
+            except NothingRelevant as nothing:
+                result = self._nothing(nothing.query, conversation_id, started)
+            except Exception as exc:
+                error = self._llm_failed(exc)
+                if not self.settings.llm_fallback_extractive:
+                    raise error from exc
+                result = self._extractive(message, turns, conversation_id, started)
+                result.mode = "extractive-fallback"
+        self._store(message, result, conversation_id)
+        return result
+
+    def stream(self, message: str, conversation_id: str | None = None) -> Iterator[tuple[str, Any]]:
+        """("token", text) events, then one ("sources", body) event. An LLM failure before the
+        first token raises a ServiceError (so the route can still answer 502/504); a failure
+        after it ends the stream with an ("error", {...}) event."""
+        started = time.perf_counter()
+        turns = self._history(conversation_id)
+        result: ChatResult | None = None
+        if self.llm is not None:
+            try:
+                streaming = self._engine(turns).stream_chat(message)
+                tokens = streaming.response_gen
+                first = next(tokens, None)  # the LLM request happens here
+            except NothingRelevant as nothing:
+                result = self._nothing(nothing.query, conversation_id, started)
+            except Exception as exc:
+                error = self._llm_failed(exc)
+                if not self.settings.llm_fallback_extractive:
+                    raise error from exc
+                result = self._extractive(message, turns, conversation_id, started)
+                result.mode = "extractive-fallback"
+            else:
+                return self._stream_llm(message, conversation_id, streaming, first, started)
+        if result is None:
+            result = self._extractive(message, turns, conversation_id, started)
+        return self._stream_done(message, conversation_id, result)
+
+    def _stream_llm(self, message: str, conversation_id: str | None, streaming: Any, first: str | None,
+                    started: float) -> Iterator[tuple[str, Any]]:
+        parts: list[str] = []
+        try:
+            if first:
+                parts.append(first)
+                yield "token", first
+            for token in streaming.response_gen:
+                parts.append(token)
+                yield "token", token
+        except Exception as exc:
+            error = translate_llm_error(exc)
+            logger.warning("LLM stream failed: %s", exc)
+            yield "error", {"error": error.message if error else "The answer stream failed; try again.",
+                            "code": error.code if error else "STREAM_FAILED"}
+            return
+        query = streaming.sources[0].raw_input.get("message", message) if streaming.sources else message
+        result = ChatResult(answer="".join(parts).strip(), conversation_id=conversation_id or "",
+                            sources=source_list(streaming.source_nodes), is_relevant=True, mode="llm",
+                            used_external_ai=True, retrieval_query=str(query), started=started)
+        self._store(message, result, conversation_id)
+        yield "sources", result.body()
+
+    def _stream_done(self, message: str, conversation_id: str | None,
+                     result: ChatResult) -> Iterator[tuple[str, Any]]:
+        self._store(message, result, conversation_id)
+        # No LLM: send the prepared answer line by line so clients handle one stream shape.
+        for line in result.answer.splitlines(keepends=True):
+            yield "token", line
+        yield "sources", result.body()

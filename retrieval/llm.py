@@ -1,0 +1,85 @@
+"""The answering LLM, chosen by settings, and the mapping of its failures to API errors.
+
+- OPENAI_API_KEY (and optionally OPENAI_BASE_URL): OpenAI's GPT-4 family (LLM_MODEL, default gpt-4o)
+  or any OpenAI-compatible endpoint, through llama-index-llms-openai;
+- neither: no LLM at all, answers are extractive (retrieval/extractive.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+from llama_index.core.base.llms.types import LLMMetadata
+from llama_index.llms.openai import OpenAI
+from llama_index.llms.openai.utils import openai_modelname_to_contextsize
+
+from core.errors import ServiceError
+from core.settings import Settings
+
+# OpenAI's SDK needs some key; compatible servers reached by base URL often ignore it.
+NO_KEY = "not-needed"
+
+
+class LLMTimeout(ServiceError):
+    status_code = 504
+    code = "LLM_TIMEOUT"
+
+
+class LLMUnavailable(ServiceError):
+    status_code = 502
+    code = "LLM_UNAVAILABLE"
+
+
+class ServiceOpenAI(OpenAI):
+    """llama-index's OpenAI LLM with one retry layer and any model name.
+
+    Why a subclass: the stock class retries twice over (a tenacity decorator with 1-20 s
+    waits around the SDK's own retries), so a dead endpoint could take minutes. Here the
+    decorator is off (max_retries=0 on the model) and the OpenAI SDK alone retries timeouts,
+    connection errors, 429 and 5xx `sdk_max_retries` times with its short exponential backoff.
+    Unknown model names (OpenAI-compatible servers) get LLM_CONTEXT_WINDOW instead of an error.
+    """
+
+    sdk_max_retries: int = 2
+    fallback_context_window: int = 8192
+
+    def _get_credential_kwargs(self, is_async: bool = False) -> dict[str, Any]:
+        return {**super()._get_credential_kwargs(is_async), "max_retries": self.sdk_max_retries}
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        try:
+            openai_modelname_to_contextsize(self._get_model_name())
+            return super().metadata
+        except ValueError:
+            return LLMMetadata(context_window=self.fallback_context_window, num_output=self.max_tokens or -1,
+                               is_chat_model=True, is_function_calling_model=False, model_name=self.model)
+
+
+def llm_configured(settings: Settings) -> bool:
+    return bool(settings.openai_api_key or settings.openai_base_url)
+
+
+def build_llm(settings: Settings) -> ServiceOpenAI | None:
+    """The configured LLM, or None for extractive mode."""
+    if not llm_configured(settings):
+        return None
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else NO_KEY
+    return ServiceOpenAI(model=settings.llm_model, api_key=key, api_base=settings.openai_base_url,
+                         timeout=settings.llm_timeout_s, max_retries=0, temperature=0.1,
+                         sdk_max_retries=max(0, settings.llm_max_retries),
+                         fallback_context_window=settings.llm_context_window)
+
+
+def translate_llm_error(exc: BaseException) -> ServiceError | None:
+    """A ServiceError for an LLM failure, or None if `exc` is not one."""
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMTimeout("The language model did not answer in time; try again shortly.")
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code in (401, 403):
+            return LLMUnavailable("The language model refused our credentials; check OPENAI_API_KEY.")
+        return LLMUnavailable(f"The language model service failed (HTTP {exc.status_code}); try again shortly.")
+    if isinstance(exc, openai.APIConnectionError | openai.OpenAIError):
+        return LLMUnavailable("The language model service cannot be reached; try again shortly.")
+    return None
