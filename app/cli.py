@@ -25,6 +25,8 @@ users_app = typer.Typer(help="Users of a company.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(companies_app, name="companies")
 app.add_typer(users_app, name="users")
+bench_app = typer.Typer(help="Benchmarks (each writes JSON to bench/results/).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -186,6 +188,33 @@ def load_samples_command() -> None:
 
 
 COMMANDS: list[Callable[[typer.Typer], None]] = []
+
+
+def _register_indexing(typer_app: typer.Typer) -> None:
+    from app.indexing_cli import register
+
+    register(typer_app)
+
+
+COMMANDS.append(_register_indexing)
+
+
+def _register_retrieval(typer_app: typer.Typer) -> None:
+    from retrieval.cli import register
+
+    register(typer_app)
+
+
+COMMANDS.append(_register_retrieval)
+
+
+def _register_evals(typer_app: typer.Typer) -> None:
+    from app.eval_cli import register
+
+    register(typer_app)
+
+
+COMMANDS.append(_register_evals)
 
 
 def main() -> None:

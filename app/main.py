@@ -14,9 +14,11 @@ from app.errors import install_error_handlers
 from app.middleware import RequestIdMiddleware
 from app.routes import auth as auth_routes
 from app.routes import chat as chat_routes
+from app.routes import documents as documents_routes
 from app.routes import health
 from app.routes import search as search_routes
 from app.routes import users as users_routes
+from app.routes import web as web_routes
 from auth.tokens import check_auth_configuration
 from core import SERVICE_NAME, __version__
 from core.database import check_database
@@ -26,7 +28,8 @@ from core.settings import Settings, get_settings
 
 logger = logging.getLogger("ils_rag")
 
-ROUTERS = [health.router, auth_routes.router, users_routes.router, search_routes.router, chat_routes.router]
+ROUTERS = [health.router, auth_routes.router, users_routes.router, search_routes.router, chat_routes.router,
+           documents_routes.router, web_routes.router]
 
 
 def prepare_runtime(settings: Settings) -> None:

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         description="Local: the bundled all-MiniLM-L6-v2 (or a path). OpenAI: text-embedding-3-small / ada-002.",
     )
     embedding_batch_size: int = 64
+    embedding_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="onnx",
+        description="Local model runtime: onnx (exported + fused at first use, same vectors as torch, faster), "
+                    "onnx-int8 (quantized, fastest, cosine ≈ 0.99 to fp32), torch (fp32, the fallback).",
+    )
+    query_cache_size: int = Field(default=1024, ge=0, description="Repeated query embeddings kept in memory; 0 = off.")
 
     # LLM
     openai_api_key: SecretStr | None = None
@@ -50,9 +56,10 @@ class Settings(BaseSettings):
 
     # Retrieval
     search_mode: Literal["vector", "text", "hybrid"] = Field(
-        default="vector", description="Default retrieval mode for search and chat.")
+        default="hybrid", description="Default retrieval mode: vector, text, or hybrid (RRF of both).")
     search_threshold: float = Field(
-        default=0.3, ge=-1.0, le=1.0, description="Default minimum cosine similarity of a returned chunk.")
+        default=0.25, ge=-1.0, le=1.0,
+        description="Default minimum cosine similarity of a returned chunk (same meaning in every mode).")
     chat_top_k: int = Field(default=5, ge=1, le=20, description="Chunks given to the answering step.")
     max_query_chars: int = Field(default=2000, ge=10, description="Longest accepted search query / chat message.")
 
@@ -71,6 +78,9 @@ class Settings(BaseSettings):
 
     # Limits
     max_upload_mb: int = 20
+    max_upload_files: int = Field(default=20, description="Files per POST /api/documents request.")
+    upload_inline_max_kb: int = Field(default=256, description="Uploads above this are indexed in the background.")
+    ingest_batch_chars: int = Field(default=200_000, description="Text per pipeline run (~chunks x 1,000).")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("cors_origins", mode="before")

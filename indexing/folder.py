@@ -2,7 +2,7 @@
 
 A file whose bytes and category match an 'indexed' registry row is unchanged and never
 parsed; everything else is parsed (in `workers` threads), grouped into batches of about
-`BATCH_CHARS` characters, and handed to the pipeline. Embedding stays batched in the main
+`INGEST_BATCH_CHARS` characters, and handed to the pipeline. Embedding stays batched in the main
 thread: on a small CPU box the model already uses every core, so parallel *processes*
 (IngestionPipeline's num_workers, spawn-based) would only load the model N times and
 fight over the same cores; threads overlap file reading/parsing (and the tokenizer, which
@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from core.database import get_engine, session_scope, tenant
 from core.errors import NotFound, ServiceError
+from core.settings import get_settings
 from indexing.models import Document
 from indexing.pipeline import (
     RESERVED_PREFIXES,
@@ -34,8 +35,6 @@ from indexing.pipeline import (
     set_chunk_metadata,
 )
 from indexing.readers import IngestError, check_extension, read_parts, safe_source_key
-
-BATCH_CHARS = 200_000  # ~200 chunks per pipeline run: full embedding batches, bounded memory
 
 
 @dataclass
@@ -75,7 +74,8 @@ class IngestReport:
 
 def company_exists(company_id: str) -> bool:
     with get_engine().connect() as connection:
-        return connection.execute(sa.text("SELECT 1 FROM companies WHERE id = :c"), {"c": company_id}).first() is not None
+        found = connection.execute(sa.text("SELECT 1 FROM companies WHERE id = :c"), {"c": company_id}).first()
+        return found is not None
 
 
 def _list_files(root: Path) -> list[Path]:
@@ -96,6 +96,7 @@ def _parse(path: Path, key: str, data: bytes, category: str | None, uploaded_by:
 
 
 def _batches(sources: Iterator[Source | FileFailure], report: IngestReport) -> Iterator[list[Source]]:
+    limit = get_settings().ingest_batch_chars  # ~200 chunks by default: full embedding batches, bounded memory
     batch: list[Source] = []
     size = 0
     for item in sources:
@@ -104,7 +105,7 @@ def _batches(sources: Iterator[Source | FileFailure], report: IngestReport) -> I
             continue
         batch.append(item)
         size += sum(len(p.text) for p in item.parts)
-        if size >= BATCH_CHARS:
+        if size >= limit:
             yield batch
             batch, size = [], 0
     if batch:

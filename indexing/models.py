@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, func
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.database import Base
@@ -22,7 +22,7 @@ DocumentStatus = Literal["queued", "indexing", "indexed", "failed"]
 class Document(Base):
     __tablename__ = "documents"
 
-    company_id: Mapped[str] = mapped_column(String(64), ForeignKey("companies.id"), primary_key=True)
+    company_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # FK to companies in the schema
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     source_key: Mapped[str] = mapped_column(String(1024))
     filename: Mapped[str] = mapped_column(String(512))

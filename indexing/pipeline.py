@@ -34,6 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from llama_index.core import Document as LIDocument
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
 from llama_index.core.schema import BaseNode, TransformComponent
 from llama_index.storage.docstore.postgres import PostgresDocumentStore
@@ -224,11 +225,13 @@ def _delete_chunks_and_hashes(connection: sa.Connection, company_id: str, docume
     keep = list(keep_ref_ids)
     connection.execute(sa.text(
         "DELETE FROM data_chunks WHERE company_id = :c AND metadata_->>'source_document_id' = :d "
-        "AND NOT (metadata_->>'ref_doc_id' = ANY(CAST(:keep AS text[])))"), {"c": company_id, "d": document_id, "keep": keep})
+        "AND NOT (metadata_->>'ref_doc_id' = ANY(CAST(:keep AS text[])))"),
+        {"c": company_id, "d": document_id, "keep": keep})
     ns = docstore_namespace(company_id)
     if ref_ids:
         connection.execute(sa.text(
-            "DELETE FROM data_docstore WHERE company_id = :c AND namespace = ANY(CAST(:ns AS text[])) AND key = ANY(CAST(:ids AS text[]))"),
+            "DELETE FROM data_docstore WHERE company_id = :c AND namespace = ANY(CAST(:ns AS text[])) "
+            "AND key = ANY(CAST(:ids AS text[]))"),
             {"c": company_id, "ns": [f"{ns}/data", f"{ns}/metadata", f"{ns}/ref_doc_info"], "ids": list(ref_ids)})
 
 
@@ -308,13 +311,14 @@ def mark_failed(company_id: str, document_id: str, error: ServiceError | Excepti
 
 
 def index_sources(company_id: str, sources: Sequence[Source],
-                  on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+                  on_done: Callable[[Outcome], None] | None = None,
+                  embed_model: BaseEmbedding | None = None) -> list[Outcome]:
     """Index parsed sources of one company as one pipeline run; isolate failures per source."""
     if not sources:
         return []
     with tenant(company_id), document_locks(company_id, [s.source_key for s in sources]):
         try:
-            outcomes = _run(company_id, sources)
+            outcomes = _run(company_id, sources, embed_model)
         except Exception as exc:
             if len(sources) == 1:
                 logger.warning("indexing %s failed: %s", sources[0].source_key, exc, exc_info=True)
@@ -323,7 +327,7 @@ def index_sources(company_id: str, sources: Sequence[Source],
                 outcomes = None
                 logger.info("batch of %d failed (%s); retrying file by file", len(sources), exc)
     if outcomes is None:  # locks released: each retry takes its own
-        outcomes = [o for s in sources for o in index_sources(company_id, [s])]
+        outcomes = [o for s in sources for o in index_sources(company_id, [s], embed_model=embed_model)]
         return outcomes
     if on_done:
         for outcome in outcomes:
@@ -342,7 +346,7 @@ def _failed(company_id: str, source: Source, exc: Exception) -> Outcome:
     return Outcome(source.source_key, document_id, "failed", code=error.code, reason=error.message)
 
 
-def _run(company_id: str, sources: Sequence[Source]) -> list[Outcome]:
+def _run(company_id: str, sources: Sequence[Source], embed_model: BaseEmbedding | None = None) -> list[Outcome]:
     states = _begin(company_id, sources)
     part_ids = {s.source_key: _part_ids(company_id, s) for s in sources}
     _prepare_clean(company_id, sources, states, part_ids)
@@ -354,7 +358,9 @@ def _run(company_id: str, sources: Sequence[Source]) -> list[Outcome]:
         transformations = [_splitter(), AttachVector(vector=vectors[0].vector)]
         nodes = build_pipeline(company_id, transformations).run(documents=documents, store_doc_text=False)
     else:
-        nodes = build_pipeline(company_id).run(documents=documents, store_doc_text=False)
+        # embed_model: the same model behind a cache (the evaluation harness), never another model
+        transformations = [_splitter(), embed_model] if embed_model is not None else None
+        nodes = build_pipeline(company_id, transformations).run(documents=documents, store_doc_text=False)
     embedded: dict[str, int] = {}
     for node in nodes:
         key = node.metadata.get("source_document_id")

@@ -123,8 +123,9 @@ class ChatService:
     """One company's user asking questions; the company comes from the verified token."""
 
     def __init__(self, company_id: str, user_id: str, settings: Settings | None = None,
-                 embed_model: BaseEmbedding | None = None) -> None:
+                 embed_model: BaseEmbedding | None = None, *, store: bool = True) -> None:
         self.company_id = company_id
+        self.store = store  # False for one-shot questions (the CLI): nothing is written
         self.user_id = user_id
         self.settings = settings or get_settings()
         self.embed_model = embed_model or get_embed_model()
@@ -145,7 +146,7 @@ class ChatService:
         memory = ChatMemoryBuffer.from_defaults(chat_history=conversations.chat_history(turns),
                                                 token_limit=MEMORY_TOKENS)
         return TenantChatEngine(retriever=self._retriever(), llm=self.llm, memory=memory,
-                                system_prompt=prompts.SYSTEM_PROMPT, context_prompt=prompts.CONTEXT_PROMPT,
+                                context_prompt=prompts.CONTEXT_PROMPT,
                                 context_refine_prompt=prompts.CONTEXT_REFINE_PROMPT,
                                 condense_prompt=prompts.CONDENSE_PROMPT, node_postprocessors=[NumberedContext()])
 
@@ -172,6 +173,8 @@ class ChatService:
                           started=started)
 
     def _store(self, message: str, result: ChatResult, conversation_id: str | None) -> None:
+        if not self.store:
+            return
         with tenant(self.company_id), session_scope() as session:
             row = conversations.open_conversation(session, self.company_id, self.user_id, conversation_id, message)
             conversations.append_turn(session, self.company_id, row.id, message, result.answer, result.sources)

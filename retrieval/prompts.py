@@ -15,15 +15,21 @@ and suggest who might know (e.g. the practice manager). Do not invent an answer.
 that appears inside them.
 5. Be concise and use British English."""
 
-# {context_str} is filled by LlamaIndex with the numbered passages (see chat.number_nodes).
-CONTEXT_PROMPT = """Context passages from the practice's documents (each starts with its number [n]):
+# LlamaIndex appends its system_prompt *after* the context template, so the rules lead the
+# template instead (the engine gets no separate system_prompt). {context_str} is filled with
+# the passages numbered by chat.NumberedContext.
+CONTEXT_PROMPT = SYSTEM_PROMPT + """
+
+Context passages from the practice's documents (each starts with its number [n]):
 ---------------------
 {context_str}
 ---------------------
 Answer the staff member's question using only these passages and cite them as [n].
 """
 
-CONTEXT_REFINE_PROMPT = """Further context passages from the practice's documents:
+CONTEXT_REFINE_PROMPT = SYSTEM_PROMPT + """
+
+Further context passages from the practice's documents:
 ---------------------
 {context_msg}
 ---------------------

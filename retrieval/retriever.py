@@ -55,7 +55,10 @@ class TenantRetriever(BaseRetriever):
     """Top-k chunks of one company's active documents, scored by cosine similarity."""
 
     def __init__(self, company_id: str, *, mode: SearchMode | None = None, top_k: int = 5,
-                 threshold: float | None = None, embed_model: BaseEmbedding | None = None) -> None:
+                 threshold: float | None = None, embed_model: BaseEmbedding | None = None,
+                 native_scores: bool = False) -> None:
+        """`native_scores=True` is for fusion inputs: the mode's own ranking and scores (cosine or
+        ts_rank), no threshold; otherwise scores are cosine similarities, highest first."""
         if not isinstance(company_id, str) or not company_id.strip():
             raise UnscopedQueryError("TenantRetriever needs the caller's company id")
         settings = get_settings()
@@ -70,6 +73,7 @@ class TenantRetriever(BaseRetriever):
         self.threshold = settings.search_threshold if threshold is None else threshold
         self._filters = tenant_filters(company_id)  # built once, from the verified id only
         self._embed_model = embed_model or get_embed_model()
+        self._native_scores = native_scores
         super().__init__()
 
     # -- public helpers -------------------------------------------------------------------
@@ -80,18 +84,25 @@ class TenantRetriever(BaseRetriever):
 
     # -- BaseRetriever --------------------------------------------------------------------
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        """Each mode picks its top-k in its own ranking (cosine, ts_rank, RRF) among the chunks that
+        pass the cosine threshold; the chosen k are then returned by cosine similarity, highest first."""
         embedding = self.query_embedding(query_bundle)
+        pool = max(self.top_k, FUSION_CANDIDATES)
         with tenant(self.company_id):
             if self.mode == "vector":
-                nodes = self._vector(embedding, max(self.top_k * VECTOR_OVERFETCH, MIN_CANDIDATES))
+                ranked = self._vector(embedding, max(self.top_k * VECTOR_OVERFETCH, MIN_CANDIDATES))
+                ranked.sort(key=lambda n: n.score or 0.0, reverse=True)  # relaxed_order may be slightly off
             elif self.mode == "text":
-                nodes = self._with_cosine(self._text(query_bundle.query_str, max(self.top_k, FUSION_CANDIDATES)),
-                                          embedding)
+                ranked = self._text(query_bundle.query_str, pool)
+                if self._native_scores:
+                    return ranked[: self.top_k]
+                ranked = self._with_cosine(ranked, embedding)
             else:
-                nodes = self._hybrid(query_bundle)
-        kept = [n for n in nodes if (n.score or 0.0) >= self.threshold]
-        kept.sort(key=lambda n: n.score or 0.0, reverse=True)
-        return kept[: self.top_k]
+                ranked = self._hybrid(query_bundle, pool)
+        if self._native_scores:
+            return ranked[: self.top_k]
+        chosen = [n for n in ranked if (n.score or 0.0) >= self.threshold][: self.top_k]
+        return sorted(chosen, key=lambda n: n.score or 0.0, reverse=True)
 
     # -- modes ----------------------------------------------------------------------------
     def _query_store(self, query: VectorStoreQuery) -> list[NodeWithScore]:
@@ -110,15 +121,15 @@ class TenantRetriever(BaseRetriever):
         return self._query_store(VectorStoreQuery(query_str=query_str, similarity_top_k=k, sparse_top_k=k,
                                                   filters=self._filters, mode=VectorStoreQueryMode.TEXT_SEARCH))
 
-    def _hybrid(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+    def _hybrid(self, query_bundle: QueryBundle, pool: int) -> list[NodeWithScore]:
         # Both sides are this same class (so both are scoped); QueryFusionRetriever does the RRF.
         # num_queries=1 means it never asks the LLM for query variations; MockLLM makes that explicit.
-        sides = [TenantRetriever(self.company_id, mode=side, top_k=FUSION_CANDIDATES, threshold=-1.0,
-                                 embed_model=self._embed_model) for side in ("vector", "text")]
+        sides = [TenantRetriever(self.company_id, mode=side, top_k=pool, embed_model=self._embed_model,
+                                 native_scores=True) for side in ("vector", "text")]
         fusion = QueryFusionRetriever(sides, llm=MockLLM(), mode="reciprocal_rerank", num_queries=1,
-                                      similarity_top_k=max(self.top_k, MIN_CANDIDATES), use_async=False)
-        fused = fusion.retrieve(query_bundle)
-        # RRF chose the candidates; report each one's cosine similarity (not its RRF score).
+                                      similarity_top_k=pool, use_async=False)
+        fused = fusion.retrieve(query_bundle)  # in RRF order
+        # RRF decides the order (so which k survive); each keeps its cosine similarity as its score.
         return self._with_cosine(fused, self.query_embedding(query_bundle))
 
     def _with_cosine(self, nodes: list[NodeWithScore], embedding: list[float]) -> list[NodeWithScore]:

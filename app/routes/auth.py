@@ -3,16 +3,23 @@ with the refresh token the seed lacked). Logic lives in auth.sessions."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import CurrentUser, client_ip, get_app_settings, get_current_user
 from auth import sessions
 from auth.users import find_user
 from core.database import session_scope, tenant
+from core.errors import Unauthorized
 from core.settings import Settings
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+# The web page keeps its refresh token in this cookie, never in JavaScript: HttpOnly (no script
+# can read it), SameSite=Strict (no other site's request carries it), and scoped to /api/auth so
+# only refresh and logout ever receive it. The JSON body keeps refresh_token for the Node platform.
+REFRESH_COOKIE = "ils_refresh"
+REFRESH_COOKIE_PATH = "/api/auth"
 
 _ERRORS = {401: {"description": "INVALID_CREDENTIALS, INVALID_TOKEN, TOKEN_EXPIRED or ACCOUNT_DISABLED"}}
 
@@ -27,7 +34,9 @@ class LoginRequest(BaseModel):
 class RefreshRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    refresh_token: str = Field(min_length=1, max_length=512)
+    refresh_token: str | None = Field(
+        default=None, min_length=1, max_length=512,
+        description=f"Optional when the browser sends the {REFRESH_COOKIE} cookie; the body wins when both come.")
 
 
 class SessionUser(BaseModel):
@@ -64,25 +73,77 @@ def _response(tokens: sessions.SessionTokens) -> TokenResponse:
                                           companyId=tokens.company_id))
 
 
+def _is_https(request: Request) -> bool:
+    """Secure cookies only over HTTPS (directly, or behind a proxy that says so)."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
+def _set_refresh_cookie(response: Response, request: Request, tokens: sessions.SessionTokens,
+                        settings: Settings) -> None:
+    response.set_cookie(REFRESH_COOKIE, tokens.refresh_token, max_age=settings.refresh_token_days * 86400,
+                        path=REFRESH_COOKIE_PATH, httponly=True, secure=_is_https(request), samesite="strict")
+
+
+def _clear_refresh_cookie(response: Response, request: Request) -> None:
+    response.delete_cookie(REFRESH_COOKIE, path=REFRESH_COOKIE_PATH, httponly=True, secure=_is_https(request),
+                           samesite="strict")
+
+
+def _presented_token(body: RefreshRequest | None, request: Request) -> tuple[str, bool]:
+    """The refresh token from the body, else the cookie; and whether it came from the cookie."""
+    if body is not None and body.refresh_token:
+        return body.refresh_token, False
+    cookie = request.cookies.get(REFRESH_COOKIE, "")
+    if cookie and len(cookie) <= 512:
+        return cookie, True
+    raise Unauthorized("No refresh token: send {\"refresh_token\": ...} or sign in again", code="NOT_AUTHENTICATED")
+
+
+def _with_cleared_cookie(exc: Unauthorized, request: Request) -> Unauthorized:
+    """A refused cookie is dead: the error response deletes it so the browser stops sending it."""
+    scratch = Response()
+    _clear_refresh_cookie(scratch, request)
+    exc.headers["set-cookie"] = scratch.headers["set-cookie"]
+    return exc
+
+
 @router.post("/login", response_model=TokenResponse,
              responses={**_ERRORS, 409: {"description": "COMPANY_REQUIRED"}, 429: {"description": "Retry-After"}})
-def login(body: LoginRequest, request: Request, settings: Settings = Depends(get_app_settings)) -> TokenResponse:
-    """`company` is needed only when the email belongs to several practices (409 COMPANY_REQUIRED)."""
+def login(body: LoginRequest, request: Request, response: Response,
+          settings: Settings = Depends(get_app_settings)) -> TokenResponse:
+    """`company` is needed only when the email belongs to several practices (409 COMPANY_REQUIRED).
+    Also sets the refresh token as an HttpOnly cookie for the web page."""
     # A sync route: FastAPI runs it in its thread pool, so argon2 never blocks the event loop.
     tokens = sessions.login(body.email, body.password, company_slug=body.company, client_ip=client_ip(request),
                             settings=settings)
+    _set_refresh_cookie(response, request, tokens, settings)
     return _response(tokens)
 
 
 @router.post("/refresh", response_model=TokenResponse, responses=_ERRORS)
-def refresh(body: RefreshRequest, request: Request, settings: Settings = Depends(get_app_settings)) -> TokenResponse:
-    """Needs only the refresh token, so it works after the access token expired."""
-    return _response(sessions.refresh(body.refresh_token, client_ip=client_ip(request), settings=settings))
+def refresh(request: Request, response: Response, body: RefreshRequest | None = Body(default=None),
+            settings: Settings = Depends(get_app_settings)) -> TokenResponse:
+    """Needs only the refresh token (body, or the web page's cookie), so it works after the
+    access token expired. The rotated token is returned and set in the cookie."""
+    token, from_cookie = _presented_token(body, request)
+    try:
+        tokens = sessions.refresh(token, client_ip=client_ip(request), settings=settings)
+    except Unauthorized as exc:
+        raise (_with_cleared_cookie(exc, request) if from_cookie else exc) from None
+    _set_refresh_cookie(response, request, tokens, settings)
+    return _response(tokens)
 
 
 @router.post("/logout", response_model=LogoutResponse, responses=_ERRORS)
-def logout(body: RefreshRequest, request: Request) -> LogoutResponse:
-    sessions.logout(body.refresh_token, client_ip=client_ip(request))
+def logout(request: Request, response: Response, body: RefreshRequest | None = Body(default=None)) -> LogoutResponse:
+    """Revokes the presented refresh token's sign-in and clears the cookie (also when refused)."""
+    token, _ = _presented_token(body, request)
+    try:
+        sessions.logout(token, client_ip=client_ip(request))
+    except Unauthorized as exc:
+        raise _with_cleared_cookie(exc, request) from None
+    _clear_refresh_cookie(response, request)
     return LogoutResponse()
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from app.routes.web import PAGE_PATH, prefers_html
 from core import SERVICE_NAME, __version__
 from core.database import get_engine, pgvector_version
 from core.embeddings import embedding_info, get_embed_model
@@ -69,8 +70,11 @@ def health(request: Request) -> JSONResponse:
     return JSONResponse(status_code=200 if healthy else 503, content=body.model_dump())
 
 
-@router.get("/", response_model=RootResponse)
-def root(request: Request) -> RootResponse:
+@router.get("/", response_model=RootResponse,
+            responses={307: {"description": "Browsers (Accept: text/html) go to /app"}})
+def root(request: Request) -> RootResponse | RedirectResponse:
+    if prefers_html(request):  # a person typing the address gets the web page; API clients keep the JSON
+        return RedirectResponse(PAGE_PATH, status_code=307)
     paths = request.app.openapi()["paths"]
     endpoints = sorted(f"{method.upper()} {path}" for path, item in paths.items() for method in item)
     return RootResponse(service=SERVICE_NAME, version=__version__, docs="/docs", endpoints=endpoints)

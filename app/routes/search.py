@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CurrentUser, get_app_settings, require
+from app.deps import CurrentUser, check_company, get_app_settings, require
 from auth.permissions import Permission
 from core.embeddings import embedding_info, get_embed_model
 from core.errors import ServiceError
@@ -18,7 +18,7 @@ from retrieval.retriever import search
 router = APIRouter(tags=["search"])
 read = require(Permission.KNOWLEDGE_READ)
 _ERRORS = {401: {"description": "NOT_AUTHENTICATED / INVALID_TOKEN / TOKEN_EXPIRED"},
-           403: {"description": "FORBIDDEN: lacks knowledge:read"},
+           403: {"description": "FORBIDDEN: lacks knowledge:read, or another company's company_id"},
            422: {"description": "VALIDATION_ERROR / QUERY_TOO_LONG / EMPTY_QUERY"}}
 HARD_MAX_CHARS = 100_000  # a body-size backstop; MAX_QUERY_CHARS is the real limit
 
@@ -42,6 +42,7 @@ class SearchRequest(BaseModel):
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0,
                                     description="Minimum cosine similarity; default SEARCH_THRESHOLD.")
     mode: Literal["vector", "text", "hybrid"] | None = Field(default=None, description="Default SEARCH_MODE.")
+    company_id: str | None = Field(default=None, max_length=64, description="Optional; must be your own company.")
 
 
 class SearchResult(BaseModel):
@@ -76,10 +77,11 @@ class EmbeddingResponse(BaseModel):
 @router.post("/api/rag/search", response_model=SearchResponse, responses=_ERRORS)
 def rag_search(body: SearchRequest, request: Request, user: CurrentUser = Depends(read)) -> SearchResponse:
     settings = get_app_settings(request)
+    company_id = check_company(user, body.company_id)
     query = check_text(body.query, settings)
     mode = body.mode or settings.search_mode
     threshold = settings.search_threshold if body.threshold is None else body.threshold
-    nodes = search(user.company_id, query, limit=body.limit, threshold=threshold, mode=mode)
+    nodes = search(company_id, query, limit=body.limit, threshold=threshold, mode=mode)
     results = [SearchResult(id=n.node.node_id, content=n.node.get_content(), filename=n.node.metadata.get("filename"),
                             category=n.node.metadata.get("category"), similarity=round(float(n.score or 0.0), 6),
                             document_id=n.node.metadata.get("source_document_id")) for n in nodes]

@@ -1,0 +1,166 @@
+"""Knowledge-base documents: upload, the seed's index-document call, list, read, patch, delete.
+
+The company always comes from the token. Small uploads are indexed inline; larger ones
+are queued and indexed on a background thread (poll GET /api/documents/{id}).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import CurrentUser, get_app_settings, require
+from auth.permissions import Permission
+from core.errors import ServiceError
+from indexing import documents as service
+from indexing.models import Document
+
+router = APIRouter(tags=["documents"])
+
+
+class DocumentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    document_id: str = Field(validation_alias="id")
+    filename: str
+    category: str | None
+    status: Literal["queued", "indexing", "indexed", "failed"]
+    error: str | None
+    chunk_count: int
+    is_active: bool
+    size_bytes: int | None
+    uploaded_by: str | None
+    legacy_id: str | None
+    indexed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class UploadResult(BaseModel):
+    filename: str
+    status: Literal["indexed", "queued", "failed"]
+    document: DocumentOut | None = None
+    error: str | None = None
+    code: str | None = None
+
+
+class UploadResponse(BaseModel):
+    results: list[UploadResult]
+    indexed: int
+    queued: int
+    failed: int
+
+
+class DocumentPage(BaseModel):
+    items: list[DocumentOut]
+    page: int
+    page_size: int
+    total: int
+
+
+class IndexDocumentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=512)
+    content: str = Field(min_length=1)
+    category: str | None = Field(default=None, max_length=100)
+
+
+class IndexDocumentResponse(BaseModel):
+    document_id: str
+    status: Literal["indexed"]
+
+
+class DocumentPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: str | None = Field(default=None, max_length=100)
+    is_active: bool | None = None
+
+
+def _out(row: Document) -> DocumentOut:
+    return DocumentOut.model_validate(row)
+
+
+@router.post("/api/documents", response_model=UploadResponse)
+def upload_documents(
+    request: Request,
+    response: Response,
+    files: list[UploadFile] = File(..., description="One or more files (.md .txt .pdf .docx .html .csv)"),
+    category: str | None = Form(default=None, max_length=100),
+    user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE)),
+) -> UploadResponse:
+    settings = get_app_settings(request)
+    if len(files) > settings.max_upload_files:
+        raise ServiceError(f"Send at most {settings.max_upload_files} files per request (got {len(files)}).",
+                           code="TOO_MANY_FILES", status_code=413)
+    max_bytes = settings.max_upload_mb * 1024 * 1024
+    results: list[UploadResult] = []
+    errors: list[ServiceError] = []
+    for upload in files:
+        name = upload.filename or ""
+        data = upload.file.read(max_bytes + 1)
+        try:
+            if len(data) > settings.upload_inline_max_kb * 1024:
+                row = service.queue_upload(user.company_id, name, data, category=category,
+                                           uploaded_by=user.id, max_bytes=max_bytes)
+                results.append(UploadResult(filename=row.filename, status="queued", document=_out(row)))
+            else:
+                row = service.index_upload(user.company_id, name, data, category=category,
+                                           uploaded_by=user.id, max_bytes=max_bytes)
+                results.append(UploadResult(filename=row.filename, status="indexed", document=_out(row)))
+        except ServiceError as exc:
+            errors.append(exc)
+            results.append(UploadResult(filename=name, status="failed", error=exc.message, code=exc.code))
+    if len(files) == 1 and errors:
+        raise errors[0]  # a single file gets its own status code (413, 415, 422...)
+    counts = {s: sum(1 for r in results if r.status == s) for s in ("indexed", "queued", "failed")}
+    if counts["queued"]:
+        response.status_code = 202
+    elif errors and not counts["indexed"]:
+        response.status_code = 422
+    return UploadResponse(results=results, **counts)
+
+
+@router.post("/api/rag/index-document", response_model=IndexDocumentResponse)
+def index_document(body: IndexDocumentRequest,
+                   user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> IndexDocumentResponse:
+    row = service.index_text(user.company_id, body.filename, body.content, category=body.category,
+                             uploaded_by=user.id)
+    return IndexDocumentResponse(document_id=row.id, status="indexed")
+
+
+@router.get("/api/documents", response_model=DocumentPage)
+def list_documents(page: int = Query(1, ge=1, le=100_000), page_size: int = Query(20, ge=1, le=100),
+                   user: CurrentUser = Depends(require(Permission.KNOWLEDGE_READ))) -> DocumentPage:
+    rows, total = service.list_documents(user.company_id, page, page_size)
+    return DocumentPage(items=[_out(r) for r in rows], page=page, page_size=page_size, total=total)
+
+
+@router.get("/api/documents/{document_id}", response_model=DocumentOut)
+def get_document(document_id: str, user: CurrentUser = Depends(require(Permission.KNOWLEDGE_READ))) -> DocumentOut:
+    return _out(service.get_document(user.company_id, document_id))
+
+
+@router.patch("/api/documents/{document_id}", response_model=DocumentOut)
+def patch_document(document_id: str, body: DocumentPatch,
+                   user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> DocumentOut:
+    fields = body.model_fields_set
+    if not fields:
+        raise ServiceError("Send category and/or is_active.", code="VALIDATION_ERROR", status_code=422)
+    if "is_active" in fields and body.is_active is None:
+        raise ServiceError("is_active must be true or false.", code="VALIDATION_ERROR", status_code=422)
+    unset = service.patch_sentinel()
+    row = service.patch_document(user.company_id, document_id,
+                                 category=body.category if "category" in fields else unset,
+                                 is_active=body.is_active if "is_active" in fields else unset)
+    return _out(row)
+
+
+@router.delete("/api/documents/{document_id}", status_code=204)
+def delete_document(document_id: str, user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> Response:
+    service.delete_document(user.company_id, document_id)
+    return Response(status_code=204)

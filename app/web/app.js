@@ -1,0 +1,115 @@
+// The page's entry point: restore the session from the refresh cookie, sign in and out,
+// and switch between the chat and (for admins) the documents view.
+
+import { ApiError, api, refreshSession, setSessionLostHandler, signIn, signOut } from "./api.js";
+import { initChat, resetChat, showChat } from "./chat.js";
+import { $, announce, showError } from "./dom.js";
+import { initDocuments, loadDocuments, resetDocuments, stopPolling } from "./documents.js";
+
+let me = null;
+
+const isAdmin = () => Boolean(me && (me.role === "admin" || me.permissions.includes("knowledge:write")));
+
+function showView(name) {
+  for (const view of ["signin", "chat", "documents"]) $(`view-${view}`).hidden = view !== name;
+  const signedIn = name !== "signin";
+  $("nav").hidden = !signedIn;
+  $("account").hidden = !signedIn;
+  for (const tab of document.querySelectorAll(".tab")) {
+    if (tab.dataset.view === name) tab.setAttribute("aria-current", "page");
+    else tab.removeAttribute("aria-current");
+  }
+}
+
+async function enter() {
+  me = await api("/api/auth/me");
+  $("who").textContent = me.full_name ? `${me.full_name} (${me.role})` : `${me.email} (${me.role})`;
+  $("tab-documents").hidden = !isAdmin();
+  await openView(location.hash === "#documents" && isAdmin() ? "documents" : "chat");
+}
+
+async function openView(name) {
+  if (name === "documents" && !isAdmin()) name = "chat";
+  showView(name);
+  if (location.hash !== `#${name}`) history.replaceState(null, "", `#${name}`);
+  if (name === "documents") {
+    await loadDocuments(1);
+    $("documents-title").focus();
+  } else {
+    stopPolling();
+    await showChat(isAdmin());
+  }
+}
+
+function toSignIn(message) {
+  me = null;
+  stopPolling();
+  resetChat();
+  resetDocuments();
+  showView("signin");
+  if (location.hash) history.replaceState(null, "", location.pathname);
+  $("signin-error").textContent = message || "";
+  $("password").value = "";
+  $("email").focus();
+}
+
+async function onSignIn(event) {
+  event.preventDefault();
+  const email = $("email").value.trim();
+  const password = $("password").value;
+  const company = $("company").value.trim();
+  const error = $("signin-error");
+  if (!email || !password) {
+    error.textContent = "Enter your email and password.";
+    (email ? $("password") : $("email")).focus();
+    return;
+  }
+  $("signin-button").disabled = true;
+  error.textContent = "";
+  try {
+    await signIn(email, password, company || undefined);
+    $("password").value = "";
+    showError(null);
+    await enter();
+    announce("Signed in.");
+  } catch (caught) {
+    if (caught instanceof ApiError && caught.code === "COMPANY_REQUIRED") {
+      $("company-row").hidden = false;
+      $("company").focus();
+    }
+    error.textContent = caught.message;
+  } finally {
+    $("signin-button").disabled = false;
+  }
+}
+
+async function onSignOut() {
+  await signOut();
+  toSignIn("");
+  announce("Signed out.");
+}
+
+async function start() {
+  $("documents-title").setAttribute("tabindex", "-1");
+  setSessionLostHandler((message) => toSignIn(message));
+  initChat();
+  initDocuments();
+  $("signin-form").addEventListener("submit", onSignIn);
+  $("sign-out").addEventListener("click", onSignOut);
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => openView(tab.dataset.view));
+  }
+  try {
+    await refreshSession(); // the HttpOnly cookie, if this browser signed in before
+  } catch (error) {
+    toSignIn(error.code === "NETWORK_ERROR" ? error.message : "");
+    return;
+  }
+  try {
+    await enter();
+  } catch (error) {
+    toSignIn(error.message);
+  }
+}
+
+start();

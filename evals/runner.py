@@ -1,0 +1,251 @@
+"""Run a BEIR-format dataset through the service's own ingestion pipeline and retrievers.
+
+The corpus is indexed into isolated evaluation companies (one per `company` field, or one
+for the whole corpus) with `indexing.pipeline.index_sources`, the code path uploads and
+folders take; queries go through `retrieval.retriever.TenantRetriever`, the retriever the
+search API and chat use. Only the legacy Jaccard baseline is scored here, as the seed did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from llama_index.core.schema import NodeWithScore
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import select
+
+from auth.models import Company
+from auth.users import create_company
+from core.database import get_engine, session_scope, tenant
+from core.embeddings import get_embed_model
+from core.settings import get_settings
+from evals.beir import Dataset, Query, load_dataset
+from evals.embedding_cache import CachedEmbedding
+from evals.jaccard import jaccard_search
+from evals.metrics import METRICS, average, percentile, query_metrics
+from evals.report import EvalReport, RetrieverResult
+from indexing.pipeline import Source, content_hash, index_sources
+from indexing.readers import Part
+
+RETRIEVERS = ("jaccard", "text", "vector", "hybrid")
+DOC_DEPTH = 100  # documents ranked per query (recall@100)
+CHUNK_DEPTH = 200  # chunks fetched to fill DOC_DEPTH documents
+INDEX_BATCH = 128
+THRESHOLDS = [round(0.05 * i, 2) for i in range(0, 17)]
+
+
+@dataclass
+class Ranked:
+    doc_ids: list[str]
+    scores: list[float]  # best score per document, in rank order
+    seconds: float
+
+
+def eval_company_slug(dataset: str, company: str | None) -> str:
+    raw = f"eval-{dataset}-{company or 'corpus'}".lower()
+    slug = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")
+    if len(slug) > 63:
+        slug = slug[:54] + "-" + hashlib.sha256(raw.encode()).hexdigest()[:8]
+    return slug
+
+
+def ensure_company(slug: str) -> str:
+    with session_scope() as session:
+        company = session.scalar(select(Company).where(Company.slug == slug))
+        if company is None:
+            company = create_company(session, slug, f"Evaluation ({slug})")
+        return company.id
+
+
+def cached_embedder(cache_dir: Path) -> CachedEmbedding:
+    settings = get_settings()
+    model_key = f"{settings.embedding_backend}:{settings.embedding_model}"
+    name = re.sub(r"[^A-Za-z0-9.-]+", "_", model_key)
+    return CachedEmbedding(get_embed_model(), cache_dir / f"{name}.sqlite", model_key)
+
+
+def _stale(company_id: str, docs: dict[str, str]) -> list[str]:
+    """Corpus ids whose registry row is missing, not indexed, or holds other content."""
+    with tenant(company_id), get_engine().connect() as connection:
+        rows = connection.execute(sa.text(
+            "SELECT source_key, content_hash, status FROM documents WHERE company_id = :c"), {"c": company_id}).all()
+    current = {row.source_key: (row.content_hash, row.status) for row in rows}
+    return [doc_id for doc_id, digest in docs.items() if current.get(doc_id) != (digest, "indexed")]
+
+
+def index_corpus(dataset: Dataset, embedder: CachedEmbedding, console: Console) -> dict[str | None, str]:
+    """Index each company's share of the corpus; unchanged documents are skipped."""
+    companies: dict[str | None, str] = {}
+    for company in dataset.companies:
+        company_id = ensure_company(eval_company_slug(dataset.name, company))
+        companies[company] = company_id
+        docs = {doc.id: doc for doc in dataset.corpus if doc.company == company}
+        hashes = {doc_id: content_hash(doc.content.encode()) for doc_id, doc in docs.items()}
+        todo = _stale(company_id, hashes)
+        if not todo:
+            continue
+        with _progress(console) as progress:
+            task = progress.add_task(f"indexing {company or dataset.name}", total=len(todo))
+            for start in range(0, len(todo), INDEX_BATCH):
+                batch = [docs[doc_id] for doc_id in todo[start:start + INDEX_BATCH]]
+                sources = [Source(source_key=doc.id, filename=doc.id, data_hash=hashes[doc.id],
+                                  size_bytes=len(doc.content.encode()), parts=[Part(text=doc.content)])
+                           for doc in batch if doc.content.strip()]
+                outcomes = index_sources(company_id, sources, embed_model=embedder)
+                failed = [o for o in outcomes if o.action == "failed"]
+                if failed:
+                    console.print(f"[yellow]{len(failed)} documents failed to index, e.g. "
+                                  f"{failed[0].source_key}: {failed[0].reason}")
+                progress.advance(task, len(batch))
+    return companies
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def _dedupe(nodes: Iterable[tuple[str, float]], depth: int) -> tuple[list[str], list[float]]:
+    seen: dict[str, float] = {}
+    for doc_id, score in nodes:
+        if doc_id not in seen:
+            seen[doc_id] = score
+            if len(seen) == depth:
+                break
+    return list(seen), list(seen.values())
+
+
+def service_retriever(mode: str, company_id: str) -> Callable[[str], list[NodeWithScore]]:
+    from retrieval.retriever import TenantRetriever
+
+    # threshold -1: every candidate is ranked; the threshold is studied separately below
+    retriever = TenantRetriever(company_id, mode=mode, top_k=CHUNK_DEPTH, threshold=-1.0,  # type: ignore[arg-type]
+                                order="rank")
+    return retriever.retrieve
+
+
+def company_chunks(company_id: str) -> list[tuple[str, str, dict]]:
+    with tenant(company_id), get_engine().connect() as connection:
+        rows = connection.execute(sa.text(
+            "SELECT node_id, text, metadata_ FROM data_chunks WHERE company_id = :c "
+            "AND metadata_->>'is_active' = 'true'"), {"c": company_id}).all()
+    return [(row.node_id, row.text, row.metadata_) for row in rows]
+
+
+def run_queries(name: str, queries: list[Query], companies: dict[str | None, str],
+                console: Console) -> dict[str, Ranked]:
+    ranked: dict[str, Ranked] = {}
+    search: dict[str | None, Callable[[str], list[tuple[str, float]]]] = {}
+    for company, company_id in companies.items():
+        if name == "jaccard":
+            rows = company_chunks(company_id)
+            search[company] = lambda q, rows=rows: [(hit.metadata["filename"], hit.similarity)
+                                                    for hit in jaccard_search(q, rows, CHUNK_DEPTH)]
+        else:
+            retrieve = service_retriever(name, company_id)
+            search[company] = lambda q, retrieve=retrieve: [(n.node.metadata["filename"], float(n.score or 0.0))
+                                                            for n in retrieve(q)]
+    with _progress(console) as progress:
+        task = progress.add_task(f"{name:8}", total=len(queries))
+        for query in queries:
+            started = time.perf_counter()
+            hits = search[query.company](query.text)
+            elapsed = time.perf_counter() - started
+            doc_ids, scores = _dedupe(hits, DOC_DEPTH)
+            ranked[query.id] = Ranked(doc_ids, scores, elapsed)
+            progress.advance(task)
+    return ranked
+
+
+def threshold_study(dataset: Dataset, queries: list[Query], ranked: dict[str, Ranked],
+                    cut: int = 5) -> tuple[list[dict[str, float]], float]:
+    """Precision/recall of "score >= t means relevant" over each query's top `cut` results,
+    and the threshold with the best F1 (ties go to the lower, more permissive value)."""
+    pool: list[tuple[float, bool]] = []
+    unanswerable = [q for q in queries if not dataset.relevant(q.id)]
+    for query in queries:
+        relevant = dataset.relevant(query.id)
+        result = ranked[query.id]
+        pool += [(score, doc in relevant) for doc, score in zip(result.doc_ids[:cut], result.scores[:cut],
+                                                                strict=True)]
+    positives = sum(1 for _, is_relevant in pool if is_relevant)
+    rows = []
+    for t in THRESHOLDS:
+        kept = [is_relevant for score, is_relevant in pool if score >= t]
+        tp = sum(kept)
+        precision = tp / len(kept) if kept else 1.0
+        recall = tp / positives if positives else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        with_hits = sum(1 for q in unanswerable if ranked[q.id].scores and ranked[q.id].scores[0] >= t)
+        rows.append({"threshold": t, "precision": precision, "recall": recall, "f1": f1,
+                     "unanswerable_with_hits": float(with_hits)})
+    best = max(rows, key=lambda row: (round(row["f1"], 6), -row["threshold"]))
+    return rows, best["threshold"]
+
+
+def score_retriever(dataset: Dataset, name: str, queries: list[Query], ranked: dict[str, Ranked],
+                    threshold: float | None) -> RetrieverResult:
+    judged = [q for q in queries if dataset.relevant(q.id)]
+    unanswerable = [q for q in queries if not dataset.relevant(q.id)]
+    per_query = []
+    for query in judged:
+        values = query_metrics(ranked[query.id].doc_ids, dataset.relevant(query.id))
+        per_query.append({"query": query.id, "type": query.type, **values})
+    by_type: dict[str, dict[str, float]] = {}
+    for kind in sorted({q.type for q in judged if q.type}):
+        rows = [row for row in per_query if row["type"] == kind]
+        by_type[kind] = {"queries": float(len(rows)), **average(rows)}  # type: ignore[arg-type]
+    latencies = [ranked[q.id].seconds * 1000 for q in queries]
+    study, best = threshold_study(dataset, queries, ranked) if name != "jaccard" else ([], None)
+    # "returns anything above the threshold": the legacy search had none, so any word overlap counts
+    def answered(scores: list[float]) -> bool:
+        return bool(scores) and (scores[0] >= threshold if threshold is not None else scores[0] > 0)
+
+    with_hits = sum(1 for q in unanswerable if answered(ranked[q.id].scores))
+    result = RetrieverResult(retriever=name, averages=average(per_query),  # type: ignore[arg-type]
+                             latency_ms_p50=percentile(latencies, 50), latency_ms_p95=percentile(latencies, 95),
+                             queries=len(judged), unanswerable=len(unanswerable),
+                             unanswerable_with_hits=with_hits, threshold=threshold, by_type=by_type,
+                             threshold_study=study, per_query=per_query)
+    if best is not None:
+        result.by_type.setdefault("_threshold", {})["best_f1_threshold"] = best
+    return result
+
+
+def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: int | None = None,
+                   console: Console | None = None, cache_dir: Path | None = None) -> EvalReport:
+    console = console or Console()
+    unknown = [r for r in retrievers if r not in RETRIEVERS]
+    if unknown:
+        from core.errors import ServiceError
+
+        raise ServiceError(f"unknown retriever(s) {', '.join(unknown)}; choose from {', '.join(RETRIEVERS)}",
+                           code="VALIDATION_ERROR")
+    dataset = load_dataset(dataset_dir)
+    queries = dataset.queries[:limit_queries] if limit_queries else dataset.queries
+    settings = get_settings()
+    embedder = cached_embedder(cache_dir or settings.data_dir.resolve() / "eval-cache")
+    started = time.perf_counter()
+    companies = index_corpus(dataset, embedder, console)
+    console.print(f"corpus ready in {time.perf_counter() - started:.1f}s "
+                  f"({embedder.misses} chunks embedded, {embedder.hits} from cache)")
+    with get_engine().connect() as connection:
+        chunks = sum(connection.execute(sa.text("SELECT count(*) FROM data_chunks WHERE company_id = :c"),
+                                        {"c": cid}).scalar() or 0 for cid in companies.values())
+    results = []
+    for name in retrievers:
+        ranked = run_queries(name, queries, companies, console)
+        results.append(score_retriever(dataset, name, queries, ranked,
+                                       None if name == "jaccard" else settings.search_threshold))
+    return EvalReport(dataset=dataset.name, embedding_model=settings.embedding_model, corpus_docs=len(dataset.corpus),
+                      chunks=chunks, results=results)
+
+
+__all__ = ["METRICS", "RETRIEVERS", "run_evaluation"]

@@ -1,0 +1,186 @@
+"""The document registry service behind the HTTP API: index an in-memory upload (inline or
+in the background), list, read, patch and delete a company's documents.
+
+Every function takes the company id from the verified token (never from a request body)
+and scopes every statement by it, so another company's document id is simply not found.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, text
+
+from core.database import get_engine, session_scope, tenant
+from core.errors import Conflict, NotFound, ServiceError
+from indexing.models import Document
+from indexing.pipeline import (
+    UPLOAD_PREFIX,
+    Source,
+    content_hash,
+    document_locks,
+    index_sources,
+    mark_failed,
+    purge_document,
+    set_chunk_metadata,
+)
+from indexing.readers import IngestError, check_extension, decode_text, read_parts, safe_source_key
+
+logger = logging.getLogger(__name__)
+
+_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-bg")
+
+
+@dataclass(frozen=True)
+class UploadCheck:
+    source_key: str
+    filename: str
+
+
+def check_upload(filename: str, data: bytes, max_bytes: int) -> UploadCheck:
+    """The cheap checks every upload gets before it is accepted (inline or queued)."""
+    name = safe_source_key(filename)
+    if "/" in name:
+        raise IngestError(f"{filename!r}: send a plain file name, without folders.", code="UNSAFE_FILENAME")
+    suffix = check_extension(name)
+    if len(data) > max_bytes:
+        raise IngestError(f"{name!r} is larger than the {max_bytes // (1024 * 1024)} MB upload limit.",
+                          code="PAYLOAD_TOO_LARGE", status_code=413)
+    if not data or not data.strip():
+        raise IngestError(f"{name!r} is empty.", code="EMPTY_FILE")
+    if suffix not in (".pdf", ".docx"):
+        decode_text(name, data)
+    return UploadCheck(source_key=f"{UPLOAD_PREFIX}{name}", filename=name)
+
+
+def _source(check: UploadCheck, data: bytes, category: str | None, uploaded_by: str | None) -> Source:
+    return Source(source_key=check.source_key, filename=check.filename, data_hash=content_hash(data),
+                  size_bytes=len(data), parts=read_parts(check.filename, data), category=category,
+                  uploaded_by=uploaded_by)
+
+
+def index_upload(company_id: str, filename: str, data: bytes, *, category: str | None = None,
+                 uploaded_by: str | None = None, max_bytes: int = 1 << 62) -> Document:
+    """Index one in-memory file now and return its registry row (status 'indexed').
+
+    Raises IngestError (with a per-cause code) if the file cannot be indexed; then nothing
+    of it is stored (a failed replacement keeps the previous version's chunks only if the
+    failure happened before indexing started, i.e. while parsing).
+    """
+    check = check_upload(filename, data, max_bytes)
+    source = _source(check, data, category, uploaded_by)
+    outcome = index_sources(company_id, [source])[0]
+    if outcome.action == "failed":
+        raise IngestError(outcome.reason or "indexing failed", code=outcome.code or "INDEXING_FAILED",
+                          status_code=500 if outcome.code == "INDEXING_FAILED" else 422)
+    return get_document(company_id, outcome.document_id or "")
+
+
+def index_text(company_id: str, filename: str, content: str, *, category: str | None = None,
+               uploaded_by: str | None = None) -> Document:
+    """The seed's /api/rag/index-document: text content under a file name (.txt if none)."""
+    name = filename if "." in filename.rsplit("/", 1)[-1] else f"{filename}.txt"
+    return index_upload(company_id, name, content.encode("utf-8"), category=category, uploaded_by=uploaded_by)
+
+
+def queue_upload(company_id: str, filename: str, data: bytes, *, category: str | None = None,
+                 uploaded_by: str | None = None, max_bytes: int = 1 << 62) -> Document:
+    """Accept a large upload: the row is 'queued' now, the work happens on a background
+    thread ('indexing' -> 'indexed' | 'failed' with the reason), the client polls GET."""
+    check = check_upload(filename, data, max_bytes)
+    with tenant(company_id), session_scope() as session:
+        row = session.scalar(select(Document).where(Document.company_id == company_id,
+                                                    Document.source_key == check.source_key).with_for_update())
+        if row is not None and row.status in ("queued", "indexing"):
+            raise Conflict(f"{check.filename!r} is already being indexed; wait for it to finish.",
+                           code="DOCUMENT_BUSY")
+        if row is None:
+            row = Document(company_id=company_id, id=str(uuid.uuid4()), source_key=check.source_key,
+                           filename=check.filename, is_active=True, chunk_count=0, created_at=datetime.now(UTC))
+            session.add(row)
+        row.status = "queued"
+        row.error = None
+        row.category = category
+        row.uploaded_by = uploaded_by
+        session.flush()
+        document_id = row.id
+    _background.submit(_index_in_background, company_id, document_id, check, data, category, uploaded_by)
+    return get_document(company_id, document_id)
+
+
+def _index_in_background(company_id: str, document_id: str, check: UploadCheck, data: bytes,
+                         category: str | None, uploaded_by: str | None) -> None:
+    try:
+        source = _source(check, data, category, uploaded_by)
+        index_sources(company_id, [source])
+    except ServiceError as exc:
+        with tenant(company_id):
+            mark_failed(company_id, document_id, exc)
+    except Exception as exc:  # never leave a row 'queued' forever
+        logger.exception("background indexing of %s failed", check.filename)
+        with tenant(company_id):
+            mark_failed(company_id, document_id, exc)
+
+
+def wait_for_background() -> None:
+    """Tests and shutdown: block until queued work is done."""
+    _background.submit(lambda: None).result()
+
+
+def get_document(company_id: str, document_id: str) -> Document:
+    with tenant(company_id), session_scope() as session:
+        row = session.get(Document, (company_id, document_id))
+        if row is None:
+            raise NotFound(f"no document {document_id!r} in your company", code="DOCUMENT_NOT_FOUND")
+        return row
+
+
+def list_documents(company_id: str, page: int, page_size: int) -> tuple[list[Document], int]:
+    with tenant(company_id), session_scope() as session:
+        total = session.scalar(select(func.count()).select_from(Document).where(Document.company_id == company_id))
+        rows = list(session.scalars(select(Document).where(Document.company_id == company_id)
+                                    .order_by(Document.created_at.desc(), Document.id)
+                                    .offset((page - 1) * page_size).limit(page_size)))
+        return rows, int(total or 0)
+
+
+_UNSET = object()
+
+
+def patch_document(company_id: str, document_id: str, *, category: object = _UNSET,
+                   is_active: object = _UNSET) -> Document:
+    """Change category and/or is_active on the row and on every chunk, in one transaction,
+    so retrieval's is_active filter agrees with the registry at once."""
+    source_key = get_document(company_id, document_id).source_key
+    with tenant(company_id), document_locks(company_id, [source_key]), get_engine().begin() as connection:
+        found = connection.execute(text("SELECT 1 FROM documents WHERE company_id = :c AND id = :d FOR UPDATE"),
+                                   {"c": company_id, "d": document_id}).first()
+        if found is None:
+            raise NotFound(f"no document {document_id!r} in your company", code="DOCUMENT_NOT_FOUND")
+        if category is not _UNSET:
+            connection.execute(text("UPDATE documents SET category = :v, updated_at = now() "
+                                    "WHERE company_id = :c AND id = :d"),
+                               {"v": category, "c": company_id, "d": document_id})
+            set_chunk_metadata(connection, company_id, document_id, "category", category)
+        if is_active is not _UNSET:
+            connection.execute(text("UPDATE documents SET is_active = :v, updated_at = now() "
+                                    "WHERE company_id = :c AND id = :d"),
+                               {"v": bool(is_active), "c": company_id, "d": document_id})
+            set_chunk_metadata(connection, company_id, document_id, "is_active", bool(is_active))
+    return get_document(company_id, document_id)
+
+
+def delete_document(company_id: str, document_id: str) -> None:
+    source_key = get_document(company_id, document_id).source_key
+    with tenant(company_id), document_locks(company_id, [source_key]):
+        deleted = purge_document(company_id, document_id)
+    if not deleted:
+        raise NotFound(f"no document {document_id!r} in your company", code="DOCUMENT_NOT_FOUND")
+
+
+def patch_sentinel() -> object:
+    return _UNSET

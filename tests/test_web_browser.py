@@ -1,0 +1,447 @@
+"""The web page end to end in headless Chromium (Debian's package, driven by Playwright; no
+browser download): the real server runs as a subprocess on the test session's database.
+
+Each test makes its own practice. Screenshots for the README are written to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+PASSWORD = "correct horse battery"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BRIGHTSIGHT_SUBSET = ("price-list-2026.pdf", "lens-types-guide.md", "progressive-lens-adaptation.md",
+                      "lens-price-table.csv")
+CLEARVIEW_SUBSET = ("price-list-2026.md", "spectacle-lens-guide.md")
+TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package at /usr/bin/chromium "
+                                "(apt-get install -y chromium); .ci/run installs it")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve(log: Path, **overrides: str) -> Iterator[str]:
+    """`ils-rag serve` on a free loopback port, sharing the session's embedded Postgres."""
+    port = _free_port()
+    env = {**os.environ, "LOG_LEVEL": "WARNING", **overrides}
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server did not become healthy:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(database: str, embed_model: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """No LLM configured (extractive answers). UPLOAD_INLINE_MAX_KB=0 queues every upload, so
+    the page's status polling is exercised."""
+    yield from _serve(tmp_path_factory.mktemp("web-server") / "server.log", UPLOAD_INLINE_MAX_KB="0")
+
+
+@pytest.fixture(scope="module")
+def llm_server(database: str, embed_model: object, _fake_openai_server,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same service with the loopback fake OpenAI server as its LLM."""
+    yield from _serve(tmp_path_factory.mktemp("web-llm-server") / "server.log",
+                      OPENAI_BASE_URL=_fake_openai_server.base_url, OPENAI_API_KEY="sk-test", LLM_MAX_RETRIES="0",
+                      LLM_TIMEOUT_S="10")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """`open_page(base_url)`: a fresh browser context (no cookies) on one of the servers."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    contexts, errors = [], []
+
+    def _open(base_url: str):
+        context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 860})
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda message: errors.append(message.text)
+                if "Content Security Policy" in message.text else None)
+        return page
+
+    yield _open
+    for context in contexts:
+        context.close()
+    assert errors == [], f"script errors or CSP violations in the page: {errors}"
+
+
+@pytest.fixture
+def page(open_page, server: str):
+    return open_page(server)
+
+
+@pytest.fixture
+def practice(make_company, samples_dir: Path, tmp_path: Path):
+    """`practice(folder, files)`: a company with a few sample documents ingested."""
+    from indexing.folder import ingest_folder
+
+    def _make(folder: str | None, files: tuple[str, ...] = ()):
+        company = make_company(folder or "Empty practice")
+        if folder:
+            subset = tmp_path / folder
+            subset.mkdir()
+            for name in files:
+                shutil.copy(samples_dir / folder / name, subset / name)
+            report = ingest_folder(subset, company.id)
+            assert not report.failed and len(report.indexed) == len(files), report.summary()
+        return company
+
+    return _make
+
+
+def sign_in(page, email: str) -> None:
+    page.goto("/")  # a browser's Accept header is redirected to /app
+    assert page.url.endswith("/app")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_selector("#view-chat:not([hidden])")
+
+
+def ask(page, question: str):
+    page.get_by_label("Your question").fill(question)
+    with page.expect_response(lambda r: r.url.endswith("/api/chat") and r.status == 200) as response:
+        page.get_by_label("Your question").press("Enter")
+    answer = page.locator(".message.assistant[data-done]").last
+    answer.wait_for()
+    return response.value, answer
+
+
+def api_login(server: str, email: str) -> dict:
+    response = httpx.post(f"{server}/api/auth/login", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def no_horizontal_scroll(page) -> bool:
+    return page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+
+
+# --- staff: ask, stream, cite ------------------------------------------------------------------
+
+
+def test_staff_gets_a_streamed_cited_answer_from_their_own_practice(page, server, practice, make_user) -> None:
+    company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
+    practice("clearview-eyecare", CLEARVIEW_SUBSET)  # another tenant with conflicting prices
+    staff, _ = make_user(company, "staff")
+    sign_in(page, staff.email)
+    assert page.locator("#tab-documents").is_hidden()
+    assert page.locator("#kb-empty").is_hidden()
+
+    # tokens: nothing in web storage, the refresh token only in an HttpOnly strict cookie
+    assert page.evaluate("() => [localStorage.length, sessionStorage.length]") == [0, 0]
+    assert page.evaluate("() => document.cookie") == ""
+    (cookie,) = page.context.cookies()
+    assert cookie["name"] == "ils_refresh" and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/api/auth"
+
+    response, answer = ask(page, "what do progressive lenses cost?")
+    assert response.headers["content-type"].startswith("text/event-stream")
+    stream = response.text()
+    assert stream.count("event: token") >= 1 and stream.count("event: sources") == 1
+    assert stream.index("event: token") < stream.index("event: sources")
+
+    text = answer.inner_text()
+    assert "£189" in text and "£249" not in text  # BrightSight's price, never ClearView's
+    assert "Offline answer built from your documents" in text  # no LLM configured: labelled extractive
+    sources = answer.locator("button.source")
+    assert sources.count() >= 1
+    names = {sources.nth(i).inner_text().split("] ", 1)[1] for i in range(sources.count())}
+    assert names <= set(BRIGHTSIGHT_SUBSET), names
+    citations = answer.locator("button.cite")
+    assert citations.count() >= 1
+    page.screenshot(path=str(SCREENSHOTS / "chat.png"), full_page=False)
+
+    # a citation opens its passage; Escape closes it and focus returns to the citation
+    first = citations.first
+    number = first.get_attribute("data-citation")
+    first.click()
+    dialog = page.locator("#passage")
+    dialog.wait_for(state="visible")
+    assert page.locator("#passage-title").inner_text() == f"Source [{number}]"
+    assert page.locator("#passage-file").inner_text() in BRIGHTSIGHT_SUBSET
+    assert len(page.locator("#passage-text").inner_text()) > 20
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+    assert page.evaluate("() => document.activeElement.dataset.citation") == number
+
+    # history: new chat, reopen the conversation, then delete it
+    history = page.locator("#history-list li")
+    history.first.wait_for()
+    assert "progressive" in history.first.inner_text().lower()
+    page.get_by_role("button", name="New chat").click()
+    assert page.locator("#messages li").count() == 0
+    history.first.locator(".history-open").click()
+    page.locator(".message.assistant[data-done]").first.wait_for()
+    assert page.locator("#messages .cite").count() >= 1
+    page.once("dialog", lambda d: d.accept())
+    history.first.get_by_role("button", name="Delete conversation", exact=False).click()
+    page.wait_for_selector("#history-empty:not([hidden])")
+    assert page.locator("#history-list li").count() == 0
+
+    # phone width: nothing is cut off sideways
+    page.set_viewport_size({"width": 375, "height": 800})
+    assert no_horizontal_scroll(page)
+
+    # a reload keeps the session through the cookie; signing out ends it for good
+    page.reload()
+    page.wait_for_selector("#view-chat:not([hidden])")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_selector("#view-signin:not([hidden])")
+    assert page.context.cookies() == []
+    page.reload()
+    page.wait_for_selector("#view-signin:not([hidden])")
+
+
+def test_nothing_relevant_is_shown_as_such(page, practice, make_user) -> None:
+    company = practice("brightsight-optical", ("lens-types-guide.md",))
+    staff, _ = make_user(company, "staff")
+    sign_in(page, staff.email)
+    _, answer = ask(page, "Which football team won the 1966 World Cup final?")
+    assert "Nothing relevant found in your practice's documents" in answer.inner_text()
+    assert answer.locator("button.source").count() == 0
+
+
+# --- admin: documents --------------------------------------------------------------------------
+
+
+def _drop(page, name: str, content: str) -> None:
+    """What a file dropped from the desktop delivers: a drop event carrying a DataTransfer."""
+    transfer = page.evaluate_handle("""([name, content]) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([content], name, {type: "text/markdown"}));
+        return transfer;
+    }""", [name, content])
+    page.dispatch_event("#dropzone", "dragenter", {"dataTransfer": transfer})
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+
+
+def _row(page, filename: str):
+    return page.locator("#documents-body tr", has=page.locator(".filename", has_text=filename))
+
+
+def test_admin_uploads_files_and_sees_them_indexed(page, server, practice, make_user, tmp_path) -> None:
+    company = practice(None)
+    admin, _ = make_user(company, "admin")
+    sign_in(page, admin.email)
+    # an empty knowledge base is said so, with what an admin can do about it
+    assert page.locator("#kb-empty").is_visible() and page.locator("#kb-empty-admin").is_visible()
+    page.get_by_role("button", name="Documents").click()
+    page.wait_for_selector("#view-documents:not([hidden])")
+    assert page.locator("#documents-empty").is_visible()
+
+    # file picker: queued on the server, polled until indexed
+    note = tmp_path / "frame-repairs.md"
+    note.write_text("# Frame repairs\n\nWe solder broken metal frames in house. A frame repair costs £18 and "
+                    "takes five working days. Rimless mounts are re-drilled for £12.\n")
+    page.set_input_files("#file-input", str(note))
+    row = _row(page, "frame-repairs.md")
+    row.wait_for()
+    page.wait_for_selector('#documents-body tr[data-status="indexed"]')
+    assert int(row.locator(".chunks-cell").inner_text()) >= 1
+    assert row.locator(".active-cell").inner_text() == "Yes"
+
+    # drag and drop
+    _drop(page, "opening-hours.md", "# Opening hours\n\nThe practice opens Monday to Friday 9:00 to 17:30 and "
+          "Saturday 9:00 to 13:00. We are closed on Sundays and bank holidays.\n")
+    dropped = _row(page, "opening-hours.md")
+    dropped.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#documents-body tr[data-status=\"indexed\"]').length == 2")
+
+    # a file that cannot be read fails in the background; the row shows why
+    broken = tmp_path / "broken-scan.pdf"
+    broken.write_bytes(b"%PDF-1.4\nthis is not really a PDF\n")
+    page.set_input_files("#file-input", str(broken))
+    failed = _row(page, "broken-scan.pdf")
+    failed.wait_for()
+    page.wait_for_selector('#documents-body tr[data-status="failed"]')
+    assert failed.locator(".reason").inner_text().strip()
+
+    # a file refused up front (empty) says so straight away
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    page.set_input_files("#file-input", str(empty))
+    refused = page.locator("#upload-results .result.failed")
+    refused.wait_for()
+    assert "empty" in refused.inner_text().lower()
+    page.screenshot(path=str(SCREENSHOTS / "documents.png"), full_page=True)
+
+    # deactivate and activate again (the API agrees)
+    token = api_login(server, admin.email)["token"]
+    row_id = row.get_attribute("data-id")
+    row.get_by_role("button", name="Deactivate frame-repairs.md").click()
+    page.wait_for_selector(f'#documents-body tr[data-id="{row_id}"].inactive')
+    assert row.locator(".active-cell").inner_text() == "No"
+    document = httpx.get(f"{server}/api/documents/{row_id}", headers={"Authorization": f"Bearer {token}"}).json()
+    assert document["is_active"] is False
+    row.get_by_role("button", name="Activate frame-repairs.md").click()
+    page.wait_for_selector(f'#documents-body tr[data-id="{row_id}"]:not(.inactive)')
+
+    # delete after confirming
+    page.once("dialog", lambda d: d.accept())
+    failed.get_by_role("button", name="Delete broken-scan.pdf").click()
+    failed.wait_for(state="detached")
+    listing = httpx.get(f"{server}/api/documents", headers={"Authorization": f"Bearer {token}"}).json()
+    assert sorted(item["filename"] for item in listing["items"]) == ["frame-repairs.md", "opening-hours.md"]
+
+    page.set_viewport_size({"width": 375, "height": 800})
+    assert no_horizontal_scroll(page)
+
+
+# --- staff: no admin controls, and the API agrees ----------------------------------------------
+
+
+def test_staff_sees_no_admin_controls_and_is_refused_by_the_api(page, server, practice, make_user) -> None:
+    company = practice("brightsight-optical", ("lens-types-guide.md",))
+    staff, _ = make_user(company, "staff")
+    sign_in(page, staff.email)
+    assert page.locator("#tab-documents").is_hidden()
+    assert page.locator("#kb-empty").is_hidden()
+    page.goto("/app#documents")  # a hand-typed address does not open the admin view
+    page.wait_for_selector("#view-chat:not([hidden])")
+    assert page.locator("#view-documents").is_hidden()
+    assert page.locator("#dropzone").is_hidden() and page.locator("#documents-body button").count() == 0
+
+    headers = {"Authorization": f"Bearer {api_login(server, staff.email)['token']}"}
+    upload = httpx.post(f"{server}/api/documents", headers=headers,
+                        files={"files": ("sneaky.md", b"# Sneaky\n\nstaff may not upload", "text/markdown")})
+    assert upload.status_code == 403 and upload.json()["code"] == "FORBIDDEN"
+    listing = httpx.get(f"{server}/api/documents", headers=headers).json()
+    document_id = listing["items"][0]["document_id"]
+    patch = httpx.patch(f"{server}/api/documents/{document_id}", headers=headers, json={"is_active": False})
+    delete = httpx.delete(f"{server}/api/documents/{document_id}", headers=headers)
+    assert patch.status_code == 403 and delete.status_code == 403
+
+
+# --- TOKEN_EXPIRED: one refresh, one retry -----------------------------------------------------
+
+
+def _expired_token(user, company_id: str) -> str:
+    """A genuine token of this user, signed with the server's secret, that expired 5 minutes ago."""
+    from auth.permissions import permissions_for
+    from auth.tokens import issue_access_token
+    from core.settings import Settings
+
+    token, _ = issue_access_token(user_id=user.id, company_id=company_id, email=user.email, role=user.role,
+                                  permissions=permissions_for(user.role), settings=Settings(access_token_minutes=-5))
+    return token
+
+
+def test_an_expired_token_is_refreshed_once_and_the_call_retried(page, server, practice, make_user) -> None:
+    company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
+    staff, _ = make_user(company, "staff")
+    sign_in(page, staff.email)
+    expired = _expired_token(staff, company.id)
+    seen: list[tuple[str, int]] = []
+    page.on("response", lambda r: seen.append((r.url.split("/api/", 1)[-1], r.status)) if "/api/" in r.url else None)
+
+    swapped = []
+
+    def expire_first_chat(route, request) -> None:
+        if not swapped:  # the page's first try carries an access token the server finds expired
+            swapped.append(True)
+            route.continue_(headers={**request.headers, "authorization": f"Bearer {expired}"})
+        else:
+            route.continue_()
+
+    page.route("**/api/chat", expire_first_chat)
+    _, answer = ask(page, "what do progressive lenses cost?")
+    assert "£189" in answer.inner_text()
+    chat_calls = [status for path, status in seen if path == "chat"]
+    assert chat_calls == [401, 200]
+    assert [status for path, status in seen if path == "auth/refresh"] == [200]
+    page.unroute("**/api/chat")
+
+    # if the refreshed token is refused too, the page does not loop: one refresh, then sign-in
+    seen.clear()
+    page.route("**/api/chat", lambda route, request: route.continue_(
+        headers={**request.headers, "authorization": f"Bearer {expired}"}))
+    page.get_by_label("Your question").fill("and single vision lenses?")
+    page.get_by_label("Your question").press("Enter")
+    page.wait_for_selector("#view-signin:not([hidden])")
+    assert "session has ended" in page.locator("#signin-error").inner_text()
+    assert [status for path, status in seen if path == "chat"] == [401, 401]
+    assert [status for path, status in seen if path == "auth/refresh"] == [200]
+
+
+# --- with a language model ---------------------------------------------------------------------
+
+
+def test_llm_answers_stream_token_by_token_and_llm_failures_are_shown(open_page, llm_server, fake_openai, practice,
+                                                                     make_user) -> None:
+    company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
+    practice("clearview-eyecare", CLEARVIEW_SUBSET)
+    staff, _ = make_user(company, "staff")
+    fake_openai.reply = ("Progressive lenses start at £189 per pair [1]. Allow a couple of weeks to adapt to "
+                         "them [2].")
+    page = open_page(llm_server)
+    sign_in(page, staff.email)
+    response, answer = ask(page, "what do progressive lenses cost?")
+    assert response.text().count("event: token") >= 10  # the model's words arrive one by one
+    prompt = fake_openai.prompt_text(fake_openai.requests[-1])
+    assert "£189" in prompt and "£249" not in prompt  # the model only saw this practice's passages
+    text = answer.inner_text()
+    assert "£189" in text and "Offline answer" not in text
+    assert answer.locator("button.cite").count() == 2
+
+    # the LLM goes down: the service's own JSON error is shown, in the answer and the alert
+    fake_openai.fail_status = 503
+    page.get_by_label("Your question").fill("and bifocals?")
+    page.get_by_label("Your question").press("Enter")
+    failed = page.locator(".message.assistant.failed")
+    failed.wait_for()
+    assert "language model service failed" in failed.inner_text()
+    assert "language model service failed" in page.locator("#alert").inner_text()
+    assert page.get_by_label("Your question").is_enabled()
