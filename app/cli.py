@@ -89,10 +89,10 @@ def db_upgrade() -> None:
 def companies_create(slug: str, name: Annotated[str | None, typer.Option(help="Display name.")] = None) -> None:
     """Create a company (tenant)."""
     from auth.users import create_company
-    from core.database import session_scope
+    from core.database import admin_session_scope
 
     prepared()
-    with session_scope() as session:
+    with admin_session_scope() as session:
         company = create_company(session, slug, name or slug.replace("-", " ").title())
         console.print(f"created company {company.slug} ({company.id})")
 
@@ -101,11 +101,11 @@ def companies_create(slug: str, name: Annotated[str | None, typer.Option(help="D
 def companies_list() -> None:
     """List companies."""
     from auth.users import list_companies
-    from core.database import session_scope
+    from core.database import admin_session_scope
 
     prepared()
     table = Table("slug", "name", "id", "active")
-    with session_scope() as session:
+    with admin_session_scope() as session:
         for company in list_companies(session):
             table.add_row(company.slug, company.name, company.id, str(company.is_active))
     console.print(table)
@@ -129,11 +129,11 @@ def users_create(
 ) -> None:
     """Create a user; the password is prompted for, or read from standard input."""
     from auth.users import create_user, get_company_by_slug
-    from core.database import session_scope
+    from core.database import admin_session_scope
 
     prepared()
     password = _read_password()
-    with session_scope() as session:
+    with admin_session_scope() as session:
         company_row = get_company_by_slug(session, company)
         user = create_user(session, company_row.id, email, password, role, full_name)
         console.print(f"created {user.role} {user.email} in {company_row.slug}")
@@ -143,11 +143,11 @@ def users_create(
 def users_list(company: Annotated[str | None, typer.Option(help="Company slug.")] = None) -> None:
     """List users, optionally of one company."""
     from auth.users import get_company_by_slug, list_companies, list_users
-    from core.database import session_scope
+    from core.database import admin_session_scope
 
     prepared()
     table = Table("company", "email", "role", "active", "id")
-    with session_scope() as session:
+    with admin_session_scope() as session:
         slugs = {c.id: c.slug for c in list_companies(session)}
         company_id = get_company_by_slug(session, company).id if company else None
         for user in list_users(session, company_id):
@@ -215,6 +215,15 @@ def _register_evals(typer_app: typer.Typer) -> None:
 
 
 COMMANDS.append(_register_evals)
+
+
+def _register_bench_search(typer_app: typer.Typer) -> None:
+    from app.bench_cli import register
+
+    register(typer_app)
+
+
+COMMANDS.append(_register_bench_search)
 
 
 def main() -> None:

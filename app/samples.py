@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from auth.models import Company
 from auth.users import create_company, create_user, find_user_in_company
-from core.database import session_scope
+from core.database import admin_session_scope
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 
@@ -27,7 +27,7 @@ def sample_users(slug: str) -> list[tuple[str, str]]:
 
 
 def ensure_sample_company(slug: str) -> Company:
-    with session_scope() as session:
+    with admin_session_scope() as session:
         company = session.scalar(select(Company).where(Company.slug == slug))
         if company is None:
             company = create_company(session, slug, SAMPLE_COMPANIES[slug])

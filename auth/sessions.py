@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from auth import audit
@@ -189,15 +189,16 @@ def _require_issuer(settings: Settings) -> None:
 
 
 def _candidates(email: str, company_slug: str | None) -> list[_Candidate]:
-    # The one cross-company read: the company is what we are trying to find out.
-    query = (select(User, Company).join(Company, Company.id == User.company_id)
-             .where(func.lower(User.email) == email))
-    if company_slug:
-        query = query.where(Company.slug == company_slug.strip().lower())
+    # The one cross-company read: the company is what we are trying to find out. Row-level
+    # security hides `users` outside a tenant, so it goes through the narrow SECURITY
+    # DEFINER function of migration 0002 (by exact email only, sign-in columns only).
+    slug = company_slug.strip().lower() if company_slug else None
     with session_scope() as session:
-        return [_Candidate(company_id=c.id, company_slug=c.slug, company_active=c.is_active, user_id=u.id,
-                           email=u.email, role=u.role, is_active=u.is_active, password_hash=u.password_hash)
-                for u, c in session.execute(query.order_by(Company.slug)).all()]
+        rows = session.execute(text("SELECT * FROM ils_login_candidates(:email, :slug)"),
+                               {"email": email, "slug": slug}).all()
+    return [_Candidate(company_id=r.company_id, company_slug=r.company_slug, company_active=r.company_active,
+                       user_id=r.user_id, email=r.email, role=r.role, is_active=r.is_active,
+                       password_hash=r.password_hash) for r in rows]
 
 
 def login(email: str, password: str, *, company_slug: str | None = None, client_ip: str | None = None,

@@ -1,4 +1,10 @@
-"""One SQLAlchemy engine per process, the tenant scope, and start-up checks.
+"""Two SQLAlchemy engines per process, the tenant scope, and start-up checks.
+
+`get_admin_engine()` connects as the owner (DATABASE_URL, or the embedded server's
+`postgres`): migrations, the CLI, bootstrap and cross-tenant maintenance only.
+`get_engine()` connects as the service role (`ils_app`, or APP_DATABASE_URL), which is
+neither superuser nor BYPASSRLS, so the row-level security policies of migration 0002
+apply to every query the service makes.
 
 The tenant scope is a context variable copied into every transaction with
 `set_config('app.company_id', ..., true)` (transaction-local), so a pooled connection
@@ -9,6 +15,9 @@ read it.
 from __future__ import annotations
 
 import contextvars
+import logging
+import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -17,12 +26,18 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from core.embedded_postgres import start_embedded_postgres
 from core.errors import ConfigurationError, DatabaseUnavailable
 from core.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+APP_ROLE = "ils_app"  # created by migration 0002
+APP_PASSWORD_FILE = "db_app_password"
 
 _current_company: contextvars.ContextVar[str | None] = contextvars.ContextVar("company_id", default=None)
 
@@ -31,15 +46,81 @@ class Base(DeclarativeBase):
     """Declarative base for our own tables (the chunk table belongs to PGVectorStore)."""
 
 
+def _psycopg2_url(raw: str) -> str:
+    url = make_url(raw)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg2")
+    return url.render_as_string(hide_password=False)
+
+
 @lru_cache
 def database_url() -> str:
+    """The owner's URL (migrations, CLI, bootstrap); starts the embedded server when unset."""
     settings = get_settings()
     if settings.database_url:
-        url = make_url(settings.database_url)
-        if url.drivername in ("postgresql", "postgres"):
-            url = url.set(drivername="postgresql+psycopg2")
-        return url.render_as_string(hide_password=False)
+        return _psycopg2_url(settings.database_url)
     return start_embedded_postgres(settings.pgdata_dir)
+
+
+def _app_password(settings: Settings) -> str:
+    """The generated password of ils_app on an external server (DATA_DIR/db_app_password, 0600)."""
+    path = settings.data_dir.resolve() / APP_PASSWORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    return password
+
+
+def _refuse_or_warn(settings: Settings, reason: str) -> str:
+    message = (f"{reason}; the service would bypass row-level security. Set APP_DATABASE_URL to a role without "
+               f"SUPERUSER/BYPASSRLS that is a member of {APP_ROLE} (see SECURITY.md), or give DATABASE_URL's "
+               "role CREATEROLE so the service can create it.")
+    if settings.environment != "development":
+        raise ConfigurationError(message)
+    logger.warning("%s (allowed only because ENVIRONMENT=development)", message)
+    return database_url()
+
+
+def app_database_url() -> str:
+    """The URL the service connects with: a role that row-level security applies to.
+
+    APP_DATABASE_URL when set; for the embedded server (trust authentication over its
+    private socket) the owner URL with the user swapped for ils_app; for an external
+    DATABASE_URL, ils_app with a generated password the owner sets (needs CREATEROLE).
+    Cached per owner URL, so clearing `database_url` after repointing DATABASE_URL suffices.
+    """
+    return _derive_app_url(database_url(), get_settings().app_database_url)
+
+
+@lru_cache(maxsize=4)
+def _derive_app_url(owner_url: str, configured: str | None) -> str:
+    settings = get_settings()
+    if configured:
+        return _psycopg2_url(configured)
+    owner = make_url(owner_url)
+    if settings.embedded_database:
+        return owner.set(username=APP_ROLE, password=None).render_as_string(hide_password=False)
+    try:
+        with get_admin_engine().connect() as connection:
+            me = connection.execute(sa.text(
+                "SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")).one()
+            exists = connection.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": APP_ROLE}).first()
+            if exists is None:
+                return _refuse_or_warn(settings, f"role {APP_ROLE} does not exist (run `ils-rag db upgrade`)")
+            if not (me.rolsuper or me.rolcreaterole):
+                return _refuse_or_warn(settings, f"DATABASE_URL's role may not set a password for {APP_ROLE}")
+            password = _app_password(settings)
+            # psycopg2 quotes the parameter client-side; DDL takes no server-side parameters.
+            connection.exec_driver_sql(f"ALTER ROLE {APP_ROLE} WITH LOGIN PASSWORD %(p)s", {"p": password})
+            connection.commit()
+    except (OperationalError, DBAPIError) as exc:
+        raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+    return owner.set(username=APP_ROLE, password=password).render_as_string(hide_password=False)
 
 
 def _async_url(url: str) -> str:
@@ -60,14 +141,13 @@ def _set_tenant(connection: sa.Connection) -> None:
     connection.exec_driver_sql("SELECT set_config('app.company_id', %(c)s, true)", {"c": company_id or ""})
 
 
-@lru_cache
-def get_engine() -> Engine:
+def _create_engine(url: str) -> Engine:
     settings = get_settings()
     engine = sa.create_engine(
-        database_url(),
+        url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=True,  # a connection that died with the server is replaced, not handed out
         pool_timeout=settings.db_connect_timeout_s,
         connect_args={"connect_timeout": settings.db_connect_timeout_s},
     )
@@ -77,14 +157,47 @@ def get_engine() -> Engine:
 
 
 @lru_cache
+def get_engine() -> Engine:
+    """The service's engine: connects as the row-level-security-bound role."""
+    return _create_engine(app_database_url())
+
+
+@lru_cache(maxsize=4)
+def _admin_engine(url: str) -> Engine:
+    return _create_engine(url)
+
+
+def get_admin_engine() -> Engine:
+    """The owner's engine (bypasses row-level security): migrations, CLI, bootstrap only.
+
+    Keyed by URL so code that repoints DATABASE_URL and clears `database_url` gets a new one.
+    """
+    return _admin_engine(database_url())
+
+
+@lru_cache
 def get_async_engine() -> AsyncEngine:
     """Only handed to LlamaIndex stores, which insist on having one; we use the sync path."""
-    return create_async_engine(_async_url(database_url()), pool_pre_ping=True)
+    engine = create_async_engine(_async_url(app_database_url()), pool_pre_ping=True)
+    event.listen(engine.sync_engine, "begin", _set_tenant)
+    return engine
 
 
 @lru_cache
 def session_factory() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+@lru_cache(maxsize=4)
+def _admin_session_factory(url: str) -> sessionmaker[Session]:
+    return sessionmaker(_admin_engine(url), expire_on_commit=False)
+
+
+def reset_engines() -> None:
+    """Forget every cached URL, engine and session factory (after DATABASE_URL changes)."""
+    for cached in (database_url, _derive_app_url, get_engine, _admin_engine, get_async_engine, session_factory,
+                   _admin_session_factory):
+        cached.cache_clear()
 
 
 @contextmanager
@@ -101,19 +214,62 @@ def current_company() -> str | None:
     return _current_company.get()
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """True for errors that mean "the database cannot be reached", not "this query is wrong"."""
+    if isinstance(exc, OperationalError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on error."""
-    session = session_factory()()
+def _scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    session = factory()
     try:
         with session.begin():
             yield session
-    except (OperationalError, DBAPIError) as exc:
-        if exc.connection_invalidated or isinstance(exc, OperationalError):
+    except (DBAPIError, PoolTimeoutError) as exc:
+        if is_unavailable(exc):
             raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A service session (row-level security applies: use inside `tenant(...)` for tenant
+    tables); its transaction commits on success and rolls back on error."""
+    with _scope(session_factory()) as session:
+        yield session
+
+
+@contextmanager
+def admin_session_scope() -> Iterator[Session]:
+    """An owner session that sees every company: CLI, bootstrap and maintenance only, never a request."""
+    with _scope(_admin_session_factory(database_url())) as session:
+        yield session
+
+
+def check_app_role(settings: Settings | None = None) -> None:
+    """Start-up check: the service role must be subject to row-level security.
+
+    Raises ConfigurationError outside development when it is a superuser or BYPASSRLS.
+    """
+    settings = settings or get_settings()
+    try:
+        with get_engine().connect() as connection:
+            row = connection.execute(sa.text(
+                "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")).one()
+    except (OperationalError, DBAPIError) as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if getattr(exc, "orig", None) else str(exc)
+        raise ConfigurationError(f"the service role cannot connect ({reason}); check APP_DATABASE_URL "
+                                 "or run `ils-rag db upgrade` to create it.") from exc
+    if row.rolsuper or row.rolbypassrls:
+        if settings.environment != "development":
+            raise ConfigurationError(f"the service connects as {row.rolname}, which bypasses row-level security; "
+                                     f"set APP_DATABASE_URL to a role without SUPERUSER/BYPASSRLS (see SECURITY.md).")
+        logger.warning("the service connects as %s, which bypasses row-level security (development only)",
+                       row.rolname)
 
 
 def pgvector_version(connection: sa.Connection) -> str | None:
@@ -128,7 +284,7 @@ def check_database(settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     where = "the embedded database" if settings.embedded_database else "DATABASE_URL"
     try:
-        with get_engine().connect() as connection:
+        with get_admin_engine().connect() as connection:
             available = connection.execute(
                 sa.text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
             ).scalar()

@@ -9,7 +9,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from core.database import get_engine
+from core.database import check_app_role, get_admin_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -21,11 +21,13 @@ def alembic_config() -> Config:
 
 
 def upgrade(revision: str = "head") -> None:
+    """Migrate as the owner, then check that the service role is bound by row-level security."""
     command.upgrade(alembic_config(), revision)
+    check_app_role()
 
 
 def current_revision() -> str | None:
-    with get_engine().connect() as connection:
+    with get_admin_engine().connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="Postgres with pgvector; unset = embedded server.")
     db_pool_size: int = 10
     db_connect_timeout_s: int = 5
+    app_database_url: str | None = Field(
+        default=None, description="Role the service itself connects as (no SUPERUSER/BYPASSRLS, granted ils_app); "
+                                  "unset = derived from DATABASE_URL as the ils_app role (see SECURITY.md).")
 
     # Embeddings
     embedding_backend: Literal["local", "openai"] = "local"
@@ -81,7 +84,20 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(default=20, description="Files per POST /api/documents request.")
     upload_inline_max_kb: int = Field(default=256, description="Uploads above this are indexed in the background.")
     ingest_batch_chars: int = Field(default=200_000, description="Text per pipeline run (~chunks x 1,000).")
+    max_body_kb: int = Field(default=256, ge=1, description="Largest JSON/form body (uploads: MAX_UPLOAD_MB).")
+    search_rate_per_minute: int = Field(default=120, ge=1, description="Searches per user per minute (429 above).")
+    chat_rate_per_minute: int = Field(default=30, ge=1, description="Chat messages per user per minute (429 above).")
+    jwt_previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated old HS256 secrets still accepted for verification "
+                                          "during a JWT_SECRET rotation (never used to sign).")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("jwt_previous_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [secret.strip() for secret in value.split(",") if secret.strip()]
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from auth.models import Company
 from auth.users import create_company
-from core.database import get_engine, session_scope, tenant
+from core.database import admin_session_scope, get_engine, tenant
 from core.embeddings import get_embed_model
 from core.settings import get_settings
 from evals.beir import Dataset, Query, load_dataset
@@ -57,7 +57,7 @@ def eval_company_slug(dataset: str, company: str | None) -> str:
 
 
 def ensure_company(slug: str) -> str:
-    with session_scope() as session:
+    with admin_session_scope() as session:  # companies are created by the owner
         company = session.scalar(select(Company).where(Company.slug == slug))
         if company is None:
             company = create_company(session, slug, f"Evaluation ({slug})")
@@ -236,9 +236,11 @@ def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: i
     companies = index_corpus(dataset, embedder, console)
     console.print(f"corpus ready in {time.perf_counter() - started:.1f}s "
                   f"({embedder.misses} chunks embedded, {embedder.hits} from cache)")
-    with get_engine().connect() as connection:
-        chunks = sum(connection.execute(sa.text("SELECT count(*) FROM data_chunks WHERE company_id = :c"),
-                                        {"c": cid}).scalar() or 0 for cid in companies.values())
+    chunks = 0
+    for cid in companies.values():  # row-level security: each company's rows are visible only in its tenant
+        with tenant(cid), get_engine().connect() as connection:
+            chunks += connection.execute(sa.text("SELECT count(*) FROM data_chunks WHERE company_id = :c"),
+                                         {"c": cid}).scalar() or 0
     results = []
     for name in retrievers:
         ranked = run_queries(name, queries, companies, console)

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from llama_index.core import Document as LIDocument
 
-from core.database import get_engine
+from core.database import get_admin_engine
 from core.embeddings import embedding_info, get_embed_model
 from indexing.chunking import build_splitter, chunk_plan
 from indexing.folder import _list_files, ingest_folder
@@ -38,7 +38,8 @@ def _chunk_texts(folders: list[Path]) -> list[str]:
 
 
 def _drop_company(company_id: str) -> None:
-    with get_engine().begin() as connection:
+    # cross-table cleanup of a throwaway company, including the companies row: the owner's job
+    with get_admin_engine().begin() as connection:
         for table in ("data_chunks", "data_docstore", "documents"):
             connection.execute(sa.text(f"DELETE FROM {table} WHERE company_id = :c"), {"c": company_id})
         connection.execute(sa.text("DELETE FROM companies WHERE id = :c"), {"c": company_id})

@@ -124,7 +124,7 @@ def ingest_folder(path: Path, company_id: str, *, category: str | None = None, s
     if not company_exists(company_id):
         raise NotFound(f"no company with id {company_id!r}", code="COMPANY_NOT_FOUND")
     report = IngestReport()
-    with session_scope() as session:
+    with tenant(company_id), session_scope() as session:
         rows = {r.source_key: r for r in session.scalars(select(Document).where(Document.company_id == company_id))}
 
     todo: list[tuple[Path, str, bytes]] = []

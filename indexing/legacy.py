@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from llama_index.core import Document as LIDocument
 from sqlalchemy.engine import make_url
 
-from core.database import get_engine, session_scope
+from core.database import get_admin_engine, session_scope, tenant
 from core.embeddings import configured_dimensions
 from core.errors import ConfigurationError, ServiceError
 from indexing.models import Document
@@ -87,8 +87,10 @@ def _slug_for(company_id: str) -> str:
 
 
 def ensure_company(company_id: str) -> bool:
-    """Return True if the company had to be created (see the module docstring)."""
-    with get_engine().begin() as connection:
+    """Return True if the company had to be created (see the module docstring).
+
+    Companies are created by the owner: the service role may only read them."""
+    with get_admin_engine().begin() as connection:
         if connection.execute(sa.text("SELECT 1 FROM companies WHERE id = :c"), {"c": company_id}).first():
             return False
         slug = _slug_for(company_id)
@@ -125,7 +127,7 @@ def _filename(legacy_id: str, filename: str | None) -> str:
 
 
 def _already_migrated(company_id: str, legacy_id: str) -> bool:
-    with session_scope() as session:
+    with tenant(company_id), session_scope() as session:
         status = session.scalar(sa.select(Document.status).where(Document.company_id == company_id,
                                                                  Document.legacy_id == legacy_id))
         return status == "indexed"

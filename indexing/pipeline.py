@@ -302,7 +302,7 @@ def mark_failed(company_id: str, document_id: str, error: ServiceError | Excepti
     """A failed document keeps no chunks and no hashes, and says why."""
     code = getattr(error, "code", "INDEXING_FAILED")
     message = getattr(error, "message", None) or f"indexing failed: {type(error).__name__}: {error}"
-    with get_engine().begin() as connection:
+    with tenant(company_id), get_engine().begin() as connection:  # also called from background threads
         refs = _chunk_ref_ids(connection, company_id, document_id)
         _delete_chunks_and_hashes(connection, company_id, document_id, refs)
         connection.execute(sa.text(
@@ -336,7 +336,7 @@ def index_sources(company_id: str, sources: Sequence[Source],
 
 
 def _failed(company_id: str, source: Source, exc: Exception) -> Outcome:
-    with session_scope() as session:
+    with tenant(company_id), session_scope() as session:
         document_id = session.scalar(select(Document.id).where(Document.company_id == company_id,
                                                                Document.source_key == source.source_key))
     if document_id:

@@ -162,7 +162,8 @@ class ChatService:
         nodes = self._retriever().retrieve(query)
         if not nodes:
             return self._nothing(query, conversation_id, started)
-        answer = extractive_answer(query, nodes, self.embed_model)
+        previous_answer = next((t.content for t in reversed(turns) if t.role == "assistant"), None)
+        answer = extractive_answer(query, nodes, self.embed_model, already_said=previous_answer)
         return ChatResult(answer=answer, conversation_id=conversation_id or "",
                           sources=source_list(nodes), is_relevant=True, mode="extractive", used_external_ai=False,
                           retrieval_query=query, started=started)

@@ -92,21 +92,21 @@ def client(app: object) -> Iterator[object]:
 def company(database: str):
     """A fresh company per test, so tests never see each other's data."""
     from auth.users import create_company
-    from core.database import session_scope
+    from core.database import admin_session_scope
 
     slug = f"t-{uuid.uuid4().hex[:12]}"
-    with session_scope() as session:
+    with admin_session_scope() as session:  # companies are created by the owner (the service may only read them)
         return create_company(session, slug, f"Test practice {slug}")
 
 
 @pytest.fixture
 def make_company(database: str):
     from auth.users import create_company
-    from core.database import session_scope
+    from core.database import admin_session_scope
 
     def _make(name: str = "Test practice"):
         slug = f"t-{uuid.uuid4().hex[:12]}"
-        with session_scope() as session:
+        with admin_session_scope() as session:
             return create_company(session, slug, name)
 
     return _make
@@ -123,10 +123,10 @@ def make_user(database: str):
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_user
-    from core.database import session_scope
+    from core.database import session_scope, tenant
 
     def _make(company, role: str = "staff", password: str = "correct horse battery"):
-        with session_scope() as session:
+        with tenant(company.id), session_scope() as session:
             user = create_user(session, company.id, f"{role}-{uuid.uuid4().hex[:8]}@example.com", password, role)
         token, _ = issue_access_token(user_id=user.id, company_id=company.id, email=user.email, role=role,
                                       permissions=permissions_for(role))

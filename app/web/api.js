@@ -106,7 +106,7 @@ function authorised(init = {}) {
 /** After a 401: TOKEN_EXPIRED gets one refresh (true = retry); anything else ends the session. */
 async function recover(error, alreadyRetried) {
   if (error.status !== 401) return false;
-  if (error.code === "NOPE" && !alreadyRetried) {
+  if (error.code === "TOKEN_EXPIRED" && !alreadyRetried) {
     try {
       await refreshSession();
       return true;
