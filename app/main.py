@@ -11,7 +11,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handlers
-from app.middleware import RequestIdMiddleware
+from app.limits import install_rate_limiters
+from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from app.routes import auth as auth_routes
 from app.routes import chat as chat_routes
 from app.routes import documents as documents_routes
@@ -23,8 +24,10 @@ from auth.tokens import check_auth_configuration
 from core import SERVICE_NAME, __version__
 from core.database import check_database
 from core.embeddings import get_embed_model
+from core.errors import ConfigurationError
 from core.migrate import upgrade
 from core.settings import Settings, get_settings
+from indexing.documents import recover_interrupted_uploads
 
 logger = logging.getLogger("ils_rag")
 
@@ -37,6 +40,7 @@ def prepare_runtime(settings: Settings) -> None:
     check_auth_configuration(settings)  # first: a bad JWT_SECRET fails in a second, before Postgres starts
     check_database(settings)
     upgrade()
+    recover_interrupted_uploads()  # uploads a killed process held in memory can never finish
     get_embed_model()
 
 
@@ -55,9 +59,17 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
     app.state.settings = settings
     app.state.embed_model_loaded = False
     install_error_handlers(app)
+    install_rate_limiters(app, settings)
+    # Added innermost first: request id (outermost) -> security headers -> CORS -> body limit.
+    app.add_middleware(BodySizeLimitMiddleware, settings=settings)
     if settings.cors_origins:
+        if "*" in settings.cors_origins:  # with the refresh cookie, "any origin" would be any site
+            raise ConfigurationError("CORS_ORIGINS may not contain '*': list the exact origins (https://host).")
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
-                           allow_methods=["*"], allow_headers=["*"])
+                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
     for router in ROUTERS:
         app.include_router(router)

@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select, text
 
-from core.database import get_engine, session_scope, tenant
+from core.database import get_admin_engine, get_engine, session_scope, tenant
 from core.errors import Conflict, NotFound, ServiceError
 from indexing.models import Document
 from indexing.pipeline import (
     UPLOAD_PREFIX,
     Source,
     content_hash,
+    document_lock_key,
     document_locks,
     index_sources,
     mark_failed,
@@ -33,6 +34,7 @@ from indexing.readers import IngestError, check_extension, decode_text, read_par
 logger = logging.getLogger(__name__)
 
 _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-bg")
+_in_flight: set[tuple[str, str]] = set()  # (company_id, document_id) queued or indexing in this process
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ def queue_upload(company_id: str, filename: str, data: bytes, *, category: str |
         row.uploaded_by = uploaded_by
         session.flush()
         document_id = row.id
+    _in_flight.add((company_id, document_id))
     _background.submit(_index_in_background, company_id, document_id, check, data, category, uploaded_by)
     return get_document(company_id, document_id)
 
@@ -124,6 +127,42 @@ def _index_in_background(company_id: str, document_id: str, check: UploadCheck, 
         logger.exception("background indexing of %s failed", check.filename)
         with tenant(company_id):
             mark_failed(company_id, document_id, exc)
+    finally:
+        _in_flight.discard((company_id, document_id))
+
+
+def recover_interrupted_uploads() -> int:
+    """Fail uploads a previous process left 'queued' or 'indexing' (it died with them in memory).
+
+    Their bytes are gone, so they cannot be resumed; without this a client would poll
+    forever and a re-upload would be refused as DOCUMENT_BUSY. Rows being indexed right now
+    by another live process hold that document's advisory lock and are left alone. Folder
+    ingests are not touched: the next `ils-rag ingest` redoes them (see indexing.pipeline).
+    Returns how many uploads were marked failed.
+    """
+    with get_admin_engine().connect() as connection:  # a cross-company maintenance read
+        rows = connection.execute(text(
+            "SELECT company_id, id, source_key FROM documents "
+            "WHERE status IN ('queued', 'indexing') AND source_key LIKE :prefix"),
+            {"prefix": f"{UPLOAD_PREFIX}%"}).all()
+    recovered = 0
+    for company_id, document_id, source_key in rows:
+        if (company_id, document_id) in _in_flight:
+            continue
+        with get_engine().connect() as connection:
+            free = connection.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"),
+                                      {"k": document_lock_key(company_id, source_key)}).scalar()
+            if free:
+                connection.execute(text("SELECT pg_advisory_unlock_all()"))
+            connection.commit()
+        if not free:
+            continue
+        mark_failed(company_id, document_id, ServiceError(
+            "indexing was interrupted by a service restart; upload the file again.", code="INDEXING_INTERRUPTED"))
+        recovered += 1
+    if recovered:
+        logger.warning("marked %d interrupted upload(s) as failed", recovered)
+    return recovered
 
 
 def wait_for_background() -> None:

@@ -157,6 +157,11 @@ class _RowState:
     category: str | None
 
 
+def document_lock_key(company_id: str, source_key: str) -> str:
+    """The advisory-lock name of one document (hashed by Postgres into the lock id)."""
+    return f"ils-doc|{company_id}|{source_key}"
+
+
 @contextmanager
 def document_locks(company_id: str, source_keys: Sequence[str]) -> Iterator[None]:
     """Serialise indexing of the same document across threads and processes (CLI vs server).
@@ -168,7 +173,7 @@ def document_locks(company_id: str, source_keys: Sequence[str]) -> Iterator[None
         keys = sorted(set(source_keys))
         for key in keys:
             connection.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"),
-                               {"k": f"ils-doc|{company_id}|{key}"})
+                               {"k": document_lock_key(company_id, key)})
         connection.commit()
         try:
             yield
