@@ -18,40 +18,51 @@ PLACEHOLDER_SECRET = "your-secret-key-change-in-production"  # the seed's defaul
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    environment: Literal["development", "test", "production"] = "development"
+    environment: Literal["development", "test", "production"] = Field(
+        default="development", description="development, test or production; outside development JWT_SECRET "
+                                           "is mandatory and a service role that bypasses RLS is refused.")
     data_dir: Path = Field(default=Path("data"), description="Embedded Postgres data, caches, generated secrets.")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    log_level: str = "INFO"
+    host: str = Field(default="127.0.0.1", description="Address `ils-rag serve` binds.")
+    port: int = Field(default=8000, description="Port `ils-rag serve` listens on.")
+    log_level: str = Field(default="INFO", description="Log level of the JSON logs.")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Service logs: one JSON object per line (request id, user id, company id), "
+                                    "or text; secrets are redacted from both.")
 
     # Database
     database_url: str | None = Field(default=None, description="Postgres with pgvector; unset = embedded server.")
-    db_pool_size: int = 10
-    db_connect_timeout_s: int = 5
+    db_pool_size: int = Field(default=10, ge=1, description="Connections per engine (the same again as overflow).")
+    db_connect_timeout_s: int = Field(
+        default=5, ge=1, description="Connect and pool-checkout timeout: a dead database answers 503 fast.")
     app_database_url: str | None = Field(
         default=None, description="Role the service itself connects as (no SUPERUSER/BYPASSRLS, granted ils_app); "
                                   "unset = derived from DATABASE_URL as the ils_app role (see SECURITY.md).")
 
     # Embeddings
-    embedding_backend: Literal["local", "openai"] = "local"
+    embedding_backend: Literal["local", "openai"] = Field(
+        default="local", description="local (bundled all-MiniLM-L6-v2, 384 dims, offline) or openai.")
     embedding_model: str = Field(
         default="all-MiniLM-L6-v2",
         description="Local: the bundled all-MiniLM-L6-v2 (or a path). OpenAI: text-embedding-3-small / ada-002.",
     )
-    embedding_batch_size: int = 64
+    embedding_batch_size: int = Field(default=64, ge=1, description="Texts per embedding batch during ingestion.")
     embedding_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
         default="onnx",
         description="Local model runtime: onnx (exported + fused at first use, same vectors as torch, faster), "
                     "onnx-int8 (quantized, fastest, cosine ≈ 0.99 to fp32), torch (fp32, the fallback).",
     )
     query_cache_size: int = Field(default=1024, ge=0, description="Repeated query embeddings kept in memory; 0 = off.")
+    model_cache_dir: Path | None = Field(
+        default=None, description="Where ONNX exports of the local model are kept (exported once, reused by "
+                                  "every process); unset = DATA_DIR/models.")
 
     # LLM
-    openai_api_key: SecretStr | None = None
+    openai_api_key: SecretStr | None = Field(
+        default=None, description="Enables GPT-4-family answers (and OpenAI embeddings when selected).")
     openai_base_url: str | None = Field(default=None, description="Any OpenAI-compatible endpoint.")
-    llm_model: str = "gpt-4o"
-    llm_timeout_s: float = 30.0
-    llm_max_retries: int = 2
+    llm_model: str = Field(default="gpt-4o", description="Chat model name (GPT-4 family on OpenAI).")
+    llm_timeout_s: float = Field(default=30.0, gt=0, description="Per-call LLM timeout (504 after the retries).")
+    llm_max_retries: int = Field(default=2, ge=0, description="Retries with backoff on LLM timeouts and 5xx.")
     llm_fallback_extractive: bool = Field(
         default=False, description="On LLM timeout/outage answer extractively instead of 502/504.")
     llm_context_window: int = Field(
@@ -67,30 +78,36 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(default=2000, ge=10, description="Longest accepted search query / chat message.")
 
     # Auth
-    jwt_secret: SecretStr | None = None
-    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 secret (≥ 32 bytes); unset in development = generated into DATA_DIR.")
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = Field(default="HS256", description="Token algorithm.")
     jwt_public_key: str | None = Field(default=None, description="PEM, for RS256/ES256 platform tokens.")
     jwt_private_key: str | None = Field(default=None, description="PEM, to sign our own RS256/ES256 tokens.")
-    jwt_issuer: str = "ils-platform"
-    jwt_audience: str = "ils-api"
-    access_token_minutes: int = 15
-    refresh_token_days: int = 14
+    jwt_issuer: str = Field(default="ils-platform", description="Required `iss` (the platform's contract).")
+    jwt_audience: str = Field(default="ils-api", description="Required `aud` (the platform's contract).")
+    access_token_minutes: int = Field(default=15, description="Access-token lifetime.")
+    refresh_token_days: int = Field(default=14, ge=1, description="Refresh-token lifetime.")
     login_max_failures_per_account: int = Field(default=5, description="Failed logins per email per window.")
     login_max_failures_per_address: int = Field(default=30, description="Failed logins per client IP per window.")
     login_failure_window_s: int = Field(default=60, description="Sliding window for the two limits above.")
 
     # Limits
-    max_upload_mb: int = 20
+    max_upload_mb: int = Field(default=20, ge=1, description="Largest single uploaded file (413 above).")
     max_upload_files: int = Field(default=20, description="Files per POST /api/documents request.")
     upload_inline_max_kb: int = Field(default=256, description="Uploads above this are indexed in the background.")
     ingest_batch_chars: int = Field(default=200_000, description="Text per pipeline run (~chunks x 1,000).")
     max_body_kb: int = Field(default=256, ge=1, description="Largest JSON/form body (uploads: MAX_UPLOAD_MB).")
+    max_upload_request_mb: int = Field(
+        default=100, ge=1, description="Largest multipart upload request in total (all its files); "
+                                       "413 PAYLOAD_TOO_LARGE above, checked before the body is read.")
     search_rate_per_minute: int = Field(default=120, ge=1, description="Searches per user per minute (429 above).")
     chat_rate_per_minute: int = Field(default=30, ge=1, description="Chat messages per user per minute (429 above).")
     jwt_previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated old HS256 secrets still accepted for verification "
                                           "during a JWT_SECRET rotation (never used to sign).")
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated browser origins allowed to call the API (CORS); "
+                                          "empty = no cross-origin access. `*` is refused.")
 
     @field_validator("jwt_previous_secrets", mode="before")
     @classmethod
@@ -113,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def pgdata_dir(self) -> Path:
         return self.data_dir.resolve() / "pg"
+
+    @property
+    def models_dir(self) -> Path:
+        return (self.model_cache_dir or self.data_dir / "models").expanduser().resolve()
 
 
 @lru_cache

@@ -6,17 +6,20 @@ Each test makes its own practice. Screenshots for the README are written to docs
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image, ImageChops
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,6 +31,11 @@ BRIGHTSIGHT_SUBSET = ("price-list-2026.pdf", "lens-types-guide.md", "progressive
                       "lens-price-table.csv")
 CLEARVIEW_SUBSET = ("price-list-2026.md", "spectacle-lens-guide.md")
 TIMEOUT_MS = 30_000
+# A screenshot is rewritten only when some pixel changed by more than this (0-255 per channel):
+# re-running the tests leaves the committed images alone (PNG bytes may differ for the same
+# pixels) unless what the page shows changed.
+SCREENSHOT_TOLERANCE = 32
+CHAT_READY = '#view-chat:not([hidden])[aria-busy="false"]'  # shown, with history and knowledge-base check loaded
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package at /usr/bin/chromium "
                                 "(apt-get install -y chromium); .ci/run installs it")
@@ -86,6 +94,15 @@ def llm_server(database: str, embed_model: object, _fake_openai_server,
 
 
 @pytest.fixture(scope="module")
+def fallback_server(database: str, embed_model: object, _fake_openai_server,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An LLM-backed service told to answer extractively when the LLM is down."""
+    yield from _serve(tmp_path_factory.mktemp("web-fallback-server") / "server.log",
+                      OPENAI_BASE_URL=_fake_openai_server.base_url, OPENAI_API_KEY="sk-test", LLM_MAX_RETRIES="0",
+                      LLM_TIMEOUT_S="10", LLM_FALLBACK_EXTRACTIVE="true")
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
@@ -125,10 +142,11 @@ def page(open_page, server: str):
 @pytest.fixture
 def practice(make_company, samples_dir: Path, tmp_path: Path):
     """`practice(folder, files)`: a company with a few sample documents ingested."""
+    from app.samples import SAMPLE_COMPANIES
     from indexing.folder import ingest_folder
 
     def _make(folder: str | None, files: tuple[str, ...] = ()):
-        company = make_company(folder or "Empty practice")
+        company = make_company(SAMPLE_COMPANIES.get(folder or "", "Empty practice"))
         if folder:
             subset = tmp_path / folder
             subset.mkdir()
@@ -141,13 +159,80 @@ def practice(make_company, samples_dir: Path, tmp_path: Path):
     return _make
 
 
+FULL_NAMES = {"staff": "Sam Patel", "admin": "Alex Morgan"}
+
+
+@pytest.fixture
+def member(database: str):
+    """`member(company, role)`: a user with a fixed display name, so the screenshots do not
+    change with each run's random email address (the page shows the name when there is one)."""
+    from auth.users import create_user
+    from core.database import session_scope, tenant
+
+    def _make(company, role: str = "staff"):
+        with tenant(company.id), session_scope() as session:
+            return create_user(session, company.id, f"{role}-{uuid.uuid4().hex[:8]}@example.com", PASSWORD, role,
+                               full_name=FULL_NAMES[role])
+
+    return _make
+
+
+def save_screenshot(page, name: str, **options) -> Path:
+    """Write docs/screenshots/<name> unless the committed image already shows the same thing
+    (same size, no pixel off by more than SCREENSHOT_TOLERANCE)."""
+    path = SCREENSHOTS / name
+    fresh = page.screenshot(animations="disabled", caret="hide", **options)
+    if path.exists():
+        with Image.open(path) as old_file, Image.open(io.BytesIO(fresh)) as new_file:
+            old, new = old_file.convert("RGB"), new_file.convert("RGB")
+            if old.size == new.size:
+                _, largest = ImageChops.difference(old, new).convert("L").getextrema()
+                if largest <= SCREENSHOT_TOLERANCE:
+                    return path
+    path.write_bytes(fresh)
+    return path
+
+
 def sign_in(page, email: str) -> None:
     page.goto("/")  # a browser's Accept header is redirected to /app
     assert page.url.endswith("/app")
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_selector("#view-chat:not([hidden])")
+    page.wait_for_selector(CHAT_READY)
+
+
+def watch_streaming(page) -> None:
+    """Count the times an answer is shown while still streaming (token events rendered before
+    the final sources event), however the network happened to chunk the stream."""
+    page.evaluate("""() => {
+        window.__streamedRenders = 0;
+        new MutationObserver((records) => {
+            for (const r of records) if (r.attributeName === "data-streaming" && r.oldValue === null) {
+                window.__streamedRenders += 1;
+            }
+        }).observe(document.getElementById("messages"),
+                   {subtree: true, attributes: true, attributeFilter: ["data-streaming"], attributeOldValue: true});
+    }""")
+
+
+def streamed_renders(page) -> int:
+    return page.evaluate("() => window.__streamedRenders")
+
+
+def unlabelled_controls(page) -> list[str]:
+    """Inputs without a label and buttons without a name (visible or not)."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll("input, textarea, select, button"))
+        .filter((c) => {
+            const aria = (c.getAttribute("aria-label") || "").trim();
+            if (c.tagName === "BUTTON") return !aria && !c.textContent.trim();
+            return !aria && !(c.labels && Array.from(c.labels).some((l) => l.textContent.trim()));
+        })
+        .map((c) => c.outerHTML.slice(0, 120))""")
+
+
+def focused(page) -> str:
+    return page.evaluate("() => document.activeElement.id || document.activeElement.className")
 
 
 def ask(page, question: str):
@@ -172,10 +257,10 @@ def no_horizontal_scroll(page) -> bool:
 # --- staff: ask, stream, cite ------------------------------------------------------------------
 
 
-def test_staff_gets_a_streamed_cited_answer_from_their_own_practice(page, server, practice, make_user) -> None:
+def test_staff_gets_a_streamed_cited_answer_from_their_own_practice(page, server, practice, member) -> None:
     company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
     practice("clearview-eyecare", CLEARVIEW_SUBSET)  # another tenant with conflicting prices
-    staff, _ = make_user(company, "staff")
+    staff = member(company, "staff")
     sign_in(page, staff.email)
     assert page.locator("#tab-documents").is_hidden()
     assert page.locator("#kb-empty").is_hidden()
@@ -187,7 +272,9 @@ def test_staff_gets_a_streamed_cited_answer_from_their_own_practice(page, server
     assert cookie["name"] == "ils_refresh" and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert cookie["path"] == "/api/auth"
 
+    watch_streaming(page)
     response, answer = ask(page, "what do progressive lenses cost?")
+    assert streamed_renders(page) == 1  # shown while streaming, then replaced by the cited answer
     assert response.headers["content-type"].startswith("text/event-stream")
     stream = response.text()
     assert stream.count("event: token") >= 1 and stream.count("event: sources") == 1
@@ -202,7 +289,7 @@ def test_staff_gets_a_streamed_cited_answer_from_their_own_practice(page, server
     assert names <= set(BRIGHTSIGHT_SUBSET), names
     citations = answer.locator("button.cite")
     assert citations.count() >= 1
-    page.screenshot(path=str(SCREENSHOTS / "chat.png"), full_page=False)
+    save_screenshot(page, "chat.png")
 
     # a citation opens its passage; Escape closes it and focus returns to the citation
     first = citations.first
@@ -237,7 +324,8 @@ def test_staff_gets_a_streamed_cited_answer_from_their_own_practice(page, server
 
     # a reload keeps the session through the cookie; signing out ends it for good
     page.reload()
-    page.wait_for_selector("#view-chat:not([hidden])")
+    page.wait_for_selector(CHAT_READY)
+    assert page.locator("#who").inner_text() == "Sam Patel (staff)"
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_selector("#view-signin:not([hidden])")
     assert page.context.cookies() == []
@@ -245,13 +333,93 @@ def test_staff_gets_a_streamed_cited_answer_from_their_own_practice(page, server
     page.wait_for_selector("#view-signin:not([hidden])")
 
 
-def test_nothing_relevant_is_shown_as_such(page, practice, make_user) -> None:
+def test_keyboard_only_sign_in_ask_and_read_a_citation(page, practice, member) -> None:
+    """No mouse: sign in, ask, open a cited passage and close it, with every control named."""
+    company = practice("brightsight-optical", ("price-list-2026.pdf", "lens-types-guide.md"))
+    staff = member(company, "staff")
+    page.goto("/app")
+    page.wait_for_selector("#view-signin:not([hidden])")
+    assert unlabelled_controls(page) == []
+    assert focused(page) == "email"  # the sign-in form takes focus
+    page.keyboard.type(staff.email)
+    page.keyboard.press("Tab")
+    assert focused(page) == "password"
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    page.wait_for_selector(CHAT_READY)
+    assert page.locator("#who").inner_text() == "Sam Patel (staff)"
+    assert focused(page) == "question"  # ready to type
+    assert unlabelled_controls(page) == []
+
+    page.keyboard.type("what do progressive lenses cost?")
+    page.keyboard.press("Enter")
+    answer = page.locator(".message.assistant[data-done]").last
+    answer.wait_for()
+    assert "£189" in answer.inner_text()
+    assert focused(page) == "question"  # focus comes back for the next question
+    page.keyboard.press("Shift+Tab")  # back from the question box lands on the last source
+    assert page.evaluate("() => document.activeElement.classList.contains('source')")
+    number = page.evaluate("() => document.activeElement.dataset.citation")
+    page.keyboard.press("Enter")
+    page.locator("#passage").wait_for(state="visible")
+    assert focused(page) == "passage-close"
+    assert page.locator("#passage-title").inner_text() == f"Source [{number}]"
+    page.keyboard.press("Escape")
+    page.locator("#passage").wait_for(state="hidden")
+    assert page.evaluate("() => document.activeElement.dataset.citation") == number
+
+    # Shift+Tab walks back through the answer, the history and the header to the skip link
+    reached = []
+    for _ in range(40):
+        page.keyboard.press("Shift+Tab")
+        reached.append(page.evaluate("() => document.activeElement.textContent.trim()"))
+        if reached[-1] == "Skip to content":
+            break
+    assert {"Skip to content", "Chat", "Sign out", "New chat", "what do progressive lenses cost?"} <= set(reached)
+    page.keyboard.press("Enter")  # the skip link moves focus to the main content
+    assert focused(page) == "main"
+
+
+def test_nothing_relevant_is_shown_as_such(page, practice, member) -> None:
     company = practice("brightsight-optical", ("lens-types-guide.md",))
-    staff, _ = make_user(company, "staff")
+    staff = member(company, "staff")
     sign_in(page, staff.email)
     _, answer = ask(page, "Which football team won the 1966 World Cup final?")
     assert "Nothing relevant found in your practice's documents" in answer.inner_text()
     assert answer.locator("button.source").count() == 0
+
+
+def test_sign_in_errors_and_an_email_shared_by_two_practices(page, practice, member) -> None:
+    from auth.users import create_user
+    from core.database import session_scope, tenant
+
+    first, second = practice(None), practice(None)
+    staff = member(first, "staff")
+    with tenant(second.id), session_scope() as session:  # the same person also works at a second practice
+        create_user(session, second.id, staff.email, PASSWORD, "admin", full_name="Sam Patel")
+
+    page.goto("/app")
+    page.wait_for_selector("#view-signin:not([hidden])")
+    page.get_by_role("button", name="Sign in").click()
+    assert page.locator("#signin-error").inner_text() == "Enter your email and password."
+    page.get_by_label("Email").fill(staff.email)
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_function("() => document.getElementById('signin-error').textContent.length > 0")
+    assert page.locator("#signin-error").inner_text() == "Invalid email or password"
+    assert page.locator("#view-signin").is_visible()
+
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_label("Password").press("Enter")
+    practice_field = page.get_by_label("Practice (short name)")
+    practice_field.wait_for()  # the page asks which practice, naming the choices
+    assert first.slug in page.locator("#signin-error").inner_text()
+    assert focused(page) == "company"
+    practice_field.fill(second.slug)
+    practice_field.press("Enter")
+    page.wait_for_selector(CHAT_READY)
+    assert page.locator("#who").inner_text() == "Sam Patel (admin)"
+    assert page.locator("#tab-documents").is_visible()
 
 
 # --- admin: documents --------------------------------------------------------------------------
@@ -272,23 +440,36 @@ def _row(page, filename: str):
     return page.locator("#documents-body tr", has=page.locator(".filename", has_text=filename))
 
 
-def test_admin_uploads_files_and_sees_them_indexed(page, server, practice, make_user, tmp_path) -> None:
+def test_admin_uploads_files_and_sees_them_indexed(page, server, practice, member, tmp_path) -> None:
     company = practice(None)
-    admin, _ = make_user(company, "admin")
+    admin = member(company, "admin")
     sign_in(page, admin.email)
     # an empty knowledge base is said so, with what an admin can do about it
     assert page.locator("#kb-empty").is_visible() and page.locator("#kb-empty-admin").is_visible()
     page.get_by_role("button", name="Documents").click()
-    page.wait_for_selector("#view-documents:not([hidden])")
+    page.wait_for_selector('#view-documents:not([hidden])[aria-busy="false"]')
     assert page.locator("#documents-empty").is_visible()
+    assert unlabelled_controls(page) == []
 
     # file picker: queued on the server, polled until indexed
     note = tmp_path / "frame-repairs.md"
     note.write_text("# Frame repairs\n\nWe solder broken metal frames in house. A frame repair costs £18 and "
                     "takes five working days. Rimless mounts are re-drilled for £12.\n")
+    page.evaluate("""() => {  // record what the progress bar shows (it is hidden again when done)
+        window.__progress = {shown: 0, values: []};
+        const bar = document.getElementById("upload-progress");
+        const setter = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, "value").set;
+        Object.defineProperty(bar, "value", {configurable: true, get() { return Number(bar.getAttribute("value")); },
+            set(v) { window.__progress.values.push(v); setter.call(bar, v); }});
+        new MutationObserver((records) => {
+            for (const r of records) if (!r.target.hidden) window.__progress.shown += 1;
+        }).observe(document.getElementById("upload-progress-row"), {attributes: true, attributeFilter: ["hidden"]});
+    }""")
     page.set_input_files("#file-input", str(note))
     row = _row(page, "frame-repairs.md")
     row.wait_for()
+    progress = page.evaluate("() => window.__progress")
+    assert progress["shown"] == 1 and progress["values"][0] == 0 and progress["values"][-1] == 100, progress
     page.wait_for_selector('#documents-body tr[data-status="indexed"]')
     assert int(row.locator(".chunks-cell").inner_text()) >= 1
     assert row.locator(".active-cell").inner_text() == "Yes"
@@ -316,7 +497,7 @@ def test_admin_uploads_files_and_sees_them_indexed(page, server, practice, make_
     refused = page.locator("#upload-results .result.failed")
     refused.wait_for()
     assert "empty" in refused.inner_text().lower()
-    page.screenshot(path=str(SCREENSHOTS / "documents.png"), full_page=True)
+    save_screenshot(page, "documents.png", full_page=True)
 
     # deactivate and activate again (the API agrees)
     token = api_login(server, admin.email)["token"]
@@ -343,14 +524,17 @@ def test_admin_uploads_files_and_sees_them_indexed(page, server, practice, make_
 # --- staff: no admin controls, and the API agrees ----------------------------------------------
 
 
-def test_staff_sees_no_admin_controls_and_is_refused_by_the_api(page, server, practice, make_user) -> None:
+def test_staff_sees_no_admin_controls_and_is_refused_by_the_api(page, server, practice, member) -> None:
     company = practice("brightsight-optical", ("lens-types-guide.md",))
-    staff, _ = make_user(company, "staff")
+    staff = member(company, "staff")
     sign_in(page, staff.email)
     assert page.locator("#tab-documents").is_hidden()
     assert page.locator("#kb-empty").is_hidden()
     page.goto("/app#documents")  # a hand-typed address does not open the admin view
-    page.wait_for_selector("#view-chat:not([hidden])")
+    page.wait_for_function("() => location.hash === '#chat'")
+    page.reload()  # nor does loading the page at it
+    page.wait_for_selector(CHAT_READY)
+    assert page.url.endswith("/app#chat")
     assert page.locator("#view-documents").is_hidden()
     assert page.locator("#dropzone").is_hidden() and page.locator("#documents-body button").count() == 0
 
@@ -375,13 +559,15 @@ def _expired_token(user, company_id: str) -> str:
     from core.settings import Settings
 
     token, _ = issue_access_token(user_id=user.id, company_id=company_id, email=user.email, role=user.role,
-                                  permissions=permissions_for(user.role), settings=Settings(access_token_minutes=-5))
+                                  permissions=permissions_for(user.role),
+                                  # model_copy skips validation: settings refuse a negative lifetime
+                                  settings=Settings().model_copy(update={"access_token_minutes": -5}))
     return token
 
 
-def test_an_expired_token_is_refreshed_once_and_the_call_retried(page, server, practice, make_user) -> None:
+def test_an_expired_token_is_refreshed_once_and_the_call_retried(page, server, practice, member) -> None:
     company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
-    staff, _ = make_user(company, "staff")
+    staff = member(company, "staff")
     sign_in(page, staff.email)
     expired = _expired_token(staff, company.id)
     seen: list[tuple[str, int]] = []
@@ -420,15 +606,17 @@ def test_an_expired_token_is_refreshed_once_and_the_call_retried(page, server, p
 
 
 def test_llm_answers_stream_token_by_token_and_llm_failures_are_shown(open_page, llm_server, fake_openai, practice,
-                                                                     make_user) -> None:
+                                                                     member) -> None:
     company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
     practice("clearview-eyecare", CLEARVIEW_SUBSET)
-    staff, _ = make_user(company, "staff")
+    staff = member(company, "staff")
     fake_openai.reply = ("Progressive lenses start at £189 per pair [1]. Allow a couple of weeks to adapt to "
                          "them [2].")
     page = open_page(llm_server)
     sign_in(page, staff.email)
+    watch_streaming(page)
     response, answer = ask(page, "what do progressive lenses cost?")
+    assert streamed_renders(page) == 1
     assert response.text().count("event: token") >= 10  # the model's words arrive one by one
     prompt = fake_openai.prompt_text(fake_openai.requests[-1])
     assert "£189" in prompt and "£249" not in prompt  # the model only saw this practice's passages
@@ -445,3 +633,18 @@ def test_llm_answers_stream_token_by_token_and_llm_failures_are_shown(open_page,
     assert "language model service failed" in failed.inner_text()
     assert "language model service failed" in page.locator("#alert").inner_text()
     assert page.get_by_label("Your question").is_enabled()
+
+
+def test_llm_outage_falls_back_to_a_labelled_extractive_answer(open_page, fallback_server, fake_openai, practice,
+                                                              member) -> None:
+    company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
+    staff = member(company, "staff")
+    fake_openai.fail_status = 503
+    page = open_page(fallback_server)
+    sign_in(page, staff.email)
+    _, answer = ask(page, "what do progressive lenses cost?")
+    assert fake_openai.requests  # the LLM was asked and failed
+    text = answer.inner_text()
+    assert "The AI service is unavailable: offline answer built from your documents" in text
+    assert "£189" in text and answer.locator("button.cite").count() >= 1
+    assert page.locator("#alert").is_hidden()  # an answer, not an error

@@ -30,14 +30,20 @@ async function enter() {
 
 async function openView(name) {
   if (name === "documents" && !isAdmin()) name = "chat";
+  const view = $(`view-${name}`);
+  view.setAttribute("aria-busy", "true"); // until its lists have loaded
   showView(name);
   if (location.hash !== `#${name}`) history.replaceState(null, "", `#${name}`);
-  if (name === "documents") {
-    await loadDocuments(1);
-    $("documents-title").focus();
-  } else {
-    stopPolling();
-    await showChat(isAdmin());
+  try {
+    if (name === "documents") {
+      await loadDocuments(1);
+      $("documents-title").focus();
+    } else {
+      stopPolling();
+      await showChat(isAdmin());
+    }
+  } finally {
+    view.setAttribute("aria-busy", "false");
   }
 }
 
@@ -99,6 +105,12 @@ async function start() {
   for (const tab of document.querySelectorAll(".tab")) {
     tab.addEventListener("click", () => openView(tab.dataset.view));
   }
+  // A typed #documents or #chat (or Back) switches view; openView still refuses staff the admin one.
+  window.addEventListener("hashchange", () => {
+    if (!me) return;
+    const name = location.hash === "#documents" ? "documents" : "chat";
+    if ($(`view-${name}`).hidden) openView(name);
+  });
   try {
     await refreshSession(); // the HttpOnly cookie, if this browser signed in before
   } catch (error) {
