@@ -16,11 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole
+from llama_index.core.base.response.schema import StreamingResponse
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
+from llama_index.core.chat_engine.types import StreamingAgentChatResponse
 from llama_index.core.llms import LLM
 from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.database import session_scope, tenant
 from core.embeddings import get_embed_model
@@ -28,7 +32,7 @@ from core.errors import ServiceError
 from core.settings import Settings, get_settings
 from retrieval import conversations, prompts
 from retrieval.extractive import extractive_answer
-from retrieval.llm import build_llm, translate_llm_error
+from retrieval.llm import LLMBadResponse, LLMError, build_llm, translate_llm_error
 from retrieval.retriever import TenantRetriever
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,9 @@ class NumberedContext(BaseNodePostprocessor):
         return numbered
 
 
+EMPTY_REPLY = "The language model sent an empty reply; try again shortly."
+
+
 class TenantChatEngine(CondensePlusContextChatEngine):
     """Stops before the answering LLM call when retrieval found nothing (no tokens spent)."""
 
@@ -68,6 +75,28 @@ class TenantChatEngine(CondensePlusContextChatEngine):
         if not nodes:
             raise NothingRelevant(message)
         return nodes
+
+    def stream_chat(self, message: str, chat_history: list[ChatMessage] | None = None) -> StreamingAgentChatResponse:
+        """The parent's stream_chat without its memory-writer thread.
+
+        Why: that thread consumes the LLM stream while `response_gen` polls its queue with
+        `time.sleep(0)`, a busy loop that holds a CPU core for as long as the LLM takes. The
+        memory it writes is thrown away here anyway (conversations live in Postgres), so the
+        tokens are read straight from the LLM stream in the caller's thread, and LLM errors
+        surface there as themselves.
+        """
+        synthesizer, context_source, context_nodes = self._run_c3(message, chat_history, streaming=True)
+        response = synthesizer.synthesize(message, context_nodes)
+        if not isinstance(response, StreamingResponse) or response.response_gen is None:
+            raise LLMBadResponse(EMPTY_REPLY)
+        tokens = response.response_gen
+
+        def deltas() -> Iterator[ChatResponse]:
+            for token in tokens:
+                yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=token), delta=token)
+
+        return StreamingAgentChatResponse(chat_stream=deltas(), sources=[context_source], source_nodes=context_nodes,
+                                          is_writing_to_memory=False)
 
 
 @dataclass
@@ -133,7 +162,9 @@ class ChatService:
 
     # -- pieces ---------------------------------------------------------------------------
     def _retriever(self) -> TenantRetriever:
-        return TenantRetriever(self.company_id, top_k=self.settings.chat_top_k, embed_model=self.embed_model)
+        # "rank": the passages reach the answering step in the mode's own ranking (RRF by default).
+        return TenantRetriever(self.company_id, mode=self.settings.search_mode, top_k=self.settings.chat_top_k,
+                               threshold=self.settings.search_threshold, order="rank", embed_model=self.embed_model)
 
     def _history(self, conversation_id: str | None) -> list[conversations.Turn]:
         if not conversation_id:
@@ -162,8 +193,7 @@ class ChatService:
         nodes = self._retriever().retrieve(query)
         if not nodes:
             return self._nothing(query, conversation_id, started)
-        previous_answer = next((t.content for t in reversed(turns) if t.role == "assistant"), None)
-        answer = extractive_answer(query, nodes, self.embed_model, already_said=previous_answer)
+        answer = extractive_answer(query, nodes, self.embed_model, follow_up=message)
         return ChatResult(answer=answer, conversation_id=conversation_id or "",
                           sources=source_list(nodes), is_relevant=True, mode="extractive", used_external_ai=False,
                           retrieval_query=query, started=started)
@@ -182,10 +212,19 @@ class ChatService:
             result.conversation_id = row.id
 
     def _llm_failed(self, exc: Exception) -> ServiceError:
+        """The API error for a failure inside the chat engine. Our own errors (ServiceError,
+        database errors) propagate unchanged; OpenAI SDK errors map to 502/504; anything else
+        was raised while reading the LLM's reply, which is the endpoint's fault: 502."""
+        if isinstance(exc, LLMError):
+            return exc
+        if isinstance(exc, ServiceError | SQLAlchemyError):
+            raise exc
         error = translate_llm_error(exc)
         if error is None:
-            raise exc
-        logger.warning("LLM call failed (%s): %s", error.code, exc)
+            logger.exception("unreadable LLM response")
+            error = LLMBadResponse("The language model's reply could not be read; try again shortly.")
+        else:
+            logger.warning("LLM call failed (%s): %s", error.code, exc)
         return error
 
     # -- one turn -------------------------------------------------------------------------
@@ -197,6 +236,8 @@ class ChatService:
         else:
             try:
                 response = self._engine(turns).chat(message)
+                if not str(response.response or "").strip():
+                    raise LLMBadResponse(EMPTY_REPLY)
                 query = str(response.sources[0].raw_input.get("message", message)) if response.sources else message
                 result = ChatResult(answer=str(response.response), conversation_id=conversation_id or "",
                                     sources=source_list(response.source_nodes), is_relevant=True, mode="llm",
@@ -223,7 +264,11 @@ class ChatService:
             try:
                 streaming = self._engine(turns).stream_chat(message)
                 tokens = streaming.response_gen
-                first = next(tokens, None)  # the LLM request happens here
+                # The LLM request happens on the first read; a reply with no text at all is a
+                # bad response (502), found before anything is sent.
+                first = next((token for token in tokens if token), None)
+                if first is None:
+                    raise LLMBadResponse(EMPTY_REPLY)
             except NothingRelevant as nothing:
                 result = self._nothing(nothing.query, conversation_id, started)
             except Exception as exc:
@@ -233,19 +278,17 @@ class ChatService:
                 result = self._extractive(message, turns, conversation_id, started)
                 result.mode = "extractive-fallback"
             else:
-                return self._stream_llm(message, conversation_id, streaming, first, started)
+                return self._stream_llm(message, conversation_id, streaming, tokens, first, started)
         if result is None:
             result = self._extractive(message, turns, conversation_id, started)
         return self._stream_done(message, conversation_id, result)
 
-    def _stream_llm(self, message: str, conversation_id: str | None, streaming: Any, first: str | None,
-                    started: float) -> Iterator[tuple[str, Any]]:
-        parts: list[str] = []
+    def _stream_llm(self, message: str, conversation_id: str | None, streaming: StreamingAgentChatResponse,
+                    tokens: Iterator[str], first: str, started: float) -> Iterator[tuple[str, Any]]:
+        parts = [first]
         try:
-            if first:
-                parts.append(first)
-                yield "token", first
-            for token in streaming.response_gen:
+            yield "token", first
+            for token in tokens:  # the same generator: response_gen makes a new one per access
                 parts.append(token)
                 yield "token", token
         except Exception as exc:

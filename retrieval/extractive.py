@@ -2,7 +2,12 @@
 
 Used when no LLM is configured (and, if LLM_FALLBACK_EXTRACTIVE is set, when the LLM fails).
 Sentences are split with LlamaIndex's sentence tokenizer and ranked by cosine similarity to
-the question with the same embedding model that ranked the chunks.
+the question with the same embedding model that ranked the chunks. A follow-up is ranked
+against both the condensed question (previous question + follow-up: the subject) and the
+follow-up alone (what is new), so "and for children?" after a question on progressive
+lenses prefers the children's progressive price to the adult one and to children's single
+vision. Sentences an earlier answer already gave are not dropped: the earlier answer may
+well have contained the follow-up's answer among its top sentences.
 """
 
 from __future__ import annotations
@@ -28,11 +33,6 @@ def normalise(sentence: str) -> str:
     return " ".join(re.sub(r"[^\w£$€%]+", " ", _CITATION.sub("", sentence).lower()).split())
 
 
-def previous_sentences(answer: str) -> set[str]:
-    """The sentences an earlier extractive answer already gave (not worth repeating in a follow-up)."""
-    return {normalise(line) for line in answer.splitlines() if line.strip()}
-
-
 @dataclass(frozen=True)
 class Sentence:
     text: str
@@ -46,17 +46,18 @@ def _sentences(text: str) -> list[str]:
         for line in piece.split("\n"):  # table rows and list items are sentences of their own
             if _TABLE_RULE.match(line):
                 continue
-            line = _MARKUP.sub("", line).replace(" | ", ": ").strip()
+            line = _MARKUP.sub("", line.replace("**", "")).replace(" | ", ": ").strip()  # bold markers too
             line = " ".join(line.split())
             if len(line) >= MIN_SENTENCE_CHARS and not line.endswith("?"):  # FAQ questions are not answers
                 out.append(line)
     return out
 
 
-def best_sentences(question: str, nodes: list[NodeWithScore], embed_model: BaseEmbedding,
-                   limit: int = MAX_SENTENCES, exclude: set[str] | None = None) -> list[Sentence]:
+def best_sentences(questions: list[str], nodes: list[NodeWithScore], embed_model: BaseEmbedding,
+                   limit: int = MAX_SENTENCES) -> list[Sentence]:
+    """The `limit` sentences with the highest mean cosine similarity to `questions`."""
     candidates: list[tuple[str, int]] = []
-    seen: set[str] = set(exclude or ())
+    seen: set[str] = set()
     for number, node in enumerate(nodes, start=1):
         for sentence in _sentences(node.node.get_content()):
             key = normalise(sentence)
@@ -65,10 +66,11 @@ def best_sentences(question: str, nodes: list[NodeWithScore], embed_model: BaseE
                 candidates.append((sentence, number))
     if not candidates:
         return []
-    query = np.asarray(embed_model.get_query_embedding(question), dtype=np.float32)
+    queries = np.asarray([embed_model.get_query_embedding(q) for q in questions], dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True) + 1e-9
     vectors = np.asarray(embed_model.get_text_embedding_batch([c[0] for c in candidates]), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9
-    scores = vectors @ (query / (np.linalg.norm(query) + 1e-9))
+    scores = (vectors @ queries.T).mean(axis=1)
     ranked: list[int] = []
     for i in sorted(range(len(candidates)), key=lambda i: float(scores[i]), reverse=True):
         # Greedy, MMR-style: skip near-duplicates (the same fact from the price list and the FAQ).
@@ -81,10 +83,11 @@ def best_sentences(question: str, nodes: list[NodeWithScore], embed_model: BaseE
 
 
 def extractive_answer(question: str, nodes: list[NodeWithScore], embed_model: BaseEmbedding,
-                      already_said: str | None = None) -> str:
-    """`already_said`: the previous answer of the conversation, whose sentences are not repeated."""
-    sentences = best_sentences(question, nodes, embed_model,
-                               exclude=previous_sentences(already_said) if already_said else None)
+                      follow_up: str | None = None) -> str:
+    """`question`: the standalone question; `follow_up`: the user's own words when `question`
+    was condensed from a conversation (they weigh as much as the whole question)."""
+    questions = [question] if not follow_up or follow_up == question else [question, follow_up]
+    sentences = best_sentences(questions, nodes, embed_model)
     if not sentences:
         return "The most relevant passages are listed in the sources below."
     lines = [f"- {s.text.rstrip()} [{s.citation}]" for s in sentences]

@@ -21,14 +21,27 @@ from core.settings import Settings
 NO_KEY = "not-needed"
 
 
-class LLMTimeout(ServiceError):
+class LLMError(ServiceError):
+    """The answering LLM failed (after the SDK's retries): 502/504 to the caller, or an
+    extractive answer when LLM_FALLBACK_EXTRACTIVE is on."""
+
+
+class LLMTimeout(LLMError):
     status_code = 504
     code = "LLM_TIMEOUT"
 
 
-class LLMUnavailable(ServiceError):
+class LLMUnavailable(LLMError):
     status_code = 502
     code = "LLM_UNAVAILABLE"
+
+
+class LLMBadResponse(LLMError):
+    """The endpoint answered 200 with something that is not a usable chat completion
+    (OpenAI-compatible servers vary); a 502 with a code, never a 500."""
+
+    status_code = 502
+    code = "LLM_BAD_RESPONSE"
 
 
 class ServiceOpenAI(OpenAI):
@@ -72,7 +85,7 @@ def build_llm(settings: Settings) -> ServiceOpenAI | None:
                          fallback_context_window=settings.llm_context_window)
 
 
-def translate_llm_error(exc: BaseException) -> ServiceError | None:
+def translate_llm_error(exc: BaseException) -> LLMError | None:
     """A ServiceError for an LLM failure, or None if `exc` is not one."""
     if isinstance(exc, openai.APITimeoutError):
         return LLMTimeout("The language model did not answer in time; try again shortly.")

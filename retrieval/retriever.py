@@ -2,15 +2,24 @@
 
 It cannot be built without a company id, and every store query it issues carries the
 filters `company_id = <id> AND is_active = 'true'` built by `core.vector_store.company_filter`
-(the guarded store refuses anything else). Three modes:
+(the guarded store refuses anything else); it runs inside `core.database.tenant(company_id)`,
+so row-level security applies as a second wall. Three modes:
 
 - `vector`: cosine top-k on the HNSW index (iterative scans are on, see core.database);
-- `text`: Postgres full-text search (PGVectorStore's TEXT_SEARCH mode);
+- `text`: Postgres full-text search (PGVectorStore's TEXT_SEARCH mode, ranked by ts_rank);
 - `hybrid`: both, fused by reciprocal rank fusion with LlamaIndex's QueryFusionRetriever
-  (the store's own HYBRID mode only concatenates the two lists, pitfall 8).
+  (the store's own HYBRID mode only concatenates the two lists, pitfall 8); each side
+  contributes max(top_k, 20) candidates.
 
 Whatever the mode, each result's score is its cosine similarity to the query, so one
-threshold means the same thing everywhere, and results come back highest first.
+threshold (default SEARCH_THRESHOLD) means the same thing everywhere. Each mode picks its
+top-k in its own ranking among the chunks that pass the threshold; `order` then decides
+how they come back:
+
+- `"similarity"`: highest cosine first (POST /api/rag/search, the seed's contract);
+- `"rank"`: the mode's native ranking kept (RRF for hybrid, ts_rank for text, cosine for
+  vector): what chat and the evaluation runner use, since that ranking is what the modes
+  are compared on.
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ from core.settings import get_settings
 from core.vector_store import UnscopedQueryError, company_filter, get_vector_store
 
 SearchMode = Literal["vector", "text", "hybrid"]
+ResultOrder = Literal["similarity", "rank"]
 MODES: tuple[str, ...] = ("vector", "text", "hybrid")
+ORDERS: tuple[str, ...] = ("similarity", "rank")
 
 # Relaxed-order iterative HNSW scans may return rows slightly out of distance order, so the
 # LIMIT can cut a true top-k row; asking the index for a few more and re-sorting keeps recall.
@@ -54,26 +65,32 @@ def tenant_filters(company_id: str) -> MetadataFilters:
 class TenantRetriever(BaseRetriever):
     """Top-k chunks of one company's active documents, scored by cosine similarity."""
 
+    # Fusion inputs (see _FusionSide) keep their native scores (cosine or ts_rank), unthresholded.
+    native_scores = False
+
     def __init__(self, company_id: str, *, mode: SearchMode | None = None, top_k: int = 5,
-                 threshold: float | None = None, embed_model: BaseEmbedding | None = None,
-                 native_scores: bool = False) -> None:
-        """`native_scores=True` is for fusion inputs: the mode's own ranking and scores (cosine or
-        ts_rank), no threshold; otherwise scores are cosine similarities, highest first."""
+                 threshold: float | None = None, order: ResultOrder = "similarity",
+                 embed_model: BaseEmbedding | None = None) -> None:
+        """`mode` defaults to SEARCH_MODE and `threshold` (minimum cosine similarity) to
+        SEARCH_THRESHOLD; `order` is "similarity" (cosine, highest first) or "rank" (the
+        mode's own ranking)."""
         if not isinstance(company_id, str) or not company_id.strip():
             raise UnscopedQueryError("TenantRetriever needs the caller's company id")
         settings = get_settings()
         mode = mode or settings.search_mode
         if mode not in MODES:
             raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        if order not in ORDERS:
+            raise ValueError(f"unknown result order {order!r}; use one of {', '.join(ORDERS)}")
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
         self.company_id = company_id
         self.mode: SearchMode = mode  # type: ignore[assignment]
+        self.order: ResultOrder = order
         self.top_k = top_k
         self.threshold = settings.search_threshold if threshold is None else threshold
         self._filters = tenant_filters(company_id)  # built once, from the verified id only
         self._embed_model = embed_model or get_embed_model()
-        self._native_scores = native_scores
         super().__init__()
 
     # -- public helpers -------------------------------------------------------------------
@@ -84,8 +101,6 @@ class TenantRetriever(BaseRetriever):
 
     # -- BaseRetriever --------------------------------------------------------------------
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        """Each mode picks its top-k in its own ranking (cosine, ts_rank, RRF) among the chunks that
-        pass the cosine threshold; the chosen k are then returned by cosine similarity, highest first."""
         embedding = self.query_embedding(query_bundle)
         pool = max(self.top_k, FUSION_CANDIDATES)
         with tenant(self.company_id):
@@ -94,15 +109,16 @@ class TenantRetriever(BaseRetriever):
                 ranked.sort(key=lambda n: n.score or 0.0, reverse=True)  # relaxed_order may be slightly off
             elif self.mode == "text":
                 ranked = self._text(query_bundle.query_str, pool)
-                if self._native_scores:
-                    return ranked[: self.top_k]
-                ranked = self._with_cosine(ranked, embedding)
             else:
                 ranked = self._hybrid(query_bundle, pool)
-        if self._native_scores:
-            return ranked[: self.top_k]
+            if self.native_scores:
+                return ranked[: self.top_k]
+            if self.mode != "vector":
+                ranked = self._with_cosine(ranked, embedding)  # keeps the mode's order
         chosen = [n for n in ranked if (n.score or 0.0) >= self.threshold][: self.top_k]
-        return sorted(chosen, key=lambda n: n.score or 0.0, reverse=True)
+        if self.order == "similarity":
+            chosen.sort(key=lambda n: n.score or 0.0, reverse=True)
+        return chosen
 
     # -- modes ----------------------------------------------------------------------------
     def _query_store(self, query: VectorStoreQuery) -> list[NodeWithScore]:
@@ -124,13 +140,11 @@ class TenantRetriever(BaseRetriever):
     def _hybrid(self, query_bundle: QueryBundle, pool: int) -> list[NodeWithScore]:
         # Both sides are this same class (so both are scoped); QueryFusionRetriever does the RRF.
         # num_queries=1 means it never asks the LLM for query variations; MockLLM makes that explicit.
-        sides = [TenantRetriever(self.company_id, mode=side, top_k=pool, embed_model=self._embed_model,
-                                 native_scores=True) for side in ("vector", "text")]
+        sides = [_FusionSide(self.company_id, mode=side, top_k=pool, embed_model=self._embed_model)
+                 for side in ("vector", "text")]
         fusion = QueryFusionRetriever(sides, llm=MockLLM(), mode="reciprocal_rerank", num_queries=1,
                                       similarity_top_k=pool, use_async=False)
-        fused = fusion.retrieve(query_bundle)  # in RRF order
-        # RRF decides the order (so which k survive); each keeps its cosine similarity as its score.
-        return self._with_cosine(fused, self.query_embedding(query_bundle))
+        return fusion.retrieve(query_bundle)  # in RRF order, RRF scores
 
     def _with_cosine(self, nodes: list[NodeWithScore], embedding: list[float]) -> list[NodeWithScore]:
         """Replace text-search ranks / RRF scores by the chunk's cosine similarity to the query.
@@ -153,7 +167,15 @@ class TenantRetriever(BaseRetriever):
                 for n in nodes if n.node.node_id in similarity]
 
 
+class _FusionSide(TenantRetriever):
+    """One input of the hybrid fusion: the mode's own ranking and scores, no threshold
+    (RRF sorts each input by its scores, so a text side must keep ts_rank)."""
+
+    native_scores = True
+
+
 def search(company_id: str, query: str, *, limit: int = 5, threshold: float | None = None,
-           mode: SearchMode | None = None, **kwargs: Any) -> list[NodeWithScore]:
-    """One call for the search endpoint and the CLI."""
-    return TenantRetriever(company_id, mode=mode, top_k=limit, threshold=threshold, **kwargs).retrieve(query)
+           mode: SearchMode | None = None, order: ResultOrder = "similarity", **kwargs: Any) -> list[NodeWithScore]:
+    """One call for the search endpoint: by default the seed's order, highest similarity first."""
+    return TenantRetriever(company_id, mode=mode, top_k=limit, threshold=threshold, order=order,
+                           **kwargs).retrieve(query)

@@ -20,6 +20,8 @@ class FakeOpenAI:
     reply: Reply = "I could not find that in the documents."
     delay_s: float = 0.0
     fail_status: int | None = None  # answer every request with this status while set
+    malformed: bool = False  # answer 200 with a body that is not a chat completion
+    error_after_words: int | None = None  # streaming: send an error event after this many words
     requests: list[dict[str, Any]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -31,6 +33,7 @@ class FakeOpenAI:
 
     def reset(self) -> None:
         self.reply, self.delay_s, self.fail_status = "I could not find that in the documents.", 0.0, None
+        self.malformed, self.error_after_words = False, None
         self.requests.clear()
 
     def prompt_text(self, request: dict[str, Any]) -> str:
@@ -45,6 +48,14 @@ class FakeOpenAI:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
+
+            def handle(self) -> None:
+                # A client that gave up (the timeout tests: the reply comes after the client's
+                # timeout) closes the socket; writing to it then is expected, not a server error.
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
 
             def _json(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
@@ -66,6 +77,9 @@ class FakeOpenAI:
                 if fake.fail_status:
                     self._json(fake.fail_status, {"error": {"message": "fake failure", "type": "server_error"}})
                     return
+                if fake.malformed:
+                    self._json(200, {"id": "chatcmpl-fake", "object": "chat.completion", "choices": []})
+                    return
                 text = fake.answer_for(body)
                 base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model", "gpt-4o")}
                 if not body.get("stream"):
@@ -78,6 +92,11 @@ class FakeOpenAI:
                 self.end_headers()
                 words = text.split(" ")
                 for i, word in enumerate(words):
+                    if fake.error_after_words is not None and i == fake.error_after_words:
+                        error = {"error": {"message": "overloaded mid-stream", "type": "server_error"}}
+                        self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+                        self.wfile.flush()
+                        return
                     delta = {"role": "assistant", "content": word + (" " if i < len(words) - 1 else "")}
                     chunk = {**base, "object": "chat.completion.chunk",
                              "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}

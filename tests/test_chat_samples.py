@@ -20,13 +20,14 @@ def practices(database, embed_model, samples_dir):
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_company, create_user
-    from core.database import session_scope
+    from core.database import admin_session_scope, session_scope, tenant
     from indexing.folder import ingest_folder
 
     out = {}
     for slug in PRICES:
-        with session_scope() as session:
+        with admin_session_scope() as session:  # companies are created by the owner, never the service
             company = create_company(session, f"t-{uuid.uuid4().hex[:12]}", slug)
+        with tenant(company.id), session_scope() as session:
             user = create_user(session, company.id, f"staff-{uuid.uuid4().hex[:6]}@example.com",
                                "correct horse battery", "staff")
         start = time.perf_counter()
@@ -63,6 +64,7 @@ def test_extractive_answer_gives_own_price_and_cites_own_document(client, practi
         print(slug, body["answer"], [s["filename"] for s in body["sources"]])
         assert body["metadata"]["mode"] == "extractive" and body["isRelevant"] is True
         assert own in body["answer"] and other not in body["answer"]
+        assert any(s["filename"].startswith("price-list-2026.") for s in body["sources"])  # its own price list
         line = next(x for x in body["answer"].splitlines() if own in x)
         cited = body["sources"][int(re.findall(r"\[(\d+)\]", line)[-1]) - 1]
         assert cited["filename"] in _own_files(samples_dir, slug)

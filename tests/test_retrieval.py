@@ -75,6 +75,82 @@ def test_similarity_means_cosine_in_every_mode(two_tenants, embed_model):
         assert price.score == pytest.approx(expected, abs=1e-4), mode
 
 
+RANKING = [  # keyword-heavy text ranks high on ts_rank but not on cosine, and the reverse
+    ("lens-words.md", "Lens price, lenses price, progressive price: see the lens price list for every lens price.",
+     "pricing"),
+    ("varifocals.md", "Varifocal spectacles that correct near and distance vision cost £189 per pair.", "pricing"),
+    ("progressive-guide.md", "Getting used to progressive lenses takes a week or two.", "clinical"),
+    ("records.md", "The shop next door sells progressive rock records at a fair price.", None),
+]
+
+
+def _native(company_id: str, mode: str, query: str) -> list[str]:
+    """The mode's own ranking, straight from the store (no cosine, no threshold)."""
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+    from core.database import tenant
+    from core.embeddings import get_embed_model
+    from core.vector_store import get_vector_store
+    from retrieval.retriever import tenant_filters
+
+    if mode == "text":
+        q = VectorStoreQuery(query_str=query, similarity_top_k=20, sparse_top_k=20, filters=tenant_filters(company_id),
+                             mode=VectorStoreQueryMode.TEXT_SEARCH)
+    else:
+        q = VectorStoreQuery(query_embedding=get_embed_model().get_query_embedding(query), similarity_top_k=20,
+                             filters=tenant_filters(company_id))
+    with tenant(company_id):
+        result = get_vector_store().query(q)
+    ranked = sorted(zip(result.ids, result.similarities, strict=True), key=lambda x: -x[1])
+    return [node_id for node_id, _ in ranked]
+
+
+def test_rank_order_keeps_each_modes_ranking_and_similarity_order_sorts_by_cosine(two_tenants, index_texts):
+    from retrieval.retriever import TenantRetriever
+
+    a, *_ = two_tenants
+    index_texts(a, RANKING)
+    query = "progressive lenses price"
+    vector, text = _native(a.id, "vector", query), _native(a.id, "text", query)
+    rrf: dict[str, float] = {}
+    for ranking in (vector, text):  # reciprocal rank fusion, k = 60, computed by hand
+        for position, node_id in enumerate(ranking):
+            rrf[node_id] = rrf.get(node_id, 0.0) + 1 / (60 + position)
+    expected = {"vector": vector, "text": text, "hybrid": sorted(rrf, key=lambda n: -rrf[n])}
+    differs = 0
+    for mode, native in expected.items():
+        ranked = TenantRetriever(a.id, mode=mode, top_k=10, threshold=-1.0, order="rank").retrieve(query)
+        by_cosine = TenantRetriever(a.id, mode=mode, top_k=10, threshold=-1.0, order="similarity").retrieve(query)
+        assert [n.node.node_id for n in ranked] == native[:10], mode
+        assert sorted(n.node.node_id for n in ranked) == sorted(n.node.node_id for n in by_cosine), mode
+        assert [n.score for n in by_cosine] == sorted((n.score for n in by_cosine), reverse=True), mode
+        assert {n.node.node_id: n.score for n in ranked} == {n.node.node_id: n.score for n in by_cosine}, mode
+        differs += [n.node.node_id for n in ranked] != [n.node.node_id for n in by_cosine]
+    assert differs >= 2  # text and hybrid orders really differ from cosine order on this data
+    with pytest.raises(ValueError):
+        TenantRetriever(a.id, order="score")  # type: ignore[arg-type]
+
+
+def test_hybrid_candidate_depth_and_default_threshold(two_tenants, monkeypatch):
+    from core.settings import get_settings
+    from retrieval.retriever import TenantRetriever
+
+    a, *_ = two_tenants
+    assert TenantRetriever(a.id).threshold == get_settings().search_threshold
+    depths: list[int] = []
+    original = TenantRetriever._text
+
+    def spy(self, query_str, k):
+        depths.append(k)
+        return original(self, query_str, k)
+
+    monkeypatch.setattr(TenantRetriever, "_text", spy)
+    for top_k, depth in ((3, 20), (30, 30)):
+        depths.clear()
+        TenantRetriever(a.id, mode="hybrid", top_k=top_k, threshold=-1.0).retrieve("progressive lenses")
+        assert depths == [depth], top_k  # each side contributes max(top_k, 20) candidates to the fusion
+
+
 def test_threshold_drops_weak_matches(two_tenants):
     from retrieval.retriever import TenantRetriever
 
@@ -139,6 +215,20 @@ def test_search_validation_errors(client, two_tenants, monkeypatch):
     assert r.status_code == 403 and r.json()["code"] == "FORBIDDEN"
 
 
+def test_search_threshold_defaults_to_the_setting(client, two_tenants):
+    from core.settings import get_settings
+
+    _, headers, _, _ = two_tenants
+    default = get_settings().search_threshold
+    body = client.post("/api/rag/search", json={"query": "progressive lenses", "limit": 50}, headers=headers).json()
+    assert body["threshold"] == default and body["mode"] == get_settings().search_mode
+    assert all(x["similarity"] >= default - 1e-6 for x in body["results"])
+    everything = client.post("/api/rag/search", json={"query": "progressive lenses", "limit": 50, "threshold": -1},
+                             headers=headers).json()
+    kept = [x["id"] for x in everything["results"] if x["similarity"] >= default]
+    assert sorted(x["id"] for x in body["results"]) == sorted(kept)
+
+
 def test_search_nothing_above_threshold_is_empty_not_error(client, two_tenants):
     _, headers, _, _ = two_tenants
     r = client.post("/api/rag/search", json={"query": "lenses", "threshold": 0.99}, headers=headers)
@@ -157,8 +247,8 @@ def test_embeddings_generate(client, staff_headers):
     assert client.post("/api/embeddings/generate", json={"text": "x"}).status_code == 401
 
 
-def test_search_latency_is_interactive(client, two_tenants):
-    """A quick timing of the whole HTTP round trip (embedding + SQL); reported, loosely bounded."""
+def test_search_latency_report(client, two_tenants):
+    """A quick timing of the whole HTTP round trip (embedding + SQL), printed (no timing assertion)."""
     _, headers, _, _ = two_tenants
     timings = {}
     for mode in ("vector", "text", "hybrid"):
@@ -169,4 +259,3 @@ def test_search_latency_is_interactive(client, two_tenants):
                                headers=headers).status_code == 200
         timings[mode] = (time.perf_counter() - start) / 5 * 1000
     print("search latency ms:", {k: round(v, 1) for k, v in timings.items()})
-    assert max(timings.values()) < 1500
