@@ -56,10 +56,13 @@ def serve(
     """Start the HTTP service (migrations are applied at start)."""
     import uvicorn
 
+    from app.logs import configure_logging, logging_config
     from app.main import create_app, prepare_runtime
     from core.settings import get_settings
 
     settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)  # JSON lines with request/user/company ids
+    log_config = logging_config(settings.log_level, settings.log_format)
     prepare_runtime(settings)
     if load_samples:
         from app.samples import load_samples as _load
@@ -68,10 +71,10 @@ def serve(
     console.print(f"ILS RAG listening on http://{host or settings.host}:{port or settings.port}")
     if workers > 1:
         uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                    workers=workers, log_level=settings.log_level.lower())
+                    workers=workers, log_level=settings.log_level.lower(), log_config=log_config)
     else:
         uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                    log_level=settings.log_level.lower())
+                    log_level=settings.log_level.lower(), log_config=log_config)
 
 
 @db_app.command("upgrade")
@@ -224,6 +227,15 @@ def _register_bench_search(typer_app: typer.Typer) -> None:
 
 
 COMMANDS.append(_register_bench_search)
+
+
+def _register_bench_soak(typer_app: typer.Typer) -> None:
+    from app.soak import register
+
+    register(typer_app)
+
+
+COMMANDS.append(_register_bench_soak)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.logs import bind_log_context
 from auth.permissions import Permission
 from auth.tokens import decode_access_token
 from core.errors import Forbidden, Unauthorized
@@ -52,6 +53,7 @@ def get_current_user(request: Request,
     except Unauthorized as exc:
         exc.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
         raise
+    bind_log_context(user_id=claims.user_id, company_id=claims.company_id)  # every log line of the request
     return CurrentUser(id=claims.user_id, company_id=claims.company_id, email=claims.email, role=claims.role,
                        permissions=frozenset(claims.permissions))
 

@@ -22,6 +22,10 @@ HTTP_CODES = {
 }
 
 
+NUL_MESSAGE = "cannot contain NUL (0x00) characters"
+RETRY_AFTER_S = "5"
+
+
 def request_id(request: Request) -> str:
     return getattr(request.state, "request_id", "")
 
@@ -44,7 +48,10 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request, exc.status_code, exc.message, exc.code, exc.headers)
+        headers = dict(exc.headers)
+        if exc.status_code == 503:  # a transient outage: tell clients when to come back
+            headers.setdefault("Retry-After", RETRY_AFTER_S)
+        return error_response(request, exc.status_code, exc.message, exc.code, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -63,7 +70,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
         logger.warning("database unavailable: %s", str(exc.orig).splitlines()[0] if exc.orig else exc)
         return error_response(request, 503, "The database is unavailable; try again shortly.",
-                              "DATABASE_UNAVAILABLE", {"Retry-After": "5"})
+                              "DATABASE_UNAVAILABLE", {"Retry-After": RETRY_AFTER_S})
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
@@ -72,6 +79,15 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.exception("database error", exc_info=exc)
         return error_response(request, 500, "Internal error; the request id identifies it in the logs.",
                               "INTERNAL_ERROR")
+
+    @app.exception_handler(ValueError)
+    async def value_error(request: Request, exc: ValueError) -> JSONResponse:
+        # psycopg2 refuses NUL in any string parameter before it reaches Postgres (text and
+        # jsonb cannot hold it); whichever field carried it, that is bad input, not a fault.
+        if NUL_MESSAGE in str(exc):
+            return error_response(request, 422, "Text may not contain NUL (\\u0000) characters.",
+                                  "INVALID_CHARACTERS")
+        return await unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

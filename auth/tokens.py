@@ -148,9 +148,13 @@ def _signing_key(settings: Settings) -> str:
     return settings.jwt_private_key
 
 
-def _verification_key(settings: Settings) -> str:
+def _verification_key(settings: Settings) -> str | list[str]:
     if settings.jwt_algorithm == "HS256":
-        return resolve_jwt_secret(settings)
+        # During a rotation JWT_PREVIOUS_SECRETS still verify (python-jose tries each key of a
+        # list); only JWT_SECRET ever signs (see SECURITY.md).
+        previous = [s.get_secret_value() for s in settings.jwt_previous_secrets if s.get_secret_value()]
+        current = resolve_jwt_secret(settings)
+        return [current, *previous] if previous else current
     if not settings.jwt_public_key:
         raise ConfigurationError(f"JWT_ALGORITHM={settings.jwt_algorithm} needs JWT_PUBLIC_KEY.")
     return settings.jwt_public_key

@@ -83,6 +83,8 @@ def _looks_binary(data: bytes) -> bool:
 def decode_text(name: str, data: bytes) -> str:
     if _looks_binary(data):
         raise IngestError(f"{name!r} is named as text but contains binary data.", code="BINARY_CONTENT")
+    if b"\x00" in data:  # past the sniffed sample too: Postgres text cannot hold NUL
+        raise IngestError(f"{name!r} is named as text but contains NUL bytes (binary data).", code="BINARY_CONTENT")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -188,7 +190,9 @@ def read_parts(name: str, data: bytes) -> list[Part]:
             parts = _html_parts(text)
         else:
             parts = [Part(text)]
-    parts = [Part(p.text.strip(), p.metadata) for p in parts if p.text and p.text.strip()]
+    # PDF/DOCX extraction can yield NUL characters, which Postgres text cannot store.
+    parts = [Part(p.text.replace("\x00", "").strip(), p.metadata) for p in parts
+             if p.text and p.text.replace("\x00", "").strip()]
     if not parts:
         raise IngestError(f"{label!r} contains no extractable text (a scanned PDF needs OCR first).",
                           code="NO_TEXT")

@@ -15,6 +15,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import CurrentUser, get_app_settings, require
+from app.limits import rate_limited
 from app.routes.search import HARD_MAX_CHARS, check_text
 from auth.permissions import Permission
 from core.database import session_scope, tenant
@@ -23,10 +24,12 @@ from retrieval.chat import ChatService
 
 router = APIRouter(tags=["chat"])
 chat_user = require(Permission.CHAT)
+chat_limited = rate_limited(Permission.CHAT, "chat")  # permission, then CHAT_RATE_PER_MINUTE
 _ERRORS = {401: {"description": "NOT_AUTHENTICATED / INVALID_TOKEN / TOKEN_EXPIRED"},
            403: {"description": "FORBIDDEN: lacks chat:use"},
            404: {"description": "CONVERSATION_NOT_FOUND"}}
 _LLM_ERRORS = {502: {"description": "LLM_UNAVAILABLE"}, 504: {"description": "LLM_TIMEOUT"},
+               429: {"description": "RATE_LIMITED (CHAT_RATE_PER_MINUTE per user), with Retry-After"},
                422: {"description": "VALIDATION_ERROR / QUERY_TOO_LONG / EMPTY_QUERY"}}
 
 
@@ -94,7 +97,7 @@ def _sse(events: Iterator[tuple[str, Any]]) -> Iterator[bytes]:
 
 @router.post("/api/chat", response_model=ChatResponse, responses={**_ERRORS, **_LLM_ERRORS, 200: {
     "content": {"text/event-stream": {"description": "token events, then one sources event (the JSON body)"}}}})
-def chat(body: ChatRequest, request: Request, user: CurrentUser = Depends(chat_user)) -> Any:
+def chat(body: ChatRequest, request: Request, user: CurrentUser = Depends(chat_limited)) -> Any:
     settings = get_app_settings(request)
     message = check_text(body.message, settings, what="message")
     service = ChatService(user.company_id, user.id, settings)

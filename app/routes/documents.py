@@ -10,15 +10,22 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CurrentUser, get_app_settings, require
+from app.deps import CurrentUser, client_ip, get_app_settings, require
+from app.errors import error_response
+from auth import audit
 from auth.permissions import Permission
+from core.database import session_scope, tenant
 from core.errors import ServiceError
 from indexing import documents as service
 from indexing.models import Document
 
 router = APIRouter(tags=["documents"])
+# Printable text only: Postgres text and jsonb cannot hold NUL, and control characters in a
+# label shown to every colleague are never intended.
+CATEGORY_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 
 
 class DocumentOut(BaseModel):
@@ -66,7 +73,7 @@ class IndexDocumentRequest(BaseModel):
 
     filename: str = Field(min_length=1, max_length=512)
     content: str = Field(min_length=1)
-    category: str | None = Field(default=None, max_length=100)
+    category: str | None = Field(default=None, max_length=100, pattern=CATEGORY_PATTERN)
 
 
 class IndexDocumentResponse(BaseModel):
@@ -77,7 +84,7 @@ class IndexDocumentResponse(BaseModel):
 class DocumentPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    category: str | None = Field(default=None, max_length=100)
+    category: str | None = Field(default=None, max_length=100, pattern=CATEGORY_PATTERN)
     is_active: bool | None = None
 
 
@@ -85,14 +92,21 @@ def _out(row: Document) -> DocumentOut:
     return DocumentOut.model_validate(row)
 
 
+def _audit(request: Request, user: CurrentUser, action: str, target: str, details: dict[str, object]) -> None:
+    """One audit_log row per upload, patch and deletion (who, what, from where)."""
+    with tenant(user.company_id), session_scope() as session:
+        audit.record(session, user.company_id, user.id, action, target=target, details=details,
+                     client_ip=client_ip(request))
+
+
 @router.post("/api/documents", response_model=UploadResponse)
 def upload_documents(
     request: Request,
     response: Response,
     files: list[UploadFile] = File(..., description="One or more files (.md .txt .pdf .docx .html .csv)"),
-    category: str | None = Form(default=None, max_length=100),
+    category: str | None = Form(default=None, max_length=100, pattern=CATEGORY_PATTERN),
     user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE)),
-) -> UploadResponse:
+) -> UploadResponse | JSONResponse:
     settings = get_app_settings(request)
     if len(files) > settings.max_upload_files:
         raise ServiceError(f"Send at most {settings.max_upload_files} files per request (got {len(files)}).",
@@ -117,19 +131,28 @@ def upload_documents(
             results.append(UploadResult(filename=name, status="failed", error=exc.message, code=exc.code))
     if len(files) == 1 and errors:
         raise errors[0]  # a single file gets its own status code (413, 415, 422...)
+    for result in results:
+        if result.document is not None:
+            _audit(request, user, "documents.upload", result.document.document_id,
+                   {"filename": result.filename, "status": result.status, "category": category})
     counts = {s: sum(1 for r in results if r.status == s) for s in ("indexed", "queued", "failed")}
     if counts["queued"]:
         response.status_code = 202
     elif errors and not counts["indexed"]:
-        response.status_code = 422
+        # every file failed: an error in the service's error shape, with the per-file results kept
+        body = UploadResponse(results=results, **counts).model_dump(mode="json")
+        return error_response(request, 422, f"None of the {len(files)} files could be indexed; see results.",
+                              "UPLOAD_FAILED", **body)
     return UploadResponse(results=results, **counts)
 
 
 @router.post("/api/rag/index-document", response_model=IndexDocumentResponse)
-def index_document(body: IndexDocumentRequest,
+def index_document(body: IndexDocumentRequest, request: Request,
                    user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> IndexDocumentResponse:
     row = service.index_text(user.company_id, body.filename, body.content, category=body.category,
                              uploaded_by=user.id)
+    _audit(request, user, "documents.upload", row.id, {"filename": row.filename, "status": "indexed",
+                                                         "category": body.category})
     return IndexDocumentResponse(document_id=row.id, status="indexed")
 
 
@@ -146,7 +169,7 @@ def get_document(document_id: str, user: CurrentUser = Depends(require(Permissio
 
 
 @router.patch("/api/documents/{document_id}", response_model=DocumentOut)
-def patch_document(document_id: str, body: DocumentPatch,
+def patch_document(document_id: str, body: DocumentPatch, request: Request,
                    user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> DocumentOut:
     fields = body.model_fields_set
     if not fields:
@@ -157,10 +180,13 @@ def patch_document(document_id: str, body: DocumentPatch,
     row = service.patch_document(user.company_id, document_id,
                                  category=body.category if "category" in fields else unset,
                                  is_active=body.is_active if "is_active" in fields else unset)
+    _audit(request, user, "documents.update", row.id, body.model_dump(include=fields))
     return _out(row)
 
 
 @router.delete("/api/documents/{document_id}", status_code=204)
-def delete_document(document_id: str, user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> Response:
+def delete_document(document_id: str, request: Request,
+                    user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> Response:
     service.delete_document(user.company_id, document_id)
+    _audit(request, user, "documents.delete", document_id, {})
     return Response(status_code=204)

@@ -8,7 +8,8 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CurrentUser, check_company, get_app_settings, require
+from app.deps import CurrentUser, check_company, get_app_settings
+from app.limits import rate_limited
 from auth.permissions import Permission
 from core.embeddings import embedding_info, get_embed_model
 from core.errors import ServiceError
@@ -16,10 +17,11 @@ from core.settings import Settings
 from retrieval.retriever import search
 
 router = APIRouter(tags=["search"])
-read = require(Permission.KNOWLEDGE_READ)
+read = rate_limited(Permission.KNOWLEDGE_READ, "search")  # permission, then SEARCH_RATE_PER_MINUTE
 _ERRORS = {401: {"description": "NOT_AUTHENTICATED / INVALID_TOKEN / TOKEN_EXPIRED"},
            403: {"description": "FORBIDDEN: lacks knowledge:read, or another company's company_id"},
-           422: {"description": "VALIDATION_ERROR / QUERY_TOO_LONG / EMPTY_QUERY"}}
+           422: {"description": "VALIDATION_ERROR / QUERY_TOO_LONG / EMPTY_QUERY"},
+           429: {"description": "RATE_LIMITED (SEARCH_RATE_PER_MINUTE per user), with Retry-After"}}
 HARD_MAX_CHARS = 100_000  # a body-size backstop; MAX_QUERY_CHARS is the real limit
 
 
@@ -81,7 +83,7 @@ def rag_search(body: SearchRequest, request: Request, user: CurrentUser = Depend
     query = check_text(body.query, settings)
     mode = body.mode or settings.search_mode
     threshold = settings.search_threshold if body.threshold is None else body.threshold
-    nodes = search(company_id, query, limit=body.limit, threshold=threshold, mode=mode)
+    nodes = search(company_id, query, limit=body.limit, threshold=threshold, mode=mode, order="similarity")
     results = [SearchResult(id=n.node.node_id, content=n.node.get_content(), filename=n.node.metadata.get("filename"),
                             category=n.node.metadata.get("category"), similarity=round(float(n.score or 0.0), 6),
                             document_id=n.node.metadata.get("source_document_id")) for n in nodes]

