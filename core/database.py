@@ -130,15 +130,24 @@ def _async_url(url: str) -> str:
 def _configure_connection(dbapi_connection: object, _record: object) -> None:
     # Iterative index scans keep a filtered HNSW top-k full for every tenant size
     # (pgvector >= 0.8); ef_search is the candidate list each iteration explores.
+    # In autocommit: psycopg2 would otherwise open a transaction here, and the first rollback on
+    # this connection (any read-only `connect()` block) would undo both SETs.
+    autocommit = dbapi_connection.autocommit  # type: ignore[attr-defined]
+    dbapi_connection.autocommit = True  # type: ignore[attr-defined]
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("SET hnsw.iterative_scan = relaxed_order")
     cursor.execute("SET hnsw.ef_search = 100")
     cursor.close()
+    dbapi_connection.autocommit = autocommit  # type: ignore[attr-defined]
+
+
+_SET_TENANT = sa.text("SELECT set_config('app.company_id', :c, true)")
 
 
 def _set_tenant(connection: sa.Connection) -> None:
     company_id = _current_company.get()
-    connection.exec_driver_sql("SELECT set_config('app.company_id', %(c)s, true)", {"c": company_id or ""})
+    # A bound parameter compiled by the dialect: the async (asyncpg) engine takes $1, psycopg2 %(c)s.
+    connection.execute(_SET_TENANT, {"c": company_id or ""})
 
 
 def _create_engine(url: str) -> Engine:
@@ -250,26 +259,78 @@ def admin_session_scope() -> Iterator[Session]:
         yield session
 
 
-def check_app_role(settings: Settings | None = None) -> None:
-    """Start-up check: the service role must be subject to row-level security.
+def tenant_tables(connection: sa.Connection) -> list[str]:
+    """Every table of the schema that holds per-company rows (has a company_id column).
 
-    Raises ConfigurationError outside development when it is a superuser or BYPASSRLS.
+    Discovered rather than listed, so a table added by a later migration without row-level
+    security is caught by `app_role_problems` (and by tests/test_rls.py).
+    """
+    return list(connection.execute(sa.text(
+        "SELECT c.relname FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') "
+        "AND a.attname = 'company_id' AND NOT a.attisdropped ORDER BY c.relname")).scalars())
+
+
+def app_role_problems(connection: sa.Connection) -> tuple[list[str], list[str]]:
+    """What is wrong with the role `connection` logged in as, as the service's role.
+
+    Returns (bypasses, broken): `bypasses` are reasons row-level security would not hold
+    for this role (superuser, BYPASSRLS, owner of a tenant table, whose policy sees every
+    company); `broken` are reasons the service could not work at all (a tenant table
+    without forced RLS, a missing privilege). Empty lists: the role is fit to serve.
+    """
+    role = connection.execute(sa.text(
+        "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")).one()
+    bypasses: list[str] = []
+    if role.rolsuper:
+        bypasses.append(f"{role.rolname} is a superuser")
+    if role.rolbypassrls:
+        bypasses.append(f"{role.rolname} has BYPASSRLS")
+    tables = tenant_tables(connection)
+    rows = connection.execute(sa.text(
+        "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, "
+        "pg_has_role(current_user, c.relowner, 'MEMBER') AS owns, "
+        "has_table_privilege(current_user, c.oid, 'SELECT') AND has_table_privilege(current_user, c.oid, 'INSERT') "
+        "AND has_table_privilege(current_user, c.oid, 'UPDATE') "
+        "AND has_table_privilege(current_user, c.oid, 'DELETE') AS all_privileges "
+        "FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY(:t) ORDER BY c.relname"),
+        {"t": tables}).all()
+    broken: list[str] = []
+    for row in rows:
+        if row.owns and not role.rolsuper:
+            bypasses.append(f"{role.rolname} owns {row.relname} (its owner policy sees every company)")
+        if not (row.relrowsecurity and row.relforcerowsecurity):
+            broken.append(f"table {row.relname} has no forced row-level security (run `ils-rag db upgrade`)")
+        if not row.all_privileges:
+            broken.append(f"{role.rolname} lacks SELECT/INSERT/UPDATE/DELETE on {row.relname} "
+                          f"(GRANT {APP_ROLE} TO {role.rolname})")
+    return bypasses, broken
+
+
+def check_app_role(settings: Settings | None = None, engine: Engine | None = None) -> None:
+    """Start-up check: the service role must be subject to row-level security and able to work.
+
+    Raises a one-line ConfigurationError when it cannot connect, lacks privileges, or a
+    tenant table lacks forced RLS; when it bypasses RLS (superuser, BYPASSRLS, table
+    owner) too, except with ENVIRONMENT=development, where that is only a warning.
     """
     settings = settings or get_settings()
     try:
-        with get_engine().connect() as connection:
-            row = connection.execute(sa.text(
-                "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")).one()
+        with (engine or get_engine()).connect() as connection:
+            bypasses, broken = app_role_problems(connection)
     except (OperationalError, DBAPIError) as exc:
         reason = str(exc.orig).strip().splitlines()[0] if getattr(exc, "orig", None) else str(exc)
         raise ConfigurationError(f"the service role cannot connect ({reason}); check APP_DATABASE_URL "
                                  "or run `ils-rag db upgrade` to create it.") from exc
-    if row.rolsuper or row.rolbypassrls:
+    if broken:
+        raise ConfigurationError(f"the service role is not usable: {'; '.join(broken)}.")
+    if bypasses:
+        message = (f"the service would bypass row-level security ({'; '.join(bypasses)}); set APP_DATABASE_URL to "
+                   f"a role without SUPERUSER/BYPASSRLS that owns no table and is a member of {APP_ROLE} "
+                   "(see SECURITY.md).")
         if settings.environment != "development":
-            raise ConfigurationError(f"the service connects as {row.rolname}, which bypasses row-level security; "
-                                     f"set APP_DATABASE_URL to a role without SUPERUSER/BYPASSRLS (see SECURITY.md).")
-        logger.warning("the service connects as %s, which bypasses row-level security (development only)",
-                       row.rolname)
+            raise ConfigurationError(message)
+        logger.warning("%s (allowed only because ENVIRONMENT=development)", message)
 
 
 def pgvector_version(connection: sa.Connection) -> str | None:

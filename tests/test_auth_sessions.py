@@ -80,8 +80,9 @@ def test_bad_login_bodies_are_422(client) -> None:
 def test_same_email_in_two_companies_needs_the_company_slug(client, make_company) -> None:
     first, second = make_company("First"), make_company("Second")
     email = f"shared-{uuid.uuid4().hex[:6]}@example.com"
-    with session_scope() as session:
+    with tenant(first.id), session_scope() as session:  # row-level security: one company per transaction
         a = create_user(session, first.id, email, PASSWORD, "staff")
+    with tenant(second.id), session_scope() as session:
         b = create_user(session, second.id, email, PASSWORD, "admin")
     ambiguous = _login(client, email)
     assert ambiguous.status_code == 409 and ambiguous.json()["code"] == "COMPANY_REQUIRED"

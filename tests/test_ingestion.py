@@ -20,26 +20,26 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _chunks(company_id: str) -> list[tuple[str, dict]]:
-    from core.database import get_engine
+    from core.database import get_engine, tenant
 
-    with get_engine().connect() as connection:
+    with tenant(company_id), get_engine().connect() as connection:  # row-level security: the company's rows only
         return [(r.text, r.metadata_) for r in connection.execute(sa.text(
             "SELECT text, metadata_ FROM data_chunks WHERE company_id = :c ORDER BY node_id"), {"c": company_id})]
 
 
 def _docstore_keys(company_id: str) -> set[str]:
-    from core.database import get_engine
+    from core.database import get_engine, tenant
 
-    with get_engine().connect() as connection:
+    with tenant(company_id), get_engine().connect() as connection:  # row-level security: the company's rows only
         return set(connection.execute(sa.text(
             "SELECT key FROM data_docstore WHERE company_id = :c AND namespace = :ns"),
             {"c": company_id, "ns": f"{company_id}/docstore/metadata"}).scalars())
 
 
 def _registry(company_id: str) -> dict[str, tuple[str, int]]:
-    from core.database import get_engine
+    from core.database import get_engine, tenant
 
-    with get_engine().connect() as connection:
+    with tenant(company_id), get_engine().connect() as connection:  # row-level security: the company's rows only
         return {r.source_key: (r.status, r.chunk_count) for r in connection.execute(sa.text(
             "SELECT source_key, status, chunk_count FROM documents WHERE company_id = :c"), {"c": company_id})}
 

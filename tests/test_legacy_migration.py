@@ -44,7 +44,7 @@ def _snapshot(engine: sa.Engine) -> list[tuple]:
 
 
 def test_migrate_legacy_rows(company, legacy_url, embed_model) -> None:
-    from core.database import get_engine
+    from core.database import get_admin_engine
     from indexing.legacy import migrate_legacy
 
     new_company = f"legacy-co-{uuid.uuid4().hex[:8]}"
@@ -85,7 +85,7 @@ def test_migrate_legacy_rows(company, legacy_url, embed_model) -> None:
     assert by_id["empty"].reason == by_id["null"].reason == "empty content"
     assert by_id["other-co"].outcome == "migrated" and by_id["other-co"].company_id == new_company
 
-    engine = get_engine()
+    engine = get_admin_engine()  # the operator's view: both companies at once (the service sees one per transaction)
     with engine.connect() as connection:
         docs = {r.legacy_id: r for r in connection.execute(sa.text(
             "SELECT * FROM documents WHERE company_id = ANY(:c) AND legacy_id IS NOT NULL"),
