@@ -150,15 +150,23 @@ def _set_tenant(connection: sa.Connection) -> None:
     connection.execute(_SET_TENANT, {"c": company_id or ""})
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, *, statement_timeout_s: int = 0) -> Engine:
     settings = get_settings()
+    connect_args: dict[str, object] = {
+        "connect_timeout": settings.db_connect_timeout_s,
+        # A server that froze (not one that stopped) would otherwise hold a request forever:
+        # TCP keepalives notice a dead peer, the statement timeout bounds a stuck query.
+        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+    }
+    if statement_timeout_s:
+        connect_args["options"] = f"-c statement_timeout={statement_timeout_s * 1000}"
     engine = sa.create_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,  # a connection that died with the server is replaced, not handed out
         pool_timeout=settings.db_connect_timeout_s,
-        connect_args={"connect_timeout": settings.db_connect_timeout_s},
+        connect_args=connect_args,
     )
     event.listen(engine, "connect", _configure_connection)
     event.listen(engine, "begin", _set_tenant)
@@ -167,8 +175,11 @@ def _create_engine(url: str) -> Engine:
 
 @lru_cache
 def get_engine() -> Engine:
-    """The service's engine: connects as the row-level-security-bound role."""
-    return _create_engine(app_database_url())
+    """The service's engine: connects as the row-level-security-bound role.
+
+    Its statements are bounded by DB_STATEMENT_TIMEOUT_S (the owner's engine is not: it runs
+    migrations and bulk loads)."""
+    return _create_engine(app_database_url(), statement_timeout_s=get_settings().db_statement_timeout_s)
 
 
 @lru_cache(maxsize=4)

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, description="Connections per engine (the same again as overflow).")
     db_connect_timeout_s: int = Field(
         default=5, ge=1, description="Connect and pool-checkout timeout: a dead database answers 503 fast.")
+    db_statement_timeout_s: int = Field(
+        default=60, ge=0, description="Longest statement the service's role may run (0 = no limit); bounds a "
+                                      "request on a frozen or overloaded database.")
     app_database_url: str | None = Field(
         default=None, description="Role the service itself connects as (no SUPERUSER/BYPASSRLS, granted ils_app); "
                                   "unset = derived from DATABASE_URL as the ils_app role (see SECURITY.md).")

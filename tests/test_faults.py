@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECT_TIMEOUT_S = 3
@@ -226,3 +227,23 @@ def test_llm_timeout_with_fallback_answers_extractively(app, company, make_user,
         r = client.post("/api/chat", json={"message": QUESTION}, headers=headers)
     assert r.status_code == 200, r.text
     assert r.json()["metadata"]["mode"] == "extractive-fallback" and "£95" in r.json()["answer"]
+
+
+def test_a_stuck_statement_is_cancelled_not_waited_on(database) -> None:
+    """A frozen or overloaded database cannot hold a request forever: the service role's
+    statements carry DB_STATEMENT_TIMEOUT_S, and a cancelled one reads as "unavailable" (503)."""
+    from core.database import _create_engine, app_database_url, get_engine, is_unavailable
+    from core.settings import get_settings
+
+    with get_engine().connect() as connection:
+        shown = connection.execute(sa.text("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'")).scalar()
+    assert int(shown) == get_settings().db_statement_timeout_s * 1000 > 0
+
+    engine = _create_engine(app_database_url(), statement_timeout_s=1)
+    try:
+        with engine.connect() as connection, pytest.raises(sa.exc.OperationalError) as caught:
+            connection.execute(sa.text("SELECT pg_sleep(30)"))
+        assert "statement timeout" in str(caught.value)
+        assert is_unavailable(caught.value)
+    finally:
+        engine.dispose()
