@@ -6,8 +6,9 @@ install folder with the Hugging Face hub switched offline.
 Local runtimes (EMBEDDING_RUNTIME):
 
 - `onnx` (default): the model is exported to ONNX once, at first use, into
-  DATA_DIR/models, with ONNX Runtime's BERT graph fusions (fused attention, layer norms,
-  GELU) applied; its vectors are the torch vectors to ~1e-6 and it embeds a short query
+  MODEL_CACHE_DIR (default DATA_DIR/models; shared by every process, a file lock
+  serialises the first export), with ONNX Runtime's BERT graph fusions (fused attention,
+  layer norms, GELU) applied; its vectors are the torch vectors to ~1e-6 and it embeds a short query
   several times faster. We export with `torch.onnx.export` rather than sentence-transformers'
   `backend="onnx"` because that path needs optimum, which pins transformers < 4.58.
 - `onnx-int8`: the same graph with int8 (per-channel) dynamic quantization of its
@@ -318,7 +319,7 @@ class OnnxEmbedding(BaseEmbedding):
         model_dir = local_model_path(settings.embedding_model)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         max_length = _max_seq_length(model_dir)
-        path = onnx_model_file(model_dir, runtime, settings.data_dir.resolve() / "models", tokenizer, max_length)
+        path = onnx_model_file(model_dir, runtime, settings.models_dir, tokenizer, max_length)
         instance = cls(model_name=str(model_dir), runtime=runtime, max_length=max_length,
                        embed_batch_size=settings.embedding_batch_size)
         instance._session = _session(path)

@@ -16,6 +16,8 @@ import pytest
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="ils-rag-test-"))
 os.environ["ENVIRONMENT"] = "test"
 os.environ["DATA_DIR"] = str(_SESSION_DIR)
+# The ONNX export of the model outlives the session's DATA_DIR: exported once per machine, not per run.
+os.environ.setdefault("MODEL_CACHE_DIR", str(Path.home() / ".cache" / "ils-rag" / "models"))
 os.environ.setdefault("JWT_SECRET", "test-secret-" + "x" * 40)
 os.environ.pop("DATABASE_URL", None)
 os.environ.pop("OPENAI_API_KEY", None)

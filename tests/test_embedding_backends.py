@@ -22,7 +22,7 @@ SAMPLE_TEXTS = [
 
 @pytest.fixture(scope="module")
 def runtimes(database: str):
-    """One model per runtime, built from the session's settings (onnx exported into DATA_DIR)."""
+    """One model per runtime, built from the session's settings (onnx exported into MODEL_CACHE_DIR)."""
     from core.embeddings import build_embed_model
     from core.settings import get_settings
 
@@ -104,11 +104,11 @@ def test_export_is_cached_on_disk(database: str) -> None:
     settings = get_settings()
     model_dir = local_model_path(settings.embedding_model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    first = onnx_model_file(model_dir, "onnx", settings.data_dir.resolve() / "models", tokenizer, 256)
+    first = onnx_model_file(model_dir, "onnx", settings.models_dir, tokenizer, 256)
     mtime = first.stat().st_mtime_ns
-    again = onnx_model_file(model_dir, "onnx", settings.data_dir.resolve() / "models", tokenizer, 256)
+    again = onnx_model_file(model_dir, "onnx", settings.models_dir, tokenizer, 256)
     assert again == first and again.stat().st_mtime_ns == mtime
-    assert first.is_relative_to(settings.data_dir.resolve())
+    assert first.is_relative_to(settings.models_dir)
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
@@ -162,3 +162,38 @@ def test_query_cache_off_and_thread_safe() -> None:
     assert info["hits"] + info["misses"] == 800 and info["entries"] == 50
     assert all(vector == [float(len(text)), 1.0] for text, vector in results)
     assert info["misses"] == len(calls) - 2  # every miss computed exactly once (the 2 are from `off`)
+
+
+def test_concurrent_first_use_exports_once(tmp_path, monkeypatch) -> None:
+    """Several processes (uvicorn workers, parallel test runs) share MODEL_CACHE_DIR: the file
+    lock lets exactly one of them export. The real exporter takes tens of seconds, so a slow
+    stand-in that writes the file is used here; the real export is covered above."""
+    import time
+
+    from transformers import AutoTokenizer
+
+    import core.embeddings as embeddings
+
+    model_dir = embeddings.local_model_path(embeddings.BUNDLED_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    exports: list[int] = []
+    inside = [0]
+
+    def slow_export(model_dir, target, tokenizer, max_length) -> None:
+        inside[0] += 1
+        assert inside[0] == 1, "two exports ran at the same time"
+        exports.append(threading.get_ident())
+        time.sleep(0.3)
+        target.write_bytes(b"onnx")
+        inside[0] -= 1
+
+    monkeypatch.setattr(embeddings, "_export_fp32", slow_export)
+    paths: list[object] = []
+    threads = [threading.Thread(target=lambda: paths.append(
+        embeddings.onnx_model_file(model_dir, "onnx", tmp_path, tokenizer, 256))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(exports) == 1
+    assert len(paths) == 4 and len(set(paths)) == 1 and paths[0].read_bytes() == b"onnx"

@@ -1,0 +1,91 @@
+"""Large tenants' vector searches walk the HNSW index; small ones keep the exact scan.
+
+Real Postgres and the real model; the size threshold is lowered so a test-sized company
+counts as large. Speed is measured by `ils-rag bench search`, never asserted here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+TEXTS = [
+    "Progressive lenses usually take one to two weeks to get used to.",
+    "Never rinse soft contact lenses in tap water: Acanthamoeba keratitis is sight-threatening.",
+    "NHS eye examinations are free for children under 16.",
+    "Anti-reflective coatings reduce glare from screens and headlights at night.",
+    "Myopia control spectacle lenses slow axial elongation in children.",
+    "Dry eye is treated with warm compresses, lid hygiene and lubricating drops.",
+    "Blue-light filtering lenses have little evidence for preventing eye disease.",
+    "Varifocal wearers should lower their chin to read through the near zone.",
+    "Glaucoma raises the pressure inside the eye and damages the optic nerve.",
+    "Daily disposable contact lenses are thrown away every night.",
+    "Cataract surgery replaces the cloudy natural lens with a clear implant.",
+    "Photochromic lenses darken in ultraviolet light outdoors.",
+    "Driving requires reading a number plate at twenty metres.",
+    "Diabetic retinopathy screening photographs the back of the eye every year.",
+]
+
+
+@pytest.fixture
+def statements(database):
+    """Every SQL statement the service engine sends while the test runs."""
+    import sqlalchemy as sa
+
+    from core.database import get_engine
+
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        seen.append(statement)
+
+    sa.event.listen(get_engine(), "before_cursor_execute", record)
+    yield seen
+    sa.event.remove(get_engine(), "before_cursor_execute", record)
+
+
+def _search(company_id: str, vector: list[float]) -> list[tuple[str, float]]:
+    from llama_index.core.vector_stores.types import MetadataFilter, VectorStoreQuery
+
+    from core.database import tenant
+    from core.vector_store import company_filter, get_vector_store
+
+    with tenant(company_id):
+        result = get_vector_store().query(VectorStoreQuery(
+            query_embedding=vector, similarity_top_k=10,
+            filters=company_filter(company_id, MetadataFilter(key="is_active", value="true"))))
+    return sorted(zip([n.node_id for n in result.nodes], result.similarities, strict=True), key=lambda r: -r[1])
+
+
+def test_large_tenant_uses_hnsw_and_finds_the_exact_top_k(company, index_texts, embed_model, statements,
+                                                          monkeypatch) -> None:
+    import core.vector_store as vector_store
+
+    index_texts(company, [(f"doc-{i}.md", text, "faq") for i, text in enumerate(TEXTS)])
+    query = embed_model.get_query_embedding("how long to adapt to varifocal glasses")
+
+    vector_store._tenant_sizes.clear()
+    exact = _search(company.id, query)
+    assert not any("enable_sort" in s for s in statements)  # a small tenant: the planner's exact scan
+
+    monkeypatch.setattr(vector_store, "HNSW_MIN_TENANT_CHUNKS", 5)
+    vector_store._tenant_sizes.clear()
+    walked = _search(company.id, query)
+    assert any("enable_sort = off" in s for s in statements)  # planned as an HNSW walk
+    assert len(walked) == 10
+    assert [node for node, _ in walked] == [node for node, _ in exact]
+    assert np.allclose([score for _, score in walked], [score for _, score in exact], atol=1e-5)
+
+
+def test_tenant_size_is_counted_under_the_tenant_and_cached(company, make_company, index_texts) -> None:
+    import core.vector_store as vector_store
+
+    other = make_company()
+    index_texts(company, [(f"doc-{i}.md", text, None) for i, text in enumerate(TEXTS[:3])])
+    index_texts(other, [(f"doc-{i}.md", text, None) for i, text in enumerate(TEXTS)])
+    vector_store._tenant_sizes.clear()
+    assert vector_store.tenant_chunk_count(company.id) == 3
+    assert vector_store.tenant_chunk_count(other.id) == len(TEXTS)
+    index_texts(company, [("late.md", TEXTS[5], None)])
+    assert vector_store.tenant_chunk_count(company.id) == 3  # cached for TENANT_SIZE_TTL_S
+    vector_store._tenant_sizes.clear()
+    assert vector_store.tenant_chunk_count(company.id) == 4
