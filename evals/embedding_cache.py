@@ -33,7 +33,7 @@ class CachedEmbedding(BaseEmbedding):
         self._inner = inner
         self._model_key = model_key
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=60)  # shared by concurrent runs
         self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
         self._lock = threading.Lock()
 

@@ -27,6 +27,8 @@ class RetrieverResult:
     threshold: float | None = None
     by_type: dict[str, dict[str, float]] = field(default_factory=dict)
     threshold_study: list[dict[str, float]] = field(default_factory=list)
+    best_threshold: float | None = None  # best F1 of the threshold study
+    recommended_threshold: float | None = None  # highest threshold keeping RECALL_FLOOR (runner)
     per_query: list[dict[str, object]] = field(default_factory=list)
 
 
@@ -37,36 +39,82 @@ class EvalReport:
     corpus_docs: int
     chunks: int
     results: list[RetrieverResult]
+    embedding_runtime: str = ""
+    default_mode: str = ""
+    search_threshold: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     notes: list[str] = field(default_factory=list)
 
 
+SHORT = {"hit@1": "hit@1", "hit@5": "hit@5", "mrr@10": "MRR@10", "ndcg@10": "nDCG@10", "recall@10": "R@10",
+         "recall@100": "R@100", "precision@5": "P@5"}
+
+
+def _unanswered(result: RetrieverResult) -> str:
+    return f"{result.unanswerable_with_hits}/{result.unanswerable}" if result.unanswerable else "-"
+
+
+def _title(report: EvalReport) -> str:
+    queries = report.results[0].queries if report.results else 0
+    unanswerable = report.results[0].unanswerable if report.results else 0
+    return (f"{report.dataset}: {report.corpus_docs} docs, {report.chunks} chunks, {queries} judged queries"
+            + (f" + {unanswerable} unanswerable" if unanswerable else "")
+            + f" · {report.embedding_model} ({report.embedding_runtime})")
+
+
+def winner(report: EvalReport) -> tuple[RetrieverResult, RetrieverResult | None] | None:
+    """The best service mode on nDCG@10 and the runner-up (Jaccard is the floor, not a mode)."""
+    modes = sorted((r for r in report.results if r.retriever != "jaccard"),
+                   key=lambda r: r.averages["ndcg@10"], reverse=True)
+    return (modes[0], modes[1] if len(modes) > 1 else None) if modes else None
+
+
 def print_table(report: EvalReport, console: Console) -> None:
-    table = Table(title=f"{report.dataset}: {report.corpus_docs} docs, {report.chunks} chunks, "
-                        f"{report.results[0].queries if report.results else 0} queries")
+    table = Table(title=_title(report))
     table.add_column("retriever")
     for name in METRICS:
-        table.add_column(name, justify="right")
+        table.add_column(SHORT[name], justify="right")
     table.add_column("p50 ms", justify="right")
     table.add_column("p95 ms", justify="right")
-    table.add_column("unanswerable w/ hits", justify="right")
+    table.add_column(f"unans. ≥{report.search_threshold}", justify="right")
     for result in report.results:
-        unanswered = (f"{result.unanswerable_with_hits}/{result.unanswerable}" if result.unanswerable else "-")
         table.add_row(result.retriever, *(f"{result.averages[m]:.3f}" for m in METRICS),
-                      f"{result.latency_ms_p50:.1f}", f"{result.latency_ms_p95:.1f}", unanswered)
+                      f"{result.latency_ms_p50:.1f}", f"{result.latency_ms_p95:.1f}", _unanswered(result))
     console.print(table)
+    for result in report.results:
+        if result.recommended_threshold is not None:
+            console.print(f"{result.retriever}: threshold keeping ≥95% of relevant top-5 = "
+                          f"{result.recommended_threshold:.2f}, best F1 at {result.best_threshold:.2f}")
+    top = winner(report)
+    if top and top[1]:
+        best, second = top
+        console.print(f"best mode on nDCG@10: {best.retriever} ({best.averages['ndcg@10']:.3f}, "
+                      f"+{best.averages['ndcg@10'] - second.averages['ndcg@10']:.3f} over {second.retriever})")
 
 
 def markdown(report: EvalReport) -> str:
     lines = [f"# Retrieval evaluation: {report.dataset}", "",
-             f"{report.created_at} · model `{report.embedding_model}` · {report.corpus_docs} documents · "
-             f"{report.chunks} chunks", "",
-             "| retriever | " + " | ".join(METRICS) + " | p50 ms | p95 ms | unanswerable with hits |",
+             f"{report.created_at} · model `{report.embedding_model}` (runtime `{report.embedding_runtime}`) · "
+             f"{report.corpus_docs} documents · {report.chunks} chunks · default mode `{report.default_mode}`, "
+             f"threshold {report.search_threshold}", "",
+             "| retriever | " + " | ".join(METRICS) + " | p50 ms | p95 ms | unanswerable with hits ≥ threshold |",
              "|---" * (len(METRICS) + 4) + "|"]
     for r in report.results:
-        unanswered = f"{r.unanswerable_with_hits}/{r.unanswerable}" if r.unanswerable else "-"
         lines.append(f"| {r.retriever} | " + " | ".join(f"{r.averages[m]:.3f}" for m in METRICS)
-                     + f" | {r.latency_ms_p50:.1f} | {r.latency_ms_p95:.1f} | {unanswered} |")
+                     + f" | {r.latency_ms_p50:.1f} | {r.latency_ms_p95:.1f} | {_unanswered(r)} |")
+    lines += ["", "Jaccard is the legacy word-overlap search (the floor); its unanswerable count is "
+              "\"any word overlap\", as the legacy code had no threshold. Latency includes the query embedding."]
+    if report.timings:
+        t = report.timings
+        lines += ["", f"Corpus ready in {t.get('index_s', 0):.1f} s ({t.get('chunks_embedded', 0):.0f} chunks "
+                  f"embedded, {t.get('chunks_from_cache', 0):.0f} from the cache); whole run "
+                  f"{t.get('total_s', 0):.1f} s."]
+    top = winner(report)
+    if top and top[1]:
+        best, second = top
+        lines += ["", f"Best mode on nDCG@10: **{best.retriever}** ({best.averages['ndcg@10']:.3f}), "
+                  f"{best.averages['ndcg@10'] - second.averages['ndcg@10']:+.3f} over {second.retriever}."]
     for r in report.results:
         if r.by_type:
             lines += ["", f"## {r.retriever} by query type", "", "| type | queries | hit@5 | ndcg@10 |",
@@ -76,10 +124,17 @@ def markdown(report: EvalReport) -> str:
     for r in report.results:
         if r.threshold_study:
             lines += ["", f"## Threshold study: {r.retriever}", "",
-                      "| threshold | precision | recall | f1 | unanswerable with hits |", "|---|---|---|---|---|"]
+                      "Cosine threshold t applied to each query's top-5 documents. Recall: share of the relevant "
+                      "top-5 documents kept; answerable kept: share of answerable queries that keep a relevant "
+                      "document; unanswerable with hits: unanswerable queries whose best result passes t.", "",
+                      f"Best F1 at **{r.best_threshold:.2f}**; highest threshold keeping ≥95% recall: "
+                      f"**{r.recommended_threshold:.2f}**.", "",
+                      "| threshold | precision | recall | f1 | answerable kept | unanswerable with hits |",
+                      "|---|---|---|---|---|---|"]
             for row in r.threshold_study:
                 lines.append(f"| {row['threshold']:.2f} | {row['precision']:.3f} | {row['recall']:.3f} | "
-                             f"{row['f1']:.3f} | {row.get('unanswerable_with_hits', 0):.0f} |")
+                             f"{row['f1']:.3f} | {row.get('answerable_kept', 0):.3f} | "
+                             f"{row.get('unanswerable_with_hits', 0):.0f}/{r.unanswerable} |")
     if report.notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in report.notes)]
     return "\n".join(lines) + "\n"
@@ -98,15 +153,15 @@ def chart(report: EvalReport, path: Path) -> None:
     left.set_ylim(0, 1)
     right.bar(names, [r.latency_ms_p50 for r in report.results], color="#d8833b")
     right.set_title("p50 latency per query, ms (lower is better)")
-    fig.suptitle(f"{report.dataset} · {report.embedding_model}")
+    fig.suptitle(f"{report.dataset} · {report.embedding_model} ({report.embedding_runtime})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_report(report: EvalReport, directory: Path = REPORTS_DIR) -> dict[str, Path]:
+def write_report(report: EvalReport, directory: Path = REPORTS_DIR, name: str | None = None) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / report.dataset
+    stem = directory / (name or report.dataset)
     paths = {"json": stem.with_suffix(".json"), "markdown": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
     slim = asdict(report)
     paths["json"].write_text(json.dumps(slim, indent=2))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from llama_index.core.schema import NodeWithScore
@@ -24,7 +25,7 @@ from sqlalchemy import select
 from auth.models import Company
 from auth.users import create_company
 from core.database import admin_session_scope, get_engine, tenant
-from core.embeddings import get_embed_model
+from core.embeddings import embedding_runtime, get_embed_model
 from core.settings import get_settings
 from evals.beir import Dataset, Query, load_dataset
 from evals.embedding_cache import CachedEmbedding
@@ -39,6 +40,7 @@ DOC_DEPTH = 100  # documents ranked per query (recall@100)
 CHUNK_DEPTH = 200  # chunks fetched to fill DOC_DEPTH documents
 INDEX_BATCH = 128
 THRESHOLDS = [round(0.05 * i, 2) for i in range(0, 17)]
+RECALL_FLOOR = 0.95  # share of relevant top-5 documents the recommended threshold must keep
 
 
 @dataclass
@@ -48,8 +50,26 @@ class Ranked:
     seconds: float
 
 
-def eval_company_slug(dataset: str, company: str | None) -> str:
-    raw = f"eval-{dataset}-{company or 'corpus'}".lower()
+def index_fingerprint() -> str:
+    """What decides the chunks and vectors of an indexed corpus: backend, model, runtime and
+    chunk plan. It is part of the evaluation company's slug, so a run with another runtime or
+    chunking indexes into its own companies instead of scoring stale vectors."""
+    from indexing.chunking import chunk_plan
+
+    plan = chunk_plan(get_embed_model())
+    raw = f"{model_key()}|{plan.chunk_size}|{plan.chunk_overlap}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:8]
+
+
+def model_key() -> str:
+    """backend:model:runtime, with the runtime actually loaded (after any fallback to torch)."""
+    settings = get_settings()
+    return f"{settings.embedding_backend}:{settings.embedding_model}:{embedding_runtime(get_embed_model())}"
+
+
+def eval_company_slug(dataset: str, company: str | None, fingerprint: str = "") -> str:
+    raw = f"eval-{dataset}-{company or 'corpus'}" + (f"-{fingerprint}" if fingerprint else "")
+    raw = raw.lower()
     slug = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")
     if len(slug) > 63:
         slug = slug[:54] + "-" + hashlib.sha256(raw.encode()).hexdigest()[:8]
@@ -65,10 +85,11 @@ def ensure_company(slug: str) -> str:
 
 
 def cached_embedder(cache_dir: Path) -> CachedEmbedding:
-    settings = get_settings()
-    model_key = f"{settings.embedding_backend}:{settings.embedding_model}"
-    name = re.sub(r"[^A-Za-z0-9.-]+", "_", model_key)
-    return CachedEmbedding(get_embed_model(), cache_dir / f"{name}.sqlite", model_key)
+    """The service's model behind a disk cache keyed by backend, model, runtime and text
+    (int8 vectors differ from fp32 ones, so runtimes never share entries)."""
+    key = model_key()
+    name = re.sub(r"[^A-Za-z0-9.-]+", "_", key)
+    return CachedEmbedding(get_embed_model(), cache_dir / f"{name}.sqlite", key)
 
 
 def _stale(company_id: str, docs: dict[str, str]) -> list[str]:
@@ -83,8 +104,9 @@ def _stale(company_id: str, docs: dict[str, str]) -> list[str]:
 def index_corpus(dataset: Dataset, embedder: CachedEmbedding, console: Console) -> dict[str | None, str]:
     """Index each company's share of the corpus; unchanged documents are skipped."""
     companies: dict[str | None, str] = {}
+    fingerprint = index_fingerprint()
     for company in dataset.companies:
-        company_id = ensure_company(eval_company_slug(dataset.name, company))
+        company_id = ensure_company(eval_company_slug(dataset.name, company, fingerprint))
         companies[company] = company_id
         docs = {doc.id: doc for doc in dataset.corpus if doc.company == company}
         hashes = {doc_id: content_hash(doc.content.encode()) for doc_id, doc in docs.items()}
@@ -139,6 +161,14 @@ def company_chunks(company_id: str) -> list[tuple[str, str, dict]]:
     return [(row.node_id, row.text, row.metadata_) for row in rows]
 
 
+def _fresh_query_vectors() -> None:
+    """Empty the model's in-process query LRU, so every retriever pays for its query
+    embeddings (otherwise the first retriever would, and the later ones would look faster)."""
+    cache = getattr(get_embed_model(), "_query_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
 def run_queries(name: str, queries: list[Query], companies: dict[str | None, str],
                 console: Console) -> dict[str, Ranked]:
     ranked: dict[str, Ranked] = {}
@@ -152,6 +182,7 @@ def run_queries(name: str, queries: list[Query], companies: dict[str | None, str
             retrieve = service_retriever(name, company_id)
             search[company] = lambda q, retrieve=retrieve: [(n.node.metadata["filename"], float(n.score or 0.0))
                                                             for n in retrieve(q)]
+    _fresh_query_vectors()
     with _progress(console) as progress:
         task = progress.add_task(f"{name:8}", total=len(queries))
         for query in queries:
@@ -165,10 +196,17 @@ def run_queries(name: str, queries: list[Query], companies: dict[str | None, str
 
 
 def threshold_study(dataset: Dataset, queries: list[Query], ranked: dict[str, Ranked],
-                    cut: int = 5) -> tuple[list[dict[str, float]], float]:
-    """Precision/recall of "score >= t means relevant" over each query's top `cut` results,
-    and the threshold with the best F1 (ties go to the lower, more permissive value)."""
+                    cut: int = 5) -> list[dict[str, float]]:
+    """For each candidate threshold t, "cosine >= t means relevant" judged on each query's
+    top `cut` documents (a document scores its best chunk):
+
+    - precision / recall / f1 over those documents (recall: of the relevant documents the
+      retriever put in its top `cut`, the share that t keeps);
+    - answerable_kept: share of answerable queries that keep at least one relevant document;
+    - unanswerable_with_hits: unanswerable queries whose best result still passes t.
+    """
     pool: list[tuple[float, bool]] = []
+    answerable = [q for q in queries if dataset.relevant(q.id)]
     unanswerable = [q for q in queries if not dataset.relevant(q.id)]
     for query in queries:
         relevant = dataset.relevant(query.id)
@@ -183,58 +221,88 @@ def threshold_study(dataset: Dataset, queries: list[Query], ranked: dict[str, Ra
         precision = tp / len(kept) if kept else 1.0
         recall = tp / positives if positives else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        answered = sum(1 for q in answerable if any(
+            score >= t and doc in dataset.relevant(q.id)
+            for doc, score in zip(ranked[q.id].doc_ids[:cut], ranked[q.id].scores[:cut], strict=True)))
         with_hits = sum(1 for q in unanswerable if ranked[q.id].scores and ranked[q.id].scores[0] >= t)
         rows.append({"threshold": t, "precision": precision, "recall": recall, "f1": f1,
+                     "answerable_kept": answered / len(answerable) if answerable else 0.0,
                      "unanswerable_with_hits": float(with_hits)})
-    best = max(rows, key=lambda row: (round(row["f1"], 6), -row["threshold"]))
-    return rows, best["threshold"]
+    return rows
+
+
+def choose_thresholds(study: list[dict[str, float]]) -> tuple[float | None, float | None]:
+    """(best-F1 threshold, recommended threshold). Recommended: the highest threshold that still
+    keeps RECALL_FLOOR of the relevant top-5 documents. A dropped relevant passage makes an answer
+    impossible, while a kept irrelevant one only costs prompt tokens, so recall is held and
+    precision bought only where it is cheap."""
+    if not study:
+        return None, None
+    best = max(study, key=lambda row: (round(row["f1"], 6), -row["threshold"]))["threshold"]
+    floor = [row["threshold"] for row in study if row["recall"] >= RECALL_FLOOR]
+    return best, max(floor) if floor else min(row["threshold"] for row in study)
 
 
 def score_retriever(dataset: Dataset, name: str, queries: list[Query], ranked: dict[str, Ranked],
                     threshold: float | None) -> RetrieverResult:
     judged = [q for q in queries if dataset.relevant(q.id)]
     unanswerable = [q for q in queries if not dataset.relevant(q.id)]
-    per_query = []
+    per_query: list[dict[str, Any]] = []
     for query in judged:
         values = query_metrics(ranked[query.id].doc_ids, dataset.relevant(query.id))
-        per_query.append({"query": query.id, "type": query.type, **values})
+        per_query.append({"query": query.id, "type": query.type, **values,
+                          "latency_ms": ranked[query.id].seconds * 1000,
+                          "top": ranked[query.id].doc_ids[:5]})
     by_type: dict[str, dict[str, float]] = {}
     for kind in sorted({q.type for q in judged if q.type}):
         rows = [row for row in per_query if row["type"] == kind]
-        by_type[kind] = {"queries": float(len(rows)), **average(rows)}  # type: ignore[arg-type]
+        by_type[kind] = {"queries": float(len(rows)), **average(rows)}
     latencies = [ranked[q.id].seconds * 1000 for q in queries]
-    study, best = threshold_study(dataset, queries, ranked) if name != "jaccard" else ([], None)
+    # Scores of text/vector/hybrid are cosine similarities (the service threshold's scale);
+    # Jaccard's are word overlaps, so it gets no study.
+    study = threshold_study(dataset, queries, ranked) if name != "jaccard" else []
+    best, recommended = choose_thresholds(study)
+
     # "returns anything above the threshold": the legacy search had none, so any word overlap counts
     def answered(scores: list[float]) -> bool:
         return bool(scores) and (scores[0] >= threshold if threshold is not None else scores[0] > 0)
 
     with_hits = sum(1 for q in unanswerable if answered(ranked[q.id].scores))
-    result = RetrieverResult(retriever=name, averages=average(per_query),  # type: ignore[arg-type]
-                             latency_ms_p50=percentile(latencies, 50), latency_ms_p95=percentile(latencies, 95),
-                             queries=len(judged), unanswerable=len(unanswerable),
-                             unanswerable_with_hits=with_hits, threshold=threshold, by_type=by_type,
-                             threshold_study=study, per_query=per_query)
-    if best is not None:
-        result.by_type.setdefault("_threshold", {})["best_f1_threshold"] = best
-    return result
+    unanswerable_rows = [{"query": q.id, "top": ranked[q.id].doc_ids[:1],
+                          "top_score": ranked[q.id].scores[0] if ranked[q.id].scores else None}
+                         for q in unanswerable]
+    return RetrieverResult(retriever=name, averages=average(per_query),
+                           latency_ms_p50=percentile(latencies, 50), latency_ms_p95=percentile(latencies, 95),
+                           queries=len(judged), unanswerable=len(unanswerable),
+                           unanswerable_with_hits=with_hits, threshold=threshold, by_type=by_type,
+                           threshold_study=study, best_threshold=best, recommended_threshold=recommended,
+                           per_query=per_query + unanswerable_rows)
 
 
 def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: int | None = None,
-                   console: Console | None = None, cache_dir: Path | None = None) -> EvalReport:
+                   query_ids: Iterable[str] | None = None, console: Console | None = None,
+                   cache_dir: Path | None = None) -> EvalReport:
+    """Index the corpus (unchanged documents skipped), run each retriever over the queries
+    (`query_ids` picks a subset, `limit_queries` the first N) and score them."""
     console = console or Console()
     unknown = [r for r in retrievers if r not in RETRIEVERS]
-    if unknown:
+    if unknown or not retrievers:
         from core.errors import ServiceError
 
-        raise ServiceError(f"unknown retriever(s) {', '.join(unknown)}; choose from {', '.join(RETRIEVERS)}",
-                           code="VALIDATION_ERROR")
+        raise ServiceError(f"unknown retriever(s) {', '.join(unknown) or '(none given)'}; "
+                           f"choose from {', '.join(RETRIEVERS)}", code="VALIDATION_ERROR")
     dataset = load_dataset(dataset_dir)
-    queries = dataset.queries[:limit_queries] if limit_queries else dataset.queries
+    queries = dataset.queries
+    if query_ids is not None:
+        wanted = set(query_ids)
+        queries = [q for q in queries if q.id in wanted]
+    queries = queries[:limit_queries] if limit_queries else queries
     settings = get_settings()
-    embedder = cached_embedder(cache_dir or settings.data_dir.resolve() / "eval-cache")
     started = time.perf_counter()
+    embedder = cached_embedder(cache_dir or settings.data_dir.resolve() / "eval-cache")
     companies = index_corpus(dataset, embedder, console)
-    console.print(f"corpus ready in {time.perf_counter() - started:.1f}s "
+    index_seconds = time.perf_counter() - started
+    console.print(f"corpus ready in {index_seconds:.1f}s "
                   f"({embedder.misses} chunks embedded, {embedder.hits} from cache)")
     chunks = 0
     for cid in companies.values():  # row-level security: each company's rows are visible only in its tenant
@@ -246,8 +314,12 @@ def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: i
         ranked = run_queries(name, queries, companies, console)
         results.append(score_retriever(dataset, name, queries, ranked,
                                        None if name == "jaccard" else settings.search_threshold))
-    return EvalReport(dataset=dataset.name, embedding_model=settings.embedding_model, corpus_docs=len(dataset.corpus),
-                      chunks=chunks, results=results)
+    return EvalReport(dataset=dataset.name, embedding_model=settings.embedding_model,
+                      embedding_runtime=embedding_runtime(get_embed_model()), corpus_docs=len(dataset.corpus),
+                      chunks=chunks, results=results, default_mode=settings.search_mode,
+                      search_threshold=settings.search_threshold,
+                      timings={"index_s": index_seconds, "total_s": time.perf_counter() - started,
+                               "chunks_embedded": float(embedder.misses), "chunks_from_cache": float(embedder.hits)})
 
 
 __all__ = ["METRICS", "RETRIEVERS", "run_evaluation"]
