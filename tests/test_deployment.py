@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -16,25 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early: {process.stderr.read() if process.stderr else ''}")
-        try:
-            return httpx.get(url, timeout=2)
-        except httpx.TransportError:
-            time.sleep(0.5)
-    raise AssertionError("server did not answer /health in time")
+from tests.servers import ROOT, free_port, serve
 
 
 @pytest.fixture
@@ -61,13 +41,8 @@ def test_external_database_url_works_unchanged(second_postgres: str, tmp_path: P
     assert upgrade.returncode == 0, upgrade.stderr
     assert "schema at revision" in upgrade.stdout
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        response = wait_for_health(f"http://127.0.0.1:{port}/health", server)
-        assert response.status_code == 200, response.text
-        body = response.json()
+    with serve(env, tmp_path / "server.log") as (base, _):
+        body = httpx.get(f"{base}/health", timeout=5).json()
         assert body["database"]["embedded"] is False
         assert body["database"]["pgvector_version"].startswith("0.8")
         # the embedded server was never started: no pg folder in DATA_DIR
@@ -82,9 +57,6 @@ def test_external_database_url_works_unchanged(second_postgres: str, tmp_path: P
         owner.dispose()
         assert "ils_app" in users
         assert (tmp_path / "data" / "db_app_password").stat().st_mode & 0o777 == 0o600
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

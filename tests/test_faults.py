@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,31 +25,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.servers import serve, wait_for
+
 CONNECT_TIMEOUT_S = 3
 QUESTION = "What do children's progressive lenses cost?"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(url: str, process: subprocess.Popen, log: Path, status: int = 200, timeout: float = 180) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early: {log.read_text()[-3000:]}")
-        try:
-            last = httpx.get(url, timeout=CONNECT_TIMEOUT_S + 5)
-            if last.status_code == status:
-                return last
-        except httpx.TransportError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"{url} never answered {status}; last: {last!r}; log: {log.read_text()[-3000:]}")
 
 
 @pytest.fixture
@@ -66,23 +43,11 @@ def own_postgres(tmp_path: Path):
 @pytest.fixture
 def served(own_postgres, tmp_path: Path):
     """The service on its own Postgres; yields (base_url, process)."""
-    port = _free_port()
     log = tmp_path / "server.log"
     env = {**os.environ, "DATABASE_URL": own_postgres.get_uri(), "DATA_DIR": str(tmp_path / "data"),
            "DB_CONNECT_TIMEOUT_S": str(CONNECT_TIMEOUT_S), "LOG_FORMAT": "json"}
-    with log.open("w") as sink:  # a file, not a pipe: a full pipe would block the server
-        process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], env=env,
-                                   stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait(f"{base}/health", process, log)
+    with serve(env, log, request_timeout=CONNECT_TIMEOUT_S + 5) as (base, process):
         yield base, process, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _token() -> dict[str, str]:
@@ -133,7 +98,7 @@ def test_postgres_stops_then_returns_503_quickly_and_recovers_by_itself(own_post
 
     # no restart of the service: its pool replaces the dead connections on its own
     restarted = time.monotonic()
-    _wait(f"{base}/health", process, log, status=200, timeout=60)
+    wait_for(f"{base}/health", process, log, status=200, timeout=60, request_timeout=CONNECT_TIMEOUT_S + 5)
     print(f"postgres back: /health 200 again {time.monotonic() - restarted:.2f} s after the restart")
     assert process.poll() is None
     for method, path, kwargs in calls[:4]:

@@ -9,10 +9,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +17,8 @@ import httpx
 import pytest
 from PIL import Image, ImageChops
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.servers import ROOT, serve
+
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 PASSWORD = "correct horse battery"
@@ -41,40 +38,10 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
                                 "(apt-get install -y chromium); .ci/run installs it")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _serve(log: Path, **overrides: str) -> Iterator[str]:
     """`ils-rag serve` on a free loopback port, sharing the session's embedded Postgres."""
-    port = _free_port()
-    env = {**os.environ, "LOG_LEVEL": "WARNING", **overrides}
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited early:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not become healthy:\n{log.read_text()}")
-            time.sleep(0.5)
+    with serve({**os.environ, "LOG_LEVEL": "WARNING", **overrides}, log) as (base, _):
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")
