@@ -304,6 +304,10 @@ class OnnxEmbedding(BaseEmbedding):
 
     runtime: str = "onnx"
     max_length: int = 256
+    # LlamaIndex hands us `embed_batch_size` texts at a time; we sort those by length and run
+    # them in sub-batches of `run_batch_size`. A wide hand-over lets whole pipeline runs be
+    # length-sorted, so short tail chunks are not padded to the longest chunk of their batch.
+    run_batch_size: int = 64
     _session: Any = PrivateAttr()
     _model: _ModelFacade = PrivateAttr()
     _query_cache: QueryCache = PrivateAttr()
@@ -321,7 +325,8 @@ class OnnxEmbedding(BaseEmbedding):
         max_length = _max_seq_length(model_dir)
         path = onnx_model_file(model_dir, runtime, settings.models_dir, tokenizer, max_length)
         instance = cls(model_name=str(model_dir), runtime=runtime, max_length=max_length,
-                       embed_batch_size=settings.embedding_batch_size)
+                       embed_batch_size=max(1024, settings.embedding_batch_size),
+                       run_batch_size=settings.embedding_batch_size)
         instance._session = _session(path)
         dims = int(instance._session.get_outputs()[0].shape[-1] or configured_dimensions(settings))
         instance._model = _ModelFacade(tokenizer=tokenizer, max_seq_length=max_length, dimensions=dims)
@@ -334,7 +339,7 @@ class OnnxEmbedding(BaseEmbedding):
         # Length-sorted sub-batches pad less (sentence-transformers does the same).
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         out: list[list[float]] = [[] for _ in texts]
-        step = max(1, self.embed_batch_size)
+        step = max(1, self.run_batch_size)
         for start in range(0, len(order), step):
             idx = order[start:start + step]
             vectors = _run(self._session, self._model.tokenizer, [texts[i] for i in idx], self.max_length)

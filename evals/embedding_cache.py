@@ -64,8 +64,9 @@ class CachedEmbedding(BaseEmbedding):
         keys = [self._key(kind, text) for text in texts]
         found = self._lookup(keys)
         missing = [i for i, key in enumerate(keys) if key not in found]
-        self.hits += len(texts) - len(missing)
-        self.misses += len(missing)
+        with self._lock:  # index batches may run in parallel (`ils-rag eval --workers`)
+            self.hits += len(texts) - len(missing)
+            self.misses += len(missing)
         if missing:
             vectors = compute([texts[i] for i in missing])
             fresh = {keys[i]: vector for i, vector in zip(missing, vectors, strict=True)}

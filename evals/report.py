@@ -110,6 +110,9 @@ def markdown(report: EvalReport) -> str:
         lines += ["", f"Corpus ready in {t.get('index_s', 0):.1f} s ({t.get('chunks_embedded', 0):.0f} chunks "
                   f"embedded, {t.get('chunks_from_cache', 0):.0f} from the cache); whole run "
                   f"{t.get('total_s', 0):.1f} s."]
+        if t.get("query_workers", 1) > 1:
+            lines += ["", f"Queries ran {t['query_workers']:.0f} at a time (`--workers`): latencies were measured "
+                      "under that load."]
     top = winner(report)
     if top and top[1]:
         best, second = top

@@ -12,7 +12,9 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +103,21 @@ def _stale(company_id: str, docs: dict[str, str]) -> list[str]:
     return [doc_id for doc_id, digest in docs.items() if current.get(doc_id) != (digest, "indexed")]
 
 
-def index_corpus(dataset: Dataset, embedder: CachedEmbedding, console: Console) -> dict[str | None, str]:
-    """Index each company's share of the corpus; unchanged documents are skipped."""
+def _index_batch(company_id: str, docs: dict[str, Any], hashes: dict[str, str], embedder: CachedEmbedding,
+                 doc_ids: list[str]) -> tuple[int, list[Any]]:
+    sources = [Source(source_key=doc.id, filename=doc.id, data_hash=hashes[doc.id],
+                      size_bytes=len(doc.content.encode()), parts=[Part(text=doc.content)])
+               for doc in (docs[doc_id] for doc_id in doc_ids) if doc.content.strip()]
+    outcomes = index_sources(company_id, sources, embed_model=embedder)
+    return len(doc_ids), [o for o in outcomes if o.action == "failed"]
+
+
+def index_corpus(dataset: Dataset, embedder: CachedEmbedding, console: Console,
+                 workers: int = 1) -> dict[str | None, str]:
+    """Index each company's share of the corpus; unchanged documents are skipped.
+
+    With `workers` > 1 that many batches go through the pipeline at once, so one batch's
+    Postgres writes overlap another's embedding (each batch holds its own documents' locks)."""
     companies: dict[str | None, str] = {}
     fingerprint = index_fingerprint()
     for company in dataset.companies:
@@ -113,19 +128,16 @@ def index_corpus(dataset: Dataset, embedder: CachedEmbedding, console: Console) 
         todo = _stale(company_id, hashes)
         if not todo:
             continue
-        with _progress(console) as progress:
+
+        index_batch = partial(_index_batch, company_id, docs, hashes, embedder)
+        batches = [todo[start:start + INDEX_BATCH] for start in range(0, len(todo), INDEX_BATCH)]
+        with _progress(console) as progress, ThreadPoolExecutor(max_workers=workers) as pool:
             task = progress.add_task(f"indexing {company or dataset.name}", total=len(todo))
-            for start in range(0, len(todo), INDEX_BATCH):
-                batch = [docs[doc_id] for doc_id in todo[start:start + INDEX_BATCH]]
-                sources = [Source(source_key=doc.id, filename=doc.id, data_hash=hashes[doc.id],
-                                  size_bytes=len(doc.content.encode()), parts=[Part(text=doc.content)])
-                           for doc in batch if doc.content.strip()]
-                outcomes = index_sources(company_id, sources, embed_model=embedder)
-                failed = [o for o in outcomes if o.action == "failed"]
+            for done, failed in pool.map(index_batch, batches):
                 if failed:
                     console.print(f"[yellow]{len(failed)} documents failed to index, e.g. "
                                   f"{failed[0].source_key}: {failed[0].reason}")
-                progress.advance(task, len(batch))
+                progress.advance(task, done)
     return companies
 
 
@@ -170,8 +182,10 @@ def _fresh_query_vectors() -> None:
 
 
 def run_queries(name: str, queries: list[Query], companies: dict[str | None, str],
-                console: Console) -> dict[str, Ranked]:
-    ranked: dict[str, Ranked] = {}
+                console: Console, workers: int = 1) -> dict[str, Ranked]:
+    """Run every query, timing each one. With `workers` > 1, that many queries are in flight
+    at once: the run is mostly Postgres time in another process, so on a 2-core machine two
+    workers nearly halve the wall time, at the cost of latencies measured under that load."""
     search: dict[str | None, Callable[[str], list[tuple[str, float]]]] = {}
     for company, company_id in companies.items():
         if name == "jaccard":
@@ -182,15 +196,20 @@ def run_queries(name: str, queries: list[Query], companies: dict[str | None, str
             retrieve = service_retriever(name, company_id)
             search[company] = lambda q, retrieve=retrieve: [(n.node.metadata["filename"], float(n.score or 0.0))
                                                             for n in retrieve(q)]
+
+    def one(query: Query) -> tuple[str, Ranked]:
+        started = time.perf_counter()
+        hits = search[query.company](query.text)
+        elapsed = time.perf_counter() - started
+        doc_ids, scores = _dedupe(hits, DOC_DEPTH)
+        return query.id, Ranked(doc_ids, scores, elapsed)
+
     _fresh_query_vectors()
-    with _progress(console) as progress:
+    ranked: dict[str, Ranked] = {}
+    with _progress(console) as progress, ThreadPoolExecutor(max_workers=workers) as pool:
         task = progress.add_task(f"{name:8}", total=len(queries))
-        for query in queries:
-            started = time.perf_counter()
-            hits = search[query.company](query.text)
-            elapsed = time.perf_counter() - started
-            doc_ids, scores = _dedupe(hits, DOC_DEPTH)
-            ranked[query.id] = Ranked(doc_ids, scores, elapsed)
+        for query_id, result in pool.map(one, queries):
+            ranked[query_id] = result
             progress.advance(task)
     return ranked
 
@@ -281,7 +300,7 @@ def score_retriever(dataset: Dataset, name: str, queries: list[Query], ranked: d
 
 def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: int | None = None,
                    query_ids: Iterable[str] | None = None, console: Console | None = None,
-                   cache_dir: Path | None = None) -> EvalReport:
+                   cache_dir: Path | None = None, workers: int = 1) -> EvalReport:
     """Index the corpus (unchanged documents skipped), run each retriever over the queries
     (`query_ids` picks a subset, `limit_queries` the first N) and score them."""
     console = console or Console()
@@ -300,7 +319,7 @@ def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: i
     settings = get_settings()
     started = time.perf_counter()
     embedder = cached_embedder(cache_dir or settings.data_dir.resolve() / "eval-cache")
-    companies = index_corpus(dataset, embedder, console)
+    companies = index_corpus(dataset, embedder, console, workers)
     index_seconds = time.perf_counter() - started
     console.print(f"corpus ready in {index_seconds:.1f}s "
                   f"({embedder.misses} chunks embedded, {embedder.hits} from cache)")
@@ -311,7 +330,7 @@ def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: i
                                          {"c": cid}).scalar() or 0
     results = []
     for name in retrievers:
-        ranked = run_queries(name, queries, companies, console)
+        ranked = run_queries(name, queries, companies, console, workers)
         results.append(score_retriever(dataset, name, queries, ranked,
                                        None if name == "jaccard" else settings.search_threshold))
     return EvalReport(dataset=dataset.name, embedding_model=settings.embedding_model,
@@ -319,7 +338,8 @@ def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: i
                       chunks=chunks, results=results, default_mode=settings.search_mode,
                       search_threshold=settings.search_threshold,
                       timings={"index_s": index_seconds, "total_s": time.perf_counter() - started,
-                               "chunks_embedded": float(embedder.misses), "chunks_from_cache": float(embedder.hits)})
+                               "chunks_embedded": float(embedder.misses), "chunks_from_cache": float(embedder.hits),
+                               "query_workers": float(workers)})
 
 
 __all__ = ["METRICS", "RETRIEVERS", "run_evaluation"]
