@@ -76,13 +76,18 @@ def _app_password(settings: Settings) -> str:
     return password
 
 
-def _refuse_or_warn(settings: Settings, reason: str) -> str:
-    message = (f"{reason}; the service would bypass row-level security. Set APP_DATABASE_URL to a role without "
-               f"SUPERUSER/BYPASSRLS that is a member of {APP_ROLE} (see SECURITY.md), or give DATABASE_URL's "
-               "role CREATEROLE so the service can create it.")
+def _refuse_unless_development(settings: Settings, message: str) -> None:
+    """A service role that bypasses row-level security stops start-up, except in development."""
     if settings.environment != "development":
         raise ConfigurationError(message)
     logger.warning("%s (allowed only because ENVIRONMENT=development)", message)
+
+
+def _refuse_or_warn(settings: Settings, reason: str) -> str:
+    _refuse_unless_development(settings, (
+        f"{reason}; the service would bypass row-level security. Set APP_DATABASE_URL to a role without "
+        f"SUPERUSER/BYPASSRLS that is a member of {APP_ROLE} (see SECURITY.md), or give DATABASE_URL's "
+        "role CREATEROLE so the service can create it."))
     return database_url()
 
 
@@ -336,12 +341,10 @@ def check_app_role(settings: Settings | None = None, engine: Engine | None = Non
     if broken:
         raise ConfigurationError(f"the service role is not usable: {'; '.join(broken)}.")
     if bypasses:
-        message = (f"the service would bypass row-level security ({'; '.join(bypasses)}); set APP_DATABASE_URL to "
-                   f"a role without SUPERUSER/BYPASSRLS that owns no table and is a member of {APP_ROLE} "
-                   "(see SECURITY.md).")
-        if settings.environment != "development":
-            raise ConfigurationError(message)
-        logger.warning("%s (allowed only because ENVIRONMENT=development)", message)
+        _refuse_unless_development(settings, (
+            f"the service would bypass row-level security ({'; '.join(bypasses)}); set APP_DATABASE_URL to "
+            f"a role without SUPERUSER/BYPASSRLS that owns no table and is a member of {APP_ROLE} "
+            "(see SECURITY.md)."))
 
 
 def pgvector_version(connection: sa.Connection) -> str | None:
