@@ -50,7 +50,7 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-SCIFACT_DIR = Path("/work/shared/datasets/scifact")
+SCIFACT_DIR = REPO_ROOT.parent / "shared" / "datasets" / "scifact"  # ../shared beside the checkout
 OPTICAL_DIR = REPO_ROOT / "evals" / "datasets" / "optical"
 SAMPLES_DIR = REPO_ROOT / "samples"
 BENCH_DATABASE = "ils_bench"
