@@ -88,6 +88,28 @@ def db_upgrade() -> None:
     console.print(f"schema at revision {current_revision()} (pgvector {version})")
 
 
+def sync_tenant_indexes_verbose(companies: list[str] | None = None) -> None:
+    """Build/drop the per-company HNSW indexes (core.tenant_indexes), saying what changed."""
+    from core.tenant_indexes import sync_tenant_indexes
+
+    result = sync_tenant_indexes(companies=companies, on_build=lambda company, chunks: console.print(
+        f"built the HNSW index of company {company} ({chunks} chunks)", highlight=False))
+    if result.skipped:
+        console.print("tenant indexes: another process is updating them", highlight=False)
+    elif result.dropped:
+        console.print(f"tenant indexes: dropped {len(result.dropped)} no longer needed", highlight=False)
+
+
+@db_app.command("tenant-indexes")
+def db_tenant_indexes() -> None:
+    """Give each company above TENANT_INDEX_MIN_CHUNKS its own HNSW index (and drop unneeded ones)."""
+    from core.tenant_indexes import tenant_index_summary
+
+    prepared()
+    sync_tenant_indexes_verbose()
+    console.print(tenant_index_summary(), highlight=False)
+
+
 @companies_app.command("create")
 def companies_create(slug: str, name: Annotated[str | None, typer.Option(help="Display name.")] = None) -> None:
     """Create a company (tenant)."""

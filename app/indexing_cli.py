@@ -13,7 +13,7 @@ from rich.table import Table
 
 
 def register(app: typer.Typer) -> None:
-    from app.cli import bench_app, console, fail, prepared
+    from app.cli import bench_app, console, fail, prepared, sync_tenant_indexes_verbose
 
     @app.command("ingest")
     def ingest(
@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         """Index a folder into a company's knowledge base (incremental and idempotent)."""
         from auth.users import get_company_by_slug
         from core.database import session_scope
+        from core.settings import get_settings
         from indexing.folder import ingest_folder
 
         if not folder.is_dir():
@@ -36,6 +37,8 @@ def register(app: typer.Typer) -> None:
         report = ingest_folder(folder, company_id, category=category, sync=sync, workers=workers,
                                show_progress=True)
         console.print(report.summary(), highlight=False)
+        if get_settings().tenant_index_min_chunks > 0:  # grown past the threshold: its own index at once
+            sync_tenant_indexes_verbose([company_id])
         if report.failed:
             raise typer.Exit(1)
 

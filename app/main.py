@@ -27,6 +27,7 @@ from core.embeddings import get_embed_model
 from core.errors import ConfigurationError
 from core.migrate import upgrade
 from core.settings import Settings, get_settings
+from core.tenant_indexes import TenantIndexMaintainer
 from indexing.documents import recover_interrupted_uploads
 
 logger = logging.getLogger("ils_rag")
@@ -52,7 +53,12 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
         if prepare:
             prepare_runtime(settings)
         app.state.embed_model_loaded = True
-        yield
+        maintainer = TenantIndexMaintainer(settings.tenant_index_check_s).start() if prepare else None
+        try:
+            yield
+        finally:
+            if maintainer is not None:
+                maintainer.stop()
 
     app = FastAPI(title=SERVICE_NAME, version=__version__, lifespan=lifespan,
                   description="Multi-tenant retrieval-augmented generation for optical practices.")

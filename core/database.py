@@ -59,7 +59,7 @@ def database_url() -> str:
     settings = get_settings()
     if settings.database_url:
         return _psycopg2_url(settings.database_url)
-    return start_embedded_postgres(settings.pgdata_dir)
+    return start_embedded_postgres(settings.pgdata_dir, settings.embedded_pg_shared_buffers_mb)
 
 
 def _app_password(settings: Settings) -> str:

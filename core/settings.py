@@ -37,9 +37,21 @@ class Settings(BaseSettings):
     db_statement_timeout_s: int = Field(
         default=60, ge=0, description="Longest statement the service's role may run (0 = no limit); bounds a "
                                       "request on a frozen or overloaded database.")
+    embedded_pg_shared_buffers_mb: int = Field(
+        default=1024, ge=128, description="Buffer cache of the embedded Postgres (at most a quarter of this "
+                                          "machine's memory); applied by restarting it once when it starts "
+                                          "with another value and no other process uses it.")
     app_database_url: str | None = Field(
         default=None, description="Role the service itself connects as (no SUPERUSER/BYPASSRLS, granted ils_app); "
                                   "unset = derived from DATABASE_URL as the ils_app role (see SECURITY.md).")
+
+    tenant_index_min_chunks: int = Field(
+        default=1000, ge=0, description="Companies with at least this many chunks get their own HNSW index "
+                                        "(built in the background by the owner role); 0 = no background "
+                                        "maintenance (`ils-rag db tenant-indexes` then drops them all).")
+    tenant_index_check_s: float = Field(
+        default=300.0, gt=0, description="How often `ils-rag serve` checks which companies need their own "
+                                         "HNSW index (and which no longer do).")
 
     # Embeddings
     embedding_backend: Literal["local", "openai"] = Field(

@@ -8,6 +8,7 @@ itself would happily query or delete across tenants.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -15,40 +16,76 @@ import sqlalchemy as sa
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 from llama_index.vector_stores.postgres import PGVectorStore
 from llama_index.vector_stores.postgres.base import DBEmbeddingRow
+from sqlalchemy.orm import Session
 
 from core.database import current_company, get_async_engine, get_engine, tenant
 from core.embeddings import configured_dimensions
+from core.tenant_indexes import tenant_index_name
 
 CHUNK_TABLE = "chunks"  # PGVectorStore prefixes it: the SQL table is data_chunks
 COMPANY_KEY = "company_id"
 TEXT_SEARCH_CONFIG = "english"
 
-# Filtered vector search: exact scan or HNSW, by tenant size. Row-level security adds
-# `company_id = current_setting('app.company_id')` to every query, which the planner can only
-# estimate as 1/(number of companies) of the table, so it always picks the (company_id, id)
-# b-tree plus an exact sort: exact and fast for small tenants, but it reads every chunk of a
-# large one (20k chunks: ~10x slower than the HNSW walk in `ils-rag bench search`). From this
-# size on, the query walks the HNSW index instead (iterative scan, see core.database) with a
-# wider candidate list, fetching HNSW_OVERFETCH times the rows asked for and keeping the
-# nearest: recall@10 0.98-0.99 on the benchmark's large tenants (0.95-0.97 without).
-HNSW_MIN_TENANT_CHUNKS = 3_000
+# Filtered vector search: the plan is chosen here, by tenant, not left to the planner.
+# Measured with `ils-rag bench search` (100k chunks, 200 tenants, Zipf sizes):
+# - a tenant with its own HNSW index (core.tenant_indexes, from TENANT_INDEX_MIN_CHUNKS on)
+#   walks it: ~2-2.5 ms, recall@10 ≥ 0.99 with ef_search 100 and no over-fetch;
+# - otherwise, below HNSW_MIN_TENANT_CHUNKS, an exact scan of the tenant's rows (its
+#   (company_id, id) b-tree, then a top-k sort) costs ~0.6 us per chunk once vectors are
+#   stored inline (migration 0003): exact, and the fastest plan at that size. Left alone,
+#   the planner would walk the shared HNSW index from ~3k chunks with the connection's
+#   default candidate list: slower than the scan there, and it misses some of the top 10;
+# - a large tenant whose own index is not built yet walks the shared index (iterative scan,
+#   see core.database) with a wider candidate list, fetching HNSW_OVERFETCH times the rows
+#   asked for and keeping the nearest: recall@10 0.96-0.98 (0.93-0.96 without).
+HNSW_MIN_TENANT_CHUNKS = 5_000
 HNSW_EF_SEARCH = 200
 HNSW_OVERFETCH = 2
-TENANT_SIZE_TTL_S = 300.0
-_tenant_sizes: dict[str, tuple[float, int]] = {}  # company id -> (valid until, chunks)
+TENANT_INDEX_EF_SEARCH = 100
+# One round trip each: the plan settings are transaction-local, like the tenant setting.
+_EXACT_PLAN = sa.text("SELECT set_config('enable_indexscan', 'off', true)")  # b-tree bitmap + sort, never HNSW
+_SHARED_HNSW_PLAN = sa.text("SELECT set_config('enable_sort', 'off', true), "  # only an index yields the order
+                            f"set_config('hnsw.ef_search', '{int(HNSW_EF_SEARCH)}', true)")
+_TENANT_HNSW_PLAN = sa.text("SELECT set_config('enable_sort', 'off', true), "
+                            f"set_config('hnsw.ef_search', '{int(TENANT_INDEX_EF_SEARCH)}', true)")
+TENANT_PLAN_TTL_S = 300.0
 
 
-def tenant_chunk_count(company_id: str) -> int:
-    """Chunks of one company, counted under its tenant scope and cached for TENANT_SIZE_TTL_S."""
+@dataclass(frozen=True)
+class TenantPlan:
+    chunks: int
+    own_index: bool  # a valid per-tenant HNSW index exists (core.tenant_indexes)
+
+
+_tenant_plans: dict[str, tuple[float, TenantPlan]] = {}  # company id -> (valid until, plan)
+
+_PLAN_FACTS = sa.text(
+    "SELECT (SELECT count(*) FROM data_chunks WHERE company_id = :c), "
+    "EXISTS (SELECT 1 FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid "
+    "        WHERE x.relname = :index AND i.indrelid = 'public.data_chunks'::regclass AND i.indisvalid)")
+
+
+def tenant_plan(company_id: str, connection: sa.Connection | Session | None = None) -> TenantPlan:
+    """A company's chunk count (under its tenant scope) and whether it has its own index,
+    cached for TENANT_PLAN_TTL_S. `connection`: run the lookup there (the search's own
+    transaction, saving a connection checkout) instead of on a connection of its own."""
     now = time.monotonic()
-    cached = _tenant_sizes.get(company_id)
+    cached = _tenant_plans.get(company_id)
     if cached is not None and cached[0] > now:
         return cached[1]
-    with tenant(company_id), get_engine().connect() as connection:
-        count = int(connection.execute(sa.text("SELECT count(*) FROM data_chunks WHERE company_id = :c"),
-                                       {"c": company_id}).scalar() or 0)
-    _tenant_sizes[company_id] = (now + TENANT_SIZE_TTL_S, count)
-    return count
+    params = {"c": company_id, "index": tenant_index_name(company_id)}
+    if connection is not None:
+        count, own_index = connection.execute(_PLAN_FACTS, params).one()
+    else:
+        with tenant(company_id), get_engine().connect() as own:
+            count, own_index = own.execute(_PLAN_FACTS, params).one()
+    plan = TenantPlan(int(count or 0), bool(own_index))
+    _tenant_plans[company_id] = (now + TENANT_PLAN_TTL_S, plan)
+    return plan
+
+
+def forget_tenant_plans() -> None:
+    _tenant_plans.clear()
 
 
 def _company_of(filters: MetadataFilters | None) -> str | None:
@@ -71,8 +108,30 @@ def _has_company_filter(filters: MetadataFilters | None) -> bool:
     )
 
 
+# Metadata keys that data_chunks also holds as generated columns (migrations 0001 and 0003).
+# An equality filter on them compiles to the column with a bound value instead of
+# PGVectorStore's `metadata_->>'key' = '<pasted value>'`: the (company_id, id) primary key
+# serves it, no row's JSONB is decoded to evaluate it (the cost of a tenant's exact scan), and
+# the tenant id is never pasted into SQL text (pitfall 4).
+ACTIVE_KEY = "is_active"
+
+
+def _column_clause(filter_: MetadataFilter) -> Any | None:
+    if filter_.operator != FilterOperator.EQ:
+        return None
+    if filter_.key == COMPANY_KEY:
+        return sa.column(COMPANY_KEY) == str(filter_.value)
+    if filter_.key == ACTIVE_KEY and str(filter_.value).lower() == "true":  # the generated column is NULL-safe
+        return sa.column(ACTIVE_KEY).is_(True)
+    return None
+
+
 class TenantGuardedPGVectorStore(PGVectorStore):
     """Refuses any SQL that is not filtered on `company_id` at the top level."""
+
+    def _build_filter_clause(self, filter_: MetadataFilter) -> Any:
+        clause = _column_clause(filter_)
+        return clause if clause is not None else super()._build_filter_clause(filter_)
 
     def _apply_filters_and_limit(self, stmt: Any, limit: int, metadata_filters: MetadataFilters | None = None) -> Any:
         if not _has_company_filter(metadata_filters):
@@ -82,14 +141,19 @@ class TenantGuardedPGVectorStore(PGVectorStore):
     def _query_with_score(self, embedding: list[float] | None, limit: int = 10,
                           metadata_filters: MetadataFilters | None = None, **kwargs: Any) -> list[DBEmbeddingRow]:
         company_id = _company_of(metadata_filters)
-        if embedding is None or company_id is None or tenant_chunk_count(company_id) < HNSW_MIN_TENANT_CHUNKS:
+        if embedding is None or company_id is None:
             return super()._query_with_score(embedding, limit, metadata_filters, **kwargs)
-        # A large tenant: the same statement, planned as an HNSW walk (see HNSW_MIN_TENANT_CHUNKS).
-        stmt = self._build_query(embedding, limit * HNSW_OVERFETCH, metadata_filters, **kwargs)
+        # The same statement, planned per tenant (see HNSW_MIN_TENANT_CHUNKS).
         with self._session() as session, session.begin():
-            session.execute(sa.text("SET LOCAL enable_sort = off"))  # only the index yields distance order
-            session.execute(sa.text(f"SET LOCAL hnsw.ef_search = {int(HNSW_EF_SEARCH)}"))
-            rows = session.execute(stmt).all()
+            plan = tenant_plan(company_id, session)
+            if plan.own_index:
+                setup, fetch = _TENANT_HNSW_PLAN, limit
+            elif plan.chunks >= HNSW_MIN_TENANT_CHUNKS:
+                setup, fetch = _SHARED_HNSW_PLAN, limit * HNSW_OVERFETCH
+            else:
+                setup, fetch = _EXACT_PLAN, limit
+            session.execute(setup)
+            rows = session.execute(self._build_query(embedding, fetch, metadata_filters, **kwargs)).all()
         rows = sorted(rows, key=lambda row: row.distance)[:limit]  # relaxed_order: nearly, not exactly, sorted
         skip = {"id", "node_id", "text", "metadata_", "distance"}
         return [DBEmbeddingRow(node_id=row.node_id, text=row.text, metadata=row.metadata_,

@@ -23,6 +23,9 @@ os.environ.pop("DATABASE_URL", None)
 os.environ.pop("OPENAI_API_KEY", None)
 os.environ.pop("OPENAI_BASE_URL", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
+# No background tenant-index maintenance (a served test server would index every company of the
+# shared session database on its own schedule); tests/test_tenant_indexes.py drives it explicitly.
+os.environ["TENANT_INDEX_MIN_CHUNKS"] = "0"
 
 
 def _is_local(address: object) -> bool:

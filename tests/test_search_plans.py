@@ -1,4 +1,4 @@
-"""Large tenants' vector searches walk the HNSW index; small ones keep the exact scan.
+"""Large tenants' vector searches walk the HNSW index; small ones get an exact scan.
 
 Real Postgres and the real model; the size threshold is lowered so a test-sized company
 counts as large. Speed is measured by `ils-rag bench search`, never asserted here."""
@@ -63,14 +63,16 @@ def test_large_tenant_uses_hnsw_and_finds_the_exact_top_k(company, index_texts, 
     index_texts(company, [(f"doc-{i}.md", text, "faq") for i, text in enumerate(TEXTS)])
     query = embed_model.get_query_embedding("how long to adapt to varifocal glasses")
 
-    vector_store._tenant_sizes.clear()
+    vector_store.forget_tenant_plans()
     exact = _search(company.id, query)
-    assert not any("enable_sort" in s for s in statements)  # a small tenant: the planner's exact scan
+    assert any("'enable_indexscan', 'off'" in s for s in statements)  # a small tenant: an exact scan
+    assert not any("enable_sort" in s for s in statements)
 
     monkeypatch.setattr(vector_store, "HNSW_MIN_TENANT_CHUNKS", 5)
-    vector_store._tenant_sizes.clear()
+    vector_store.forget_tenant_plans()
     walked = _search(company.id, query)
-    assert any("enable_sort = off" in s for s in statements)  # planned as an HNSW walk
+    assert any("'enable_sort', 'off'" in s and "'hnsw.ef_search', '200'" in s
+               for s in statements)  # planned as a walk of the shared HNSW index
     assert len(walked) == 10
     assert [node for node, _ in walked] == [node for node, _ in exact]
     assert np.allclose([score for _, score in walked], [score for _, score in exact], atol=1e-5)
@@ -82,10 +84,11 @@ def test_tenant_size_is_counted_under_the_tenant_and_cached(company, make_compan
     other = make_company()
     index_texts(company, [(f"doc-{i}.md", text, None) for i, text in enumerate(TEXTS[:3])])
     index_texts(other, [(f"doc-{i}.md", text, None) for i, text in enumerate(TEXTS)])
-    vector_store._tenant_sizes.clear()
-    assert vector_store.tenant_chunk_count(company.id) == 3
-    assert vector_store.tenant_chunk_count(other.id) == len(TEXTS)
+    vector_store.forget_tenant_plans()
+    assert vector_store.tenant_plan(company.id).chunks == 3
+    assert vector_store.tenant_plan(other.id).chunks == len(TEXTS)
     index_texts(company, [("late.md", TEXTS[5], None)])
-    assert vector_store.tenant_chunk_count(company.id) == 3  # cached for TENANT_SIZE_TTL_S
-    vector_store._tenant_sizes.clear()
-    assert vector_store.tenant_chunk_count(company.id) == 4
+    assert vector_store.tenant_plan(company.id).chunks == 3  # cached for TENANT_PLAN_TTL_S
+    vector_store.forget_tenant_plans()
+    assert vector_store.tenant_plan(company.id).chunks == 4
+    assert not vector_store.tenant_plan(company.id).own_index
