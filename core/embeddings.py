@@ -206,14 +206,25 @@ def _mean_pool(hidden: Any, mask: Any) -> Any:
     return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
 
 
-def _run(session: Any, tokenizer: Any, texts: list[str], max_length: int) -> Any:
+def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Any]:
+    """The one way the embedding path calls its tokenizer (padded, truncated). A fast tokenizer
+    reconfigures its Rust backend whenever a call's options differ from the last call's, so
+    concurrent calls are safe only while every call on an instance passes the same options:
+    splitting and counting use `counting_tokenizer()`, never this instance."""
     import numpy as np
 
-    names = {i.name for i in session.get_inputs()}
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-    feeds = {name: encoded[name].astype(np.int64) for name in names}
-    hidden = session.run(None, feeds)[0]
+    return {name: np.asarray(values, dtype=np.int64) for name, values in encoded.items()}
+
+
+def _infer(session: Any, encoded: dict[str, Any]) -> Any:
+    names = {i.name for i in session.get_inputs()}
+    hidden = session.run(None, {name: encoded[name] for name in names})[0]
     return _mean_pool(hidden, encoded["attention_mask"])
+
+
+def _run(session: Any, tokenizer: Any, texts: list[str], max_length: int) -> Any:
+    return _infer(session, _tokenize(tokenizer, texts, max_length))
 
 
 def _check_probe(session: Any, tokenizer: Any, reference: Any, max_length: int, runtime: str) -> None:
@@ -299,18 +310,36 @@ def onnx_model_file(model_dir: Path, runtime: str, cache_dir: Path, tokenizer: A
     return target
 
 
+# ONNX Runtime keeps the largest scratch buffers any run has needed (its arena never shrinks),
+# one set per concurrent run, so a service's memory is set by its biggest runs, not by its
+# average. Two bounds keep that reservation small, and reached within the first minutes:
+# - a run pads at most MAX_RUN_TOKENS word pieces (texts x the longest one): attention
+#   scratch grows with batch x length^2. Measured here (all-MiniLM-L6-v2, 256-piece chunks):
+#   64 chunks per run took 680 MB of scratch at 33.5 chunks/s, 16 per run 130 MB at 37/s;
+# - runs above SMALL_RUN_TOKENS take one of INFERENCE_SLOTS slots: more concurrent big runs
+#   only share the same cores (each run already uses every core) while each holds its own
+#   buffers. Small runs (a query, one chunk, a few sentences) need little scratch and go at
+#   once, so a search never queues behind an ingestion batch.
+MAX_RUN_TOKENS = 4096
+SMALL_RUN_TOKENS = 512
+INFERENCE_SLOTS = 2
+
+
 class OnnxEmbedding(BaseEmbedding):
     """A sentence-transformers model (transformer + mean pooling + normalize) run by ONNX Runtime."""
 
     runtime: str = "onnx"
     max_length: int = 256
     # LlamaIndex hands us `embed_batch_size` texts at a time; we sort those by length and run
-    # them in sub-batches of `run_batch_size`. A wide hand-over lets whole pipeline runs be
-    # length-sorted, so short tail chunks are not padded to the longest chunk of their batch.
+    # them in sub-batches of at most `run_batch_size` texts and MAX_RUN_TOKENS padded word
+    # pieces. A wide hand-over lets whole pipeline runs be length-sorted, so short tail chunks
+    # are not padded to the longest chunk of their batch.
     run_batch_size: int = 64
     _session: Any = PrivateAttr()
     _model: _ModelFacade = PrivateAttr()
     _query_cache: QueryCache = PrivateAttr()
+    _slots: threading.BoundedSemaphore = PrivateAttr(default_factory=lambda: threading.BoundedSemaphore(
+        INFERENCE_SLOTS))
 
     @classmethod
     def class_name(cls) -> str:
@@ -336,15 +365,27 @@ class OnnxEmbedding(BaseEmbedding):
     def _encode(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        # Length-sorted sub-batches pad less (sentence-transformers does the same).
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        encoded = _tokenize(self._model.tokenizer, texts, self.max_length)
+        lengths = encoded["attention_mask"].sum(axis=1)
+        # Length-sorted sub-batches pad less (sentence-transformers does the same); with right
+        # padding each sub-batch is cut to its own longest text.
+        order = sorted(range(len(texts)), key=lambda i: int(lengths[i]), reverse=True)
+        trim = getattr(self._model.tokenizer, "padding_side", "right") == "right"
         out: list[list[float]] = [[] for _ in texts]
-        step = max(1, self.run_batch_size)
-        for start in range(0, len(order), step):
+        start = 0
+        while start < len(order):
+            width = int(lengths[order[start]]) if trim else encoded["input_ids"].shape[1]
+            step = max(1, min(self.run_batch_size, MAX_RUN_TOKENS // max(width, 1)))
             idx = order[start:start + step]
-            vectors = _run(self._session, self._model.tokenizer, [texts[i] for i in idx], self.max_length)
+            batch = {name: values[idx, :width] for name, values in encoded.items()}
+            if len(idx) * width > SMALL_RUN_TOKENS:
+                with self._slots:
+                    vectors = _infer(self._session, batch)
+            else:
+                vectors = _infer(self._session, batch)
             for i, vector in zip(idx, vectors, strict=True):
                 out[i] = vector.tolist()
+            start += step
         return out
 
     def _get_query_embedding(self, query: str) -> list[float]:
@@ -407,10 +448,29 @@ def embedding_info(model: BaseEmbedding | None = None) -> EmbeddingInfo:
     )
 
 
+@lru_cache(maxsize=4)
+def _counting_tokenizer(model_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def counting_tokenizer(model: BaseEmbedding | None = None) -> Any | None:
+    """A tokenizer of the local model for splitting and counting, separate from the one the
+    model embeds with (see `_tokenize`): calls without padding or truncation on the embedding
+    instance race the embedding calls of other threads ("Already borrowed", ragged batches).
+    None for a model without a Hugging Face tokenizer (OpenAI)."""
+    model = model or get_embed_model()
+    if getattr(getattr(model, "_model", None), "tokenizer", None) is None:
+        return None
+    return _counting_tokenizer(str(local_model_path(get_settings().embedding_model)))
+
+
 def count_tokens(text: str, model: BaseEmbedding | None = None) -> int:
     """Word pieces the embedder will see for `text`, special tokens included."""
-    model = model or get_embed_model()
-    tokenizer = model._model.tokenizer  # type: ignore[attr-defined]
+    tokenizer = counting_tokenizer(model)
+    if tokenizer is None:
+        raise ValueError("count_tokens needs a local model with a tokenizer")
     return len(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 

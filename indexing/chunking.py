@@ -17,7 +17,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.node_parser import SentenceSplitter
 
-from core.embeddings import embedding_info, get_embed_model
+from core.embeddings import counting_tokenizer, embedding_info, get_embed_model
 from core.settings import get_settings
 
 SEAM_MARGIN = 8  # word pieces kept free for splits that tokenize longer once joined
@@ -43,8 +43,7 @@ class ChunkPlan:
 
 
 def _hf_tokenizer(model: BaseEmbedding) -> Any | None:
-    st = getattr(model, "_model", None)
-    return getattr(st, "tokenizer", None)
+    return counting_tokenizer(model)
 
 
 def chunk_plan(model: BaseEmbedding | None = None) -> ChunkPlan:
