@@ -197,3 +197,53 @@ def test_concurrent_first_use_exports_once(tmp_path, monkeypatch) -> None:
         thread.join()
     assert len(exports) == 1
     assert len(paths) == 4 and len(set(paths)) == 1 and paths[0].read_bytes() == b"onnx"
+
+
+def test_big_batches_are_cut_into_bounded_runs_with_the_same_vectors(runtimes, monkeypatch) -> None:
+    """Sub-batches of at most MAX_RUN_TOKENS padded pieces, each cut to its own longest text,
+    give each text the vector it gets alone (padding and batch order change nothing)."""
+    import core.embeddings as embeddings
+
+    model = runtimes["onnx"]
+    texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] + f" variant {i}" for i in range(40)]
+    widths: list[tuple[int, int]] = []
+    real_infer = embeddings._infer
+
+    def recording_infer(session, batch):
+        widths.append(batch["input_ids"].shape)
+        return real_infer(session, batch)
+
+    monkeypatch.setattr(embeddings, "_infer", recording_infer)
+    batched = _matrix(model, texts)
+    assert max(rows * width for rows, width in widths) <= embeddings.MAX_RUN_TOKENS
+    assert len(widths) > 1 and len({width for _, width in widths}) > 1  # long texts apart from short ones
+    alone = np.asarray([model.get_text_embedding(text) for text in texts], dtype=np.float32)
+    assert (batched * alone).sum(axis=1).min() > 0.99999
+
+
+def test_counting_and_embedding_at_once_from_many_threads(runtimes) -> None:
+    """Splitting counts pieces without padding while requests embed with padding: a shared fast
+    tokenizer would be reconfigured under a concurrent call ("Already borrowed", ragged batch)."""
+    from core.embeddings import count_tokens
+
+    model = runtimes["onnx"]
+    errors: list[BaseException] = []
+    expected = count_tokens(SAMPLE_TEXTS[5], model)
+
+    def work(number: int) -> None:
+        try:
+            for round_ in range(25):
+                if (number + round_) % 2:
+                    assert count_tokens(SAMPLE_TEXTS[5], model) == expected
+                else:
+                    vectors = _matrix(model, SAMPLE_TEXTS[: 2 + round_ % 4])
+                    assert vectors.shape[1] == 384
+        except BaseException as exc:  # reported below, with the failing thread's traceback
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
