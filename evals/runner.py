@@ -29,6 +29,7 @@ from auth.users import create_company
 from core.database import admin_session_scope, get_engine, tenant
 from core.embeddings import embedding_runtime, get_embed_model
 from core.settings import get_settings
+from core.tenant_indexes import sync_tenant_indexes
 from evals.beir import Dataset, Query, load_dataset
 from evals.embedding_cache import CachedEmbedding
 from evals.jaccard import jaccard_search
@@ -320,6 +321,8 @@ def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: i
     started = time.perf_counter()
     embedder = cached_embedder(cache_dir or settings.data_dir.resolve() / "eval-cache")
     companies = index_corpus(dataset, embedder, console, workers)
+    if settings.tenant_index_min_chunks > 0:  # as `ils-rag ingest`: a large corpus is searched through its own index
+        sync_tenant_indexes(companies=list(companies.values()))
     index_seconds = time.perf_counter() - started
     console.print(f"corpus ready in {index_seconds:.1f}s "
                   f"({embedder.misses} chunks embedded, {embedder.hits} from cache)")

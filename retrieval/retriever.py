@@ -5,7 +5,8 @@ filters `company_id = <id> AND is_active = 'true'` built by `core.vector_store.c
 (the guarded store refuses anything else); it runs inside `core.database.tenant(company_id)`,
 so row-level security applies as a second wall. Three modes:
 
-- `vector`: cosine top-k on the HNSW index (iterative scans are on, see core.database);
+- `vector`: cosine top-k, exact for small companies and through an HNSW index for large ones
+  (the store picks the plan per company, see core.vector_store);
 - `text`: Postgres full-text search (PGVectorStore's TEXT_SEARCH mode, ranked by ts_rank);
 - `hybrid`: both, fused by reciprocal rank fusion with LlamaIndex's QueryFusionRetriever
   (the store's own HYBRID mode only concatenates the two lists, pitfall 8); each side
