@@ -7,6 +7,7 @@ COMMAND_GROUPS / COMMANDS below; each keeps its own logic in its package.
 from __future__ import annotations
 
 import getpass
+import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated
@@ -69,12 +70,20 @@ def serve(
 
         _load(console)
     console.print(f"ILS RAG listening on http://{host or settings.host}:{port or settings.port}")
+    # uvicorn re-raises SIGTERM once it has shut down gracefully; its default action would end the
+    # process before the exit hooks run, leaving the embedded Postgres running (and this process
+    # registered with it). Exiting normally instead lets the last process stop it.
+    signal.signal(signal.SIGTERM, _exit_normally)
     if workers > 1:
         uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
                     workers=workers, log_level=settings.log_level.lower(), log_config=log_config)
     else:
         uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
                     log_level=settings.log_level.lower(), log_config=log_config)
+
+
+def _exit_normally(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @db_app.command("upgrade")

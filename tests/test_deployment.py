@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -128,3 +129,32 @@ def test_compose_file_wires_database_url_and_pgvector_image() -> None:
     assert "@db:5432/" in compose["services"]["api"]["environment"]["DATABASE_URL"]
     assert compose["services"]["api"]["build"] == "."
     assert (ROOT / "Dockerfile").read_text().count("torch==2.13.0") == 1
+
+
+def test_embedded_server_is_tuned_at_first_start_and_stops_with_the_service(tmp_path: Path) -> None:
+    """A new embedded Postgres is restarted once with its shared_buffers; `kill` (SIGTERM) of the
+    service, its only user, stops it instead of leaving it running in DATA_DIR."""
+    import psutil
+
+    data = Path(tempfile.mkdtemp(prefix="ils-embedded-"))  # outside pytest's 0700 base (see second_postgres)
+    env = {**os.environ, "DATA_DIR": str(data), "EMBEDDED_PG_SHARED_BUFFERS_MB": "256"}
+    env.pop("DATABASE_URL", None)
+    try:
+        with serve(env, tmp_path / "server.log") as (base, process):
+            assert httpx.get(f"{base}/health", timeout=5).json()["database"]["embedded"] is True
+            postmaster = int((data / "pg" / "postmaster.pid").read_text().split()[0])
+            socket_dir = (data / "pg" / "postmaster.pid").read_text().splitlines()[4]
+            engine = sa.create_engine(f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}",
+                                      poolclass=sa.pool.NullPool)
+            with engine.connect() as connection:
+                assert connection.execute(sa.text("SHOW shared_buffers")).scalar() == "256MB"
+            engine.dispose()
+            process.terminate()
+            assert process.wait(timeout=30) == 0
+        assert "restarting the embedded Postgres once" in (tmp_path / "server.log").read_text()
+        deadline = time.monotonic() + 15
+        while psutil.pid_exists(postmaster) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not psutil.pid_exists(postmaster), "the embedded Postgres outlived the service"
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
