@@ -179,6 +179,23 @@ def staff_headers(company, make_user) -> dict[str, str]:
 
 
 @pytest.fixture
+def statements(database: str) -> Iterator[list[str]]:
+    """Every SQL statement the service engine sends while the test runs."""
+    import sqlalchemy as sa
+
+    from core.database import get_engine
+
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        seen.append(statement)
+
+    sa.event.listen(get_engine(), "before_cursor_execute", record)
+    yield seen
+    sa.event.remove(get_engine(), "before_cursor_execute", record)
+
+
+@pytest.fixture
 def index_texts(database: str, embed_model):
     """Index `[(filename, text, category)]` as one chunk each for a company, following the chunk
     metadata contract (what ingestion writes); returns the node ids in order."""

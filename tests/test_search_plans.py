@@ -6,7 +6,6 @@ counts as large. Speed is measured by `ils-rag bench search`, never asserted her
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 TEXTS = [
     "Progressive lenses usually take one to two weeks to get used to.",
@@ -24,23 +23,6 @@ TEXTS = [
     "Driving requires reading a number plate at twenty metres.",
     "Diabetic retinopathy screening photographs the back of the eye every year.",
 ]
-
-
-@pytest.fixture
-def statements(database):
-    """Every SQL statement the service engine sends while the test runs."""
-    import sqlalchemy as sa
-
-    from core.database import get_engine
-
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        seen.append(statement)
-
-    sa.event.listen(get_engine(), "before_cursor_execute", record)
-    yield seen
-    sa.event.remove(get_engine(), "before_cursor_execute", record)
 
 
 def _search(company_id: str, vector: list[float]) -> list[tuple[str, float]]:

@@ -10,7 +10,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 
 WORDS = ["progressive", "contact", "lens", "frame", "glaucoma", "price", "children", "coating", "repair",
@@ -55,20 +54,6 @@ def _exact_top(company_id: str, vector: list[float], k: int = 10) -> list[str]:
         return list(connection.execute(sa.text(
             "SELECT node_id FROM data_chunks WHERE company_id = :c ORDER BY embedding <=> CAST(:q AS vector) "
             "LIMIT :k"), {"c": company_id, "q": str(vector), "k": k}).scalars())
-
-
-@pytest.fixture
-def statements(database):
-    from core.database import get_engine
-
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        seen.append(statement)
-
-    sa.event.listen(get_engine(), "before_cursor_execute", record)
-    yield seen
-    sa.event.remove(get_engine(), "before_cursor_execute", record)
 
 
 def test_a_large_company_gets_its_own_index_and_only_its_searches_use_it(make_company, index_texts, embed_model,
