@@ -147,12 +147,26 @@ def _configure_connection(dbapi_connection: object, _record: object) -> None:
 
 
 _SET_TENANT = sa.text("SELECT set_config('app.company_id', :c, true)")
+# Planner settings for the next transactions of this context (see `transaction_settings`).
+_local_settings: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "local_settings", default=())
+_SETTING_NAMES = frozenset({"enable_indexscan", "enable_sort", "enable_seqscan", "enable_bitmapscan",
+                            "hnsw.ef_search"})
 
 
 def _set_tenant(connection: sa.Connection) -> None:
     company_id = _current_company.get()
-    # A bound parameter compiled by the dialect: the async (asyncpg) engine takes $1, psycopg2 %(c)s.
-    connection.execute(_SET_TENANT, {"c": company_id or ""})
+    extra = _local_settings.get()
+    if not extra:
+        # A bound parameter compiled by the dialect: the async (asyncpg) engine takes $1, psycopg2 %(c)s.
+        connection.execute(_SET_TENANT, {"c": company_id or ""})
+        return
+    # The same round trip also sets the transaction's planner settings.
+    calls = ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(extra)))
+    params: dict[str, str] = {"c": company_id or ""}
+    for i, (name, value) in enumerate(extra):
+        params[f"n{i}"], params[f"v{i}"] = name, value
+    connection.execute(sa.text(f"SELECT set_config('app.company_id', :c, true), {calls}"), params)
 
 
 def _create_engine(url: str, *, statement_timeout_s: int = 0) -> Engine:
@@ -233,6 +247,22 @@ def tenant(company_id: str) -> Iterator[None]:
         yield
     finally:
         _current_company.reset(token)
+
+
+@contextmanager
+def transaction_settings(**settings: str) -> Iterator[None]:
+    """Planner settings (`enable_sort="off"`, `hnsw__ef_search="100"`; `__` stands for `.`) for
+    every transaction begun inside the block, set transaction-locally in the same round trip
+    as the tenant, so they never outlive the transaction on a pooled connection."""
+    pairs = tuple((name.replace("__", "."), str(value)) for name, value in settings.items())
+    unknown = [name for name, _ in pairs if name not in _SETTING_NAMES]
+    if unknown:
+        raise ValueError(f"not a planner setting this service sets: {', '.join(unknown)}")
+    token = _local_settings.set(pairs)
+    try:
+        yield
+    finally:
+        _local_settings.reset(token)
 
 
 def current_company() -> str | None:

@@ -187,14 +187,18 @@ def _export_key(model_dir: Path, runtime: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _session(path: Path, threads: int | None = None) -> Any:
+def _session(path: Path, threads: int | None = None, *, spinning: bool = False) -> Any:
+    """An ONNX Runtime session on every core. `spinning`: worker threads busy-wait between
+    operators instead of sleeping. That makes a multi-chunk run ~10% faster (`ils-rag bench
+    search`, onnx-int8: 69 -> 77 chunks/s), but idle spinning after short runs burns the cores
+    that concurrent requests and Postgres need (8-client search throughput -7%), so only the
+    session for big runs spins (see OnnxEmbedding)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
-    # Spinning worker threads burn the cores that concurrent requests and Postgres need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -319,10 +323,11 @@ def onnx_model_file(model_dir: Path, runtime: str, cache_dir: Path, tokenizer: A
 #   smaller runs are faster too (their activations stay in the cores' caches): 128 chunks of
 #   200 words in runs of 16 / 8 / 4 chunks embed at 35 / 36 / 38 chunks/s (onnx) and
 #   63 / 70 / 77 chunks/s (onnx-int8), and 4 is the fastest run size for both;
-# - runs above SMALL_RUN_TOKENS take one of INFERENCE_SLOTS slots: more concurrent big runs
-#   only share the same cores (each run already uses every core) while each holds its own
-#   buffers. Small runs (a query, one chunk, a few sentences) need little scratch and go at
-#   once, so a search never queues behind an ingestion batch.
+# - runs above SMALL_RUN_TOKENS take one of INFERENCE_SLOTS slots (on a session of their own,
+#   see `_session`): more concurrent big runs only share the same cores (each run already uses
+#   every core) while each holds its own buffers. Small runs (a query, one chunk, a few
+#   sentences) need little scratch and go at once, so a search never queues behind an
+#   ingestion batch.
 MAX_RUN_TOKENS = 1024
 SMALL_RUN_TOKENS = 512
 INFERENCE_SLOTS = 2
@@ -338,7 +343,8 @@ class OnnxEmbedding(BaseEmbedding):
     # pieces. A wide hand-over lets whole pipeline runs be length-sorted, so short tail chunks
     # are not padded to the longest chunk of their batch.
     run_batch_size: int = 64
-    _session: Any = PrivateAttr()
+    _session: Any = PrivateAttr()  # small runs: queries, single chunks, a few sentences
+    _bulk_session: Any = PrivateAttr()  # runs above SMALL_RUN_TOKENS, one per slot at a time
     _model: _ModelFacade = PrivateAttr()
     _query_cache: QueryCache = PrivateAttr()
     _slots: threading.BoundedSemaphore = PrivateAttr(default_factory=lambda: threading.BoundedSemaphore(
@@ -360,6 +366,7 @@ class OnnxEmbedding(BaseEmbedding):
                        embed_batch_size=max(1024, settings.embedding_batch_size),
                        run_batch_size=settings.embedding_batch_size)
         instance._session = _session(path)
+        instance._bulk_session = _session(path, spinning=True)
         dims = int(instance._session.get_outputs()[0].shape[-1] or configured_dimensions(settings))
         instance._model = _ModelFacade(tokenizer=tokenizer, max_seq_length=max_length, dimensions=dims)
         instance._query_cache = QueryCache(settings.query_cache_size)
@@ -383,7 +390,7 @@ class OnnxEmbedding(BaseEmbedding):
             batch = {name: values[idx, :width] for name, values in encoded.items()}
             if len(idx) * width > SMALL_RUN_TOKENS:
                 with self._slots:
-                    vectors = _infer(self._session, batch)
+                    vectors = _infer(self._bulk_session, batch)
             else:
                 vectors = _infer(self._session, batch)
             for i, vector in zip(idx, vectors, strict=True):

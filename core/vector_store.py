@@ -16,9 +16,8 @@ import sqlalchemy as sa
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 from llama_index.vector_stores.postgres import PGVectorStore
 from llama_index.vector_stores.postgres.base import DBEmbeddingRow
-from sqlalchemy.orm import Session
 
-from core.database import current_company, get_async_engine, get_engine, tenant
+from core.database import current_company, get_async_engine, get_engine, tenant, transaction_settings
 from core.embeddings import configured_dimensions
 from core.tenant_indexes import tenant_index_name
 
@@ -29,7 +28,9 @@ TEXT_SEARCH_CONFIG = "english"
 # Filtered vector search: the plan is chosen here, by tenant, not left to the planner.
 # Measured with `ils-rag bench search` (100k chunks, 200 tenants, Zipf sizes):
 # - a tenant with its own HNSW index (core.tenant_indexes, from TENANT_INDEX_MIN_CHUNKS on)
-#   walks it: ~2-2.5 ms, recall@10 ≥ 0.99 with ef_search 100 and no over-fetch;
+#   walks it: ~2-2.5 ms, recall@10 ≥ 0.99 with ef_search 100 and no over-fetch (nothing is
+#   filtered out of its graph, so the first ef_search candidates come back in order; a
+#   larger k widens ef_search to k);
 # - otherwise, below HNSW_MIN_TENANT_CHUNKS, an exact scan of the tenant's rows (its
 #   (company_id, id) b-tree, then a top-k sort) costs ~0.6 us per chunk once vectors are
 #   stored inline (migration 0003): exact, and the fastest plan at that size. Left alone,
@@ -37,17 +38,19 @@ TEXT_SEARCH_CONFIG = "english"
 #   default candidate list: slower than the scan there, and it misses some of the top 10;
 # - a large tenant whose own index is not built yet walks the shared index (iterative scan,
 #   see core.database) with a wider candidate list, fetching HNSW_OVERFETCH times the rows
-#   asked for and keeping the nearest: recall@10 0.96-0.98 (0.93-0.96 without).
+#   asked for (at least HNSW_MIN_CANDIDATES) and keeping the nearest: relaxed-order
+#   iterations return rows slightly out of order, so a bare LIMIT could cut a true top-k row
+#   (recall@10 0.96-0.98 with the over-fetch, 0.93-0.96 without).
 HNSW_MIN_TENANT_CHUNKS = 5_000
 HNSW_EF_SEARCH = 200
 HNSW_OVERFETCH = 2
+HNSW_MIN_CANDIDATES = 20
 TENANT_INDEX_EF_SEARCH = 100
-# One round trip each: the plan settings are transaction-local, like the tenant setting.
-_EXACT_PLAN = sa.text("SELECT set_config('enable_indexscan', 'off', true)")  # b-tree bitmap + sort, never HNSW
-_SHARED_HNSW_PLAN = sa.text("SELECT set_config('enable_sort', 'off', true), "  # only an index yields the order
-                            f"set_config('hnsw.ef_search', '{int(HNSW_EF_SEARCH)}', true)")
-_TENANT_HNSW_PLAN = sa.text("SELECT set_config('enable_sort', 'off', true), "
-                            f"set_config('hnsw.ef_search', '{int(TENANT_INDEX_EF_SEARCH)}', true)")
+MAX_EF_SEARCH = 1000  # pgvector's upper bound
+# Transaction-local planner settings of each plan (core.database.transaction_settings: set
+# in the same round trip as the tenant, at BEGIN).
+_EXACT_PLAN = {"enable_indexscan": "off"}  # the b-tree as a bitmap scan + top-k sort, never an HNSW walk
+_SHARED_HNSW_PLAN = {"enable_sort": "off", "hnsw__ef_search": str(HNSW_EF_SEARCH)}  # only an index yields the order
 TENANT_PLAN_TTL_S = 300.0
 
 
@@ -65,20 +68,16 @@ _PLAN_FACTS = sa.text(
     "        WHERE x.relname = :index AND i.indrelid = 'public.data_chunks'::regclass AND i.indisvalid)")
 
 
-def tenant_plan(company_id: str, connection: sa.Connection | Session | None = None) -> TenantPlan:
+def tenant_plan(company_id: str) -> TenantPlan:
     """A company's chunk count (under its tenant scope) and whether it has its own index,
-    cached for TENANT_PLAN_TTL_S. `connection`: run the lookup there (the search's own
-    transaction, saving a connection checkout) instead of on a connection of its own."""
+    cached for TENANT_PLAN_TTL_S."""
     now = time.monotonic()
     cached = _tenant_plans.get(company_id)
     if cached is not None and cached[0] > now:
         return cached[1]
-    params = {"c": company_id, "index": tenant_index_name(company_id)}
-    if connection is not None:
-        count, own_index = connection.execute(_PLAN_FACTS, params).one()
-    else:
-        with tenant(company_id), get_engine().connect() as own:
-            count, own_index = own.execute(_PLAN_FACTS, params).one()
+    with tenant(company_id), get_engine().connect() as connection:
+        count, own_index = connection.execute(_PLAN_FACTS, {"c": company_id,
+                                                            "index": tenant_index_name(company_id)}).one()
     plan = TenantPlan(int(count or 0), bool(own_index))
     _tenant_plans[company_id] = (now + TENANT_PLAN_TTL_S, plan)
     return plan
@@ -144,16 +143,18 @@ class TenantGuardedPGVectorStore(PGVectorStore):
         if embedding is None or company_id is None:
             return super()._query_with_score(embedding, limit, metadata_filters, **kwargs)
         # The same statement, planned per tenant (see HNSW_MIN_TENANT_CHUNKS).
-        with self._session() as session, session.begin():
-            plan = tenant_plan(company_id, session)
-            if plan.own_index:
-                setup, fetch = _TENANT_HNSW_PLAN, limit
-            elif plan.chunks >= HNSW_MIN_TENANT_CHUNKS:
-                setup, fetch = _SHARED_HNSW_PLAN, limit * HNSW_OVERFETCH
-            else:
-                setup, fetch = _EXACT_PLAN, limit
-            session.execute(setup)
-            rows = session.execute(self._build_query(embedding, fetch, metadata_filters, **kwargs)).all()
+        plan = tenant_plan(company_id)
+        if plan.own_index:
+            ef_search = min(max(TENANT_INDEX_EF_SEARCH, limit), MAX_EF_SEARCH)
+            settings, fetch = {"enable_sort": "off", "hnsw__ef_search": str(ef_search)}, limit
+        elif plan.chunks >= HNSW_MIN_TENANT_CHUNKS:
+            settings, fetch = _SHARED_HNSW_PLAN, max(limit * HNSW_OVERFETCH, HNSW_MIN_CANDIDATES)
+        else:
+            settings, fetch = _EXACT_PLAN, limit
+        statement = self._build_query(embedding, fetch, metadata_filters, **kwargs)
+        # A plain connection, not an ORM session: the rows are read, never mapped to objects.
+        with transaction_settings(**settings), self._engine.connect() as connection:
+            rows = connection.execute(statement).all()
         rows = sorted(rows, key=lambda row: row.distance)[:limit]  # relaxed_order: nearly, not exactly, sorted
         skip = {"id", "node_id", "text", "metadata_", "distance"}
         return [DBEmbeddingRow(node_id=row.node_id, text=row.text, metadata=row.metadata_,

@@ -16,7 +16,7 @@ What it measures, in one run (CPU contention from other processes is recorded to
 - query/ingestion embedding speed per runtime (torch fp32, onnx, onnx-int8), interleaved;
 - store-only filtered search latency and recall@10 against an exact scan, per tenant-size
   bucket, through the service's own path: PGVectorStore.query with company_id AND
-  is_active filters inside core.database.tenant(), over-fetching like TenantRetriever;
+  is_active filters inside core.database.tenant(), asking for the top 10 like TenantRetriever;
 - `/api/rag/search` over HTTP on loopback against a real uvicorn subprocess pointed at
   the bench database: 1-client latency and throughput with 1/4/8/16 clients;
 - the legacy Jaccard search (evals.jaccard) on the same tenants and queries.
@@ -439,7 +439,8 @@ def tenant_filters(company: str) -> Any:
 
 
 def store_search(company: str, vector: list[float], top_k: int = TOP_K) -> list[str]:
-    """The service's vector path: over-fetch max(2k, 20), re-sort, keep k (as TenantRetriever)."""
+    """The service's vector path: the top k from the store, as TenantRetriever asks for them
+    (the store itself over-fetches where its plan needs it); sorted by similarity."""
     from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
 
     from core.database import tenant
@@ -447,7 +448,7 @@ def store_search(company: str, vector: list[float], top_k: int = TOP_K) -> list[
 
     with tenant(company):
         result = get_vector_store().query(VectorStoreQuery(
-            query_embedding=vector, similarity_top_k=max(top_k * 2, 20), filters=tenant_filters(company),
+            query_embedding=vector, similarity_top_k=top_k, filters=tenant_filters(company),
             mode=VectorStoreQueryMode.DEFAULT))
     ranked = sorted(zip(result.similarities or [], [n.node_id for n in result.nodes or []], strict=False),
                     reverse=True)

@@ -50,10 +50,6 @@ ResultOrder = Literal["similarity", "rank"]
 MODES: tuple[str, ...] = ("vector", "text", "hybrid")
 ORDERS: tuple[str, ...] = ("similarity", "rank")
 
-# Relaxed-order iterative HNSW scans may return rows slightly out of distance order, so the
-# LIMIT can cut a true top-k row; asking the index for a few more and re-sorting keeps recall.
-VECTOR_OVERFETCH = 2
-MIN_CANDIDATES = 20
 # RRF only helps when each side contributes more than the final k candidates.
 FUSION_CANDIDATES = 20
 
@@ -106,8 +102,9 @@ class TenantRetriever(BaseRetriever):
         pool = max(self.top_k, FUSION_CANDIDATES)
         with tenant(self.company_id):
             if self.mode == "vector":
-                ranked = self._vector(embedding, max(self.top_k * VECTOR_OVERFETCH, MIN_CANDIDATES))
-                ranked.sort(key=lambda n: n.score or 0.0, reverse=True)  # relaxed_order may be slightly off
+                # The store over-fetches and re-sorts where its plan needs it (a filtered HNSW walk's
+                # relaxed order); exact scans and a company's own index return the top k in order.
+                ranked = self._vector(embedding, self.top_k)
             elif self.mode == "text":
                 ranked = self._text(query_bundle.query_str, pool)
             else:

@@ -180,7 +180,8 @@ def staff_headers(company, make_user) -> dict[str, str]:
 
 @pytest.fixture
 def statements(database: str) -> Iterator[list[str]]:
-    """Every SQL statement the service engine sends while the test runs."""
+    """Every SQL statement the service engine sends while the test runs, followed by its bound
+    parameters."""
     import sqlalchemy as sa
 
     from core.database import get_engine
@@ -188,7 +189,7 @@ def statements(database: str) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        seen.append(statement)
+        seen.append(f"{statement} {parameters!r}")
 
     sa.event.listen(get_engine(), "before_cursor_execute", record)
     yield seen
