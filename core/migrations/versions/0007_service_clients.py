@@ -1,0 +1,19 @@
+"""Service credentials for the platform backend. (being written)
+
+Revision ID: 0007
+"""
+
+from alembic import op  # noqa: F401
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
