@@ -22,7 +22,6 @@ shrinks below half the threshold (so a tenant near it does not flap), or when it
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -34,20 +33,16 @@ import sqlalchemy as sa
 
 from core.database import get_admin_engine
 from core.settings import get_settings
+from core.tenant_plans import INDEX_PREFIX, forget_tenant_plans, tenant_index_name
 
 logger = logging.getLogger(__name__)
 
-INDEX_PREFIX = "data_chunks_hnsw_"
 HNSW_WITH = "m = 16, ef_construction = 64"  # as the shared index (migration 0001)
 BUILD_MEMORY = "256MB"  # maintenance_work_mem of a build: a 150k-chunk graph fits, so it is built in memory
 _LOCK_KEY = "ils-tenant-indexes"  # one sync at a time across processes (server, CLI)
 # Company ids are generated UUIDs; the predicate is DDL (no bound parameters), so anything
 # else is refused rather than quoted.
 _SAFE_COMPANY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-
-
-def tenant_index_name(company_id: str) -> str:
-    return INDEX_PREFIX + hashlib.sha256(company_id.encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -118,8 +113,6 @@ def sync_tenant_indexes(min_chunks: int | None = None, companies: Collection[str
         finally:
             connection.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": _LOCK_KEY})
     if result.built or result.dropped:
-        from core.vector_store import forget_tenant_plans  # the store imports this module
-
         forget_tenant_plans()  # this process plans with the new indexes at once; others within their TTL
         logger.info("tenant indexes: built %d, dropped %d in %.1f s", len(result.built), len(result.dropped),
                     time.perf_counter() - started)

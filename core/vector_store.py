@@ -7,8 +7,6 @@ itself would happily query or delete across tenants.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -17,9 +15,9 @@ from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter,
 from llama_index.vector_stores.postgres import PGVectorStore
 from llama_index.vector_stores.postgres.base import DBEmbeddingRow
 
-from core.database import current_company, get_async_engine, get_engine, tenant, transaction_settings
+from core.database import current_company, get_async_engine, get_engine, transaction_settings
 from core.embeddings import configured_dimensions
-from core.tenant_indexes import tenant_index_name
+from core.tenant_plans import tenant_plan
 
 CHUNK_TABLE = "chunks"  # PGVectorStore prefixes it: the SQL table is data_chunks
 COMPANY_KEY = "company_id"
@@ -51,42 +49,6 @@ MAX_EF_SEARCH = 1000  # pgvector's upper bound
 # in the same round trip as the tenant, at BEGIN).
 _EXACT_PLAN = {"enable_indexscan": "off"}  # the b-tree as a bitmap scan + top-k sort, never an HNSW walk
 _SHARED_HNSW_PLAN = {"enable_sort": "off", "hnsw__ef_search": str(HNSW_EF_SEARCH)}  # only an index yields the order
-TENANT_PLAN_TTL_S = 300.0
-
-
-@dataclass(frozen=True)
-class TenantPlan:
-    chunks: int
-    own_index: bool  # a valid per-tenant HNSW index exists (core.tenant_indexes)
-
-
-_tenant_plans: dict[str, tuple[float, TenantPlan]] = {}  # company id -> (valid until, plan)
-
-_PLAN_FACTS = sa.text(
-    "SELECT (SELECT count(*) FROM data_chunks WHERE company_id = :c), "
-    "EXISTS (SELECT 1 FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid "
-    "        WHERE x.relname = :index AND i.indrelid = 'public.data_chunks'::regclass AND i.indisvalid)")
-
-
-def tenant_plan(company_id: str) -> TenantPlan:
-    """A company's chunk count (under its tenant scope) and whether it has its own index,
-    cached for TENANT_PLAN_TTL_S."""
-    now = time.monotonic()
-    cached = _tenant_plans.get(company_id)
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    with tenant(company_id), get_engine().connect() as connection:
-        count, own_index = connection.execute(_PLAN_FACTS, {"c": company_id,
-                                                            "index": tenant_index_name(company_id)}).one()
-    plan = TenantPlan(int(count or 0), bool(own_index))
-    _tenant_plans[company_id] = (now + TENANT_PLAN_TTL_S, plan)
-    return plan
-
-
-def forget_tenant_plans() -> None:
-    _tenant_plans.clear()
-
-
 def _company_of(filters: MetadataFilters | None) -> str | None:
     for f in filters.filters if filters is not None else []:
         if isinstance(f, MetadataFilter) and f.key == COMPANY_KEY and f.operator == FilterOperator.EQ:

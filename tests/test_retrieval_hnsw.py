@@ -118,10 +118,11 @@ FORCE_HNSW = ("SET LOCAL enable_sort = off", "SET LOCAL enable_seqscan = off", "
 
 @contextmanager
 def forced_hnsw(enabled: bool) -> Iterator[None]:
+    import core.tenant_plans as tenant_plans
     import core.vector_store as vector_store
 
     threshold = vector_store.HNSW_MIN_TENANT_CHUNKS
-    vector_store.forget_tenant_plans()
+    tenant_plans.forget_tenant_plans()
     if enabled:
         vector_store.HNSW_MIN_TENANT_CHUNKS = 0
     try:

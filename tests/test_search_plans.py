@@ -41,18 +41,19 @@ def _search(company_id: str, vector: list[float]) -> list[tuple[str, float]]:
 
 def test_large_tenant_uses_hnsw_and_finds_the_exact_top_k(company, index_texts, embed_model, statements,
                                                           monkeypatch) -> None:
+    import core.tenant_plans as tenant_plans
     import core.vector_store as vector_store
 
     index_texts(company, [(f"doc-{i}.md", text, "faq") for i, text in enumerate(TEXTS)])
     query = embed_model.get_query_embedding("how long to adapt to varifocal glasses")
 
-    vector_store.forget_tenant_plans()
+    tenant_plans.forget_tenant_plans()
     exact = _search(company.id, query)
     assert any("'enable_indexscan'" in s and "'off'" in s for s in statements)  # a small tenant: an exact scan
     assert not any("enable_sort" in s for s in statements)
 
     monkeypatch.setattr(vector_store, "HNSW_MIN_TENANT_CHUNKS", 5)
-    vector_store.forget_tenant_plans()
+    tenant_plans.forget_tenant_plans()
     walked = _search(company.id, query)
     assert any("'enable_sort'" in s and "'hnsw.ef_search'" in s and "'200'" in s
                for s in statements)  # planned as a walk of the shared HNSW index
@@ -62,19 +63,19 @@ def test_large_tenant_uses_hnsw_and_finds_the_exact_top_k(company, index_texts, 
 
 
 def test_tenant_size_is_counted_under_the_tenant_and_cached(company, make_company, index_texts) -> None:
-    import core.vector_store as vector_store
+    import core.tenant_plans as tenant_plans
 
     other = make_company()
     index_texts(company, [(f"doc-{i}.md", text, None) for i, text in enumerate(TEXTS[:3])])
     index_texts(other, [(f"doc-{i}.md", text, None) for i, text in enumerate(TEXTS)])
-    vector_store.forget_tenant_plans()
-    assert vector_store.tenant_plan(company.id).chunks == 3
-    assert vector_store.tenant_plan(other.id).chunks == len(TEXTS)
+    tenant_plans.forget_tenant_plans()
+    assert tenant_plans.tenant_plan(company.id).chunks == 3
+    assert tenant_plans.tenant_plan(other.id).chunks == len(TEXTS)
     index_texts(company, [("late.md", TEXTS[5], None)])
-    assert vector_store.tenant_plan(company.id).chunks == 3  # cached for TENANT_PLAN_TTL_S
-    vector_store.forget_tenant_plans()
-    assert vector_store.tenant_plan(company.id).chunks == 4
-    assert not vector_store.tenant_plan(company.id).own_index
+    assert tenant_plans.tenant_plan(company.id).chunks == 3  # cached for TENANT_PLAN_TTL_S
+    tenant_plans.forget_tenant_plans()
+    assert tenant_plans.tenant_plan(company.id).chunks == 4
+    assert not tenant_plans.tenant_plan(company.id).own_index
 
 
 def test_plan_settings_hold_for_their_transaction_only(company) -> None:

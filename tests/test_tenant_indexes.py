@@ -59,7 +59,7 @@ def _exact_top(company_id: str, vector: list[float], k: int = 10) -> list[str]:
 def test_a_large_company_gets_its_own_index_and_only_its_searches_use_it(make_company, index_texts, embed_model,
                                                                         statements) -> None:
     from core.tenant_indexes import sync_tenant_indexes, tenant_index_name
-    from core.vector_store import tenant_plan
+    from core.tenant_plans import tenant_plan
     from retrieval.retriever import TenantRetriever
 
     large, small = make_company(), make_company()
