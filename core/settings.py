@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     login_max_failures_per_account: int = Field(default=5, description="Failed logins per email per window.")
     login_max_failures_per_address: int = Field(default=30, description="Failed logins per client IP per window.")
     login_failure_window_s: int = Field(default=60, description="Sliding window for the two limits above.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated proxy addresses or networks (CIDR) whose "
+                                          "X-Forwarded-For / X-Forwarded-Proto are believed; empty = none, so "
+                                          "the client address is always the TCP peer.")
+    api_docs: bool | None = Field(
+        default=None, description="Serve /docs, /redoc and /openapi.json; unset = only when "
+                                  "ENVIRONMENT=development.")
 
     # Limits
     max_upload_mb: int = Field(default=20, ge=1, description="Largest single uploaded file (413 above).")
@@ -115,6 +122,12 @@ class Settings(BaseSettings):
     max_upload_request_mb: int = Field(
         default=100, ge=1, description="Largest multipart upload request in total (all its files); "
                                        "413 PAYLOAD_TOO_LARGE above, checked before the body is read.")
+    max_expanded_mb: int = Field(
+        default=100, ge=1, description="Largest unpacked size of a zip-based document (.docx): its declared "
+                                       "sizes and the bytes actually decompressed; 413 above.")
+    max_extracted_chars: int = Field(
+        default=10_000_000, ge=1, description="Most text one .docx or PDF may yield (413 above), so a small "
+                                              "file cannot become an unbounded amount of text to embed.")
     search_rate_per_minute: int = Field(default=120, ge=1, description="Searches per user per minute (429 above).")
     chat_rate_per_minute: int = Field(default=30, ge=1, description="Chat messages per user per minute (429 above).")
     jwt_previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(
@@ -131,12 +144,23 @@ class Settings(BaseSettings):
             return [secret.strip() for secret in value.split(",") if secret.strip()]
         return value
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [proxy.strip() for proxy in value.split(",") if proxy.strip()]
+        return value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        return self.environment == "development" if self.api_docs is None else self.api_docs
 
     @property
     def embedded_database(self) -> bool:

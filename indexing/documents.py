@@ -29,7 +29,14 @@ from indexing.pipeline import (
     purge_document,
     set_chunk_metadata,
 )
-from indexing.readers import IngestError, check_extension, decode_text, read_parts, safe_source_key
+from indexing.readers import (
+    IngestError,
+    check_container,
+    check_extension,
+    decode_text,
+    read_parts,
+    safe_source_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ def check_upload(filename: str, data: bytes, max_bytes: int) -> UploadCheck:
         raise IngestError(f"{name!r} is empty.", code="EMPTY_FILE")
     if suffix not in (".pdf", ".docx"):
         decode_text(name, data)
+    check_container(name, data)  # a zip bomb is refused (413) here, not later in the background
     return UploadCheck(source_key=f"{UPLOAD_PREFIX}{name}", filename=name)
 
 

@@ -12,15 +12,20 @@ import csv
 import io
 import posixpath
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import ServiceError
+from core.settings import Settings, get_settings
 
 TEXT_TYPES = {".md", ".markdown", ".txt", ".html", ".htm", ".csv"}
 BINARY_TYPES = {".pdf", ".docx"}
 SUPPORTED_EXTENSIONS = tuple(sorted(TEXT_TYPES | BINARY_TYPES))
 MAX_NAME_LENGTH = 512
+MAX_ZIP_MEMBERS = 10_000  # a real .docx has a few dozen; thousands of entries is a bomb's trick
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_READ_CHUNK = 1 << 20
 
 
 class IngestError(ServiceError):
@@ -28,6 +33,69 @@ class IngestError(ServiceError):
 
     status_code = 422
     code = "INVALID_DOCUMENT"
+
+
+@dataclass(frozen=True)
+class ExtractionLimits:
+    """How much a file may become once unpacked: a 400 KB .docx can hold 400 MB of XML, and a
+    small PDF can hold more text than any plain upload could carry."""
+
+    max_expanded_bytes: int
+    max_text_chars: int
+
+    @classmethod
+    def of(cls, settings: Settings | None = None) -> ExtractionLimits:
+        settings = settings or get_settings()
+        return cls(max_expanded_bytes=settings.max_expanded_mb * 1024 * 1024,
+                   max_text_chars=settings.max_extracted_chars)
+
+
+def _too_large(message: str) -> IngestError:
+    return IngestError(message, code="EXTRACTION_TOO_LARGE", status_code=413)
+
+
+def _check_text_size(name: str, chars: int, limits: ExtractionLimits) -> None:
+    if chars > limits.max_text_chars:
+        raise _too_large(f"{name!r} holds more than {limits.max_text_chars:,} characters of text "
+                         "(MAX_EXTRACTED_CHARS); split it into smaller files.")
+
+
+def is_zip_container(data: bytes) -> bool:
+    """.docx, .xlsx, .odt, .epub... are all zip archives, whatever the file is called."""
+    return data.startswith(_ZIP_MAGIC)
+
+
+def check_container(name: str, data: bytes, limits: ExtractionLimits | None = None) -> None:
+    """Refuse (413) a zip-based file whose unpacked size passes the limit, before any reader opens it.
+
+    Two checks, because the first can lie: the sizes the archive declares, then the bytes
+    that actually come out of decompressing every member, counted as they stream and stopped
+    at the limit. Anything that is not a readable archive is left to the format's reader.
+    """
+    if not is_zip_container(data):
+        return
+    limits = limits or ExtractionLimits.of()
+    message = (f"{name!r} unpacks to more than {limits.max_expanded_bytes // (1024 * 1024)} MB "
+               "(MAX_EXPANDED_MB); a document that large is refused.")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise _too_large(f"{name!r} is an archive of more than {MAX_ZIP_MEMBERS:,} files.")
+            if sum(member.file_size for member in members) > limits.max_expanded_bytes:
+                raise _too_large(message)
+            expanded = 0
+            for member in members:
+                with archive.open(member) as stream:
+                    while chunk := stream.read(_READ_CHUNK):
+                        expanded += len(chunk)
+                        if expanded > limits.max_expanded_bytes:
+                            raise _too_large(message)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError, RuntimeError):
+        # Damaged, encrypted, or a member that does not hold what it declares: the format's reader
+        # refuses it with its own code. What it may unpack is bounded already: Python's zipfile
+        # never decompresses a member past its declared size, and those sizes were checked above.
+        return
 
 
 @dataclass
@@ -143,43 +211,57 @@ def _html_parts(text: str) -> list[Part]:
     return [Part(doc.text) for doc in docs]
 
 
-def _pdf_parts(name: str, data: bytes) -> list[Part]:
-    from llama_index.readers.file import PDFReader
+def _pdf_parts(name: str, data: bytes, limits: ExtractionLimits) -> list[Part]:
+    # pypdf page by page, as LlamaIndex's PDFReader does (same text, same page labels), but
+    # counting as it goes: PDFReader extracts every page before anyone could look at the total.
+    import pypdf
 
     if not data.lstrip().startswith(b"%PDF-"):
         raise IngestError(f"{name!r} is not a PDF (no %PDF header).", code="CORRUPTED_PDF")
+    parts: list[Part] = []
+    total = 0
     try:
-        docs = _with_temp_file(".pdf", data, PDFReader().load_data)
-    except Exception as exc:  # pypdf raises many types (and PDFReader wraps them in RetryError)
+        pdf = pypdf.PdfReader(io.BytesIO(data))
+        for index, page in enumerate(pdf.pages):
+            text = page.extract_text() or ""
+            total += len(text)
+            _check_text_size(name, total, limits)
+            parts.append(Part(text, {"page_label": str(pdf.page_labels[index])}))
+    except IngestError:
+        raise
+    except Exception as exc:  # pypdf raises many types for damaged files
         raise IngestError(f"{name!r} is a damaged PDF that cannot be read.", code="CORRUPTED_PDF") from exc
-    return [Part(doc.text or "", {"page_label": str(doc.metadata.get("page_label", i + 1))})
-            for i, doc in enumerate(docs)]
+    return parts
 
 
-def _docx_parts(name: str, data: bytes) -> list[Part]:
+def _docx_parts(name: str, data: bytes, limits: ExtractionLimits) -> list[Part]:
     from llama_index.readers.file import DocxReader
 
+    check_container(name, data, limits)  # bounds what docx2txt will unpack and parse
     try:
         docs = _with_temp_file(".docx", data, DocxReader().load_data)
     except Exception as exc:  # docx2txt raises BadZipFile, KeyError...
         raise IngestError(f"{name!r} is a damaged Word document that cannot be read.",
                           code="CORRUPTED_DOCX") from exc
+    _check_text_size(name, sum(len(doc.text or "") for doc in docs), limits)
     return [Part(doc.text or "") for doc in docs]
 
 
-def read_parts(name: str, data: bytes) -> list[Part]:
+def read_parts(name: str, data: bytes, limits: ExtractionLimits | None = None) -> list[Part]:
     """Parse `data` (the contents of file `name`) into non-empty text parts.
 
-    Raises IngestError with a specific code for every kind of bad input.
+    Raises IngestError with a specific code for every kind of bad input, 413
+    EXTRACTION_TOO_LARGE when the file unpacks to more than `limits` allow (default: settings).
     """
     suffix = check_extension(name)
     label = Path(name).name
+    limits = limits or ExtractionLimits.of()
     if not data or not data.strip():
         raise IngestError(f"{label!r} is empty.", code="EMPTY_FILE")
     if suffix == ".pdf":
-        parts = _pdf_parts(label, data)
+        parts = _pdf_parts(label, data, limits)
     elif suffix == ".docx":
-        parts = _docx_parts(label, data)
+        parts = _docx_parts(label, data, limits)
     else:
         text = decode_text(label, data)
         if suffix in (".md", ".markdown"):
