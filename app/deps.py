@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.logs import bind_log_context
+from auth.clients import check_client_token
 from auth.permissions import Permission
 from auth.tokens import decode_access_token
 from core.errors import Forbidden, Unauthorized
@@ -53,6 +54,13 @@ def get_current_user(request: Request,
     except Unauthorized as exc:
         exc.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
         raise
+    if claims.client_id is not None:  # a service client's token dies with the client, not at exp
+        try:
+            client_name = check_client_token(claims.client_id, claims.company_id)
+        except Unauthorized as exc:
+            exc.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
+            raise
+        bind_log_context(client=client_name)
     bind_log_context(user_id=claims.user_id, company_id=claims.company_id)  # every log line of the request
     return CurrentUser(id=claims.user_id, company_id=claims.company_id, email=claims.email, role=claims.role,
                        permissions=frozenset(claims.permissions))

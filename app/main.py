@@ -17,6 +17,7 @@ from app.routes import auth as auth_routes
 from app.routes import chat as chat_routes
 from app.routes import documents as documents_routes
 from app.routes import health
+from app.routes import oauth as oauth_routes
 from app.routes import search as search_routes
 from app.routes import users as users_routes
 from app.routes import web as web_routes
@@ -32,8 +33,8 @@ from indexing.documents import recover_interrupted_uploads
 
 logger = logging.getLogger("ils_rag")
 
-ROUTERS = [health.router, auth_routes.router, users_routes.router, search_routes.router, chat_routes.router,
-           documents_routes.router, web_routes.router]
+ROUTERS = [health.router, auth_routes.router, oauth_routes.router, users_routes.router, search_routes.router,
+           chat_routes.router, documents_routes.router, web_routes.router]
 
 
 def prepare_runtime(settings: Settings) -> None:

@@ -51,6 +51,7 @@ class TokenClaims:
     jti: str | None
     token_type: str
     expires_at: datetime
+    client_id: str | None = None  # set on service-client tokens (auth.clients): checked live per request
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -164,8 +165,10 @@ def _verification_key(settings: Settings) -> str | list[str]:
 
 
 def issue_access_token(*, user_id: str, company_id: str, email: str, role: str, permissions: list[str],
-                       settings: Settings | None = None) -> tuple[str, int]:
-    """Returns the token and its lifetime in seconds."""
+                       settings: Settings | None = None,
+                       extra_claims: dict[str, Any] | None = None) -> tuple[str, int]:
+    """Returns the token and its lifetime in seconds. `extra_claims` (e.g. a service client's
+    `client_id`) never override the contract's own claims."""
     settings = settings or get_settings()
     now = datetime.now(UTC)
     lifetime = timedelta(minutes=settings.access_token_minutes)
@@ -175,6 +178,7 @@ def issue_access_token(*, user_id: str, company_id: str, email: str, role: str, 
         "exp": int((now + lifetime).timestamp()), "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
         "jti": str(uuid.uuid4()), "typ": ACCESS_TYPE,
     }
+    claims = {**(extra_claims or {}), **claims}
     return jwt.encode(claims, _signing_key(settings), algorithm=settings.jwt_algorithm), int(lifetime.total_seconds())
 
 
@@ -245,8 +249,11 @@ def decode_access_token(token: str, settings: Settings | None = None) -> TokenCl
     email, role, jti = claims.get("email", ""), claims.get("role", ""), claims.get("jti")
     if not isinstance(email, str) or not isinstance(role, str) or not (jti is None or isinstance(jti, str)):
         raise _invalid("bad email, role or jti claim")
+    client_id = claims.get("client_id")
+    if client_id is not None and not (isinstance(client_id, str) and client_id):
+        raise _invalid("bad client_id claim")
     return TokenClaims(
         user_id=str(user_id or subject), company_id=company_id, email=email, role=role,
         permissions=tuple(permissions), jti=jti, token_type=token_type,
-        expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC), client_id=client_id,
     )
