@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import typer
 from typer.testing import CliRunner
 
-from app.eval_cli import register
+from app.cli import app as cli
 
 
 def _run(*args: str):
-    cli = typer.Typer()
-    register(cli)
-    cli.command("noop")(lambda: None)  # keep `eval` a named sub-command
     return CliRunner().invoke(cli, ["eval", *args])
 
 

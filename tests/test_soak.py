@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 
 from app.main import create_app
-from app.soak import SoakOptions, run, summary_lines
+from benchmarks.soak import SoakOptions, run, summary_lines
 
 
 @pytest.fixture

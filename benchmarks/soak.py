@@ -1,4 +1,4 @@
-"""`ils-rag bench soak`: N concurrent clients mixing search, chat and uploads against a
+"""Soak test (`ils-rag bench soak`): N concurrent clients mixing search, chat and uploads against a
 running server on loopback for a fixed time, checking every answer for another company's data.
 
 Each client signs in as a sample practice's admin (half per company) and knows its company's
@@ -31,12 +31,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-import typer
-
-from app.samples import SAMPLE_COMPANIES, SAMPLE_PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERIES = [
@@ -58,12 +55,9 @@ class SoakOptions:
     data_dir: Path | None = None
     results_dir: Path = ROOT / "bench" / "results"
     seed: int = 8
-    # (label, email, password) of one admin per company; default: the two sample practices
-    accounts: list[tuple[str, str, str]] | None = None
-
-
-def sample_accounts() -> list[tuple[str, str, str]]:
-    return [(slug, f"admin@{slug}.example", SAMPLE_PASSWORD) for slug in SAMPLE_COMPANIES]
+    # (label, email, password) of one admin for each of the two companies: the caller knows them
+    # (`ils-rag bench soak` passes the sample practices' admins, which its server loads)
+    accounts: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -298,7 +292,7 @@ def run(options: SoakOptions, log: Callable[[str], None] = print) -> dict[str, A
         pid = pid_listening_on(url)
     try:
         rss_boot = rss_bytes(pid) if pid else None
-        accounts = options.accounts or sample_accounts()
+        accounts = options.accounts
         if len(accounts) != 2:
             raise ValueError("the soak needs exactly two companies")
         signed = {label: sign_in(url, email, password) for label, email, password in accounts}
@@ -338,7 +332,7 @@ def run(options: SoakOptions, log: Callable[[str], None] = print) -> dict[str, A
     result = {
         "options": {**asdict(options), "data_dir": str(options.data_dir) if options.data_dir else None,
                     "results_dir": str(options.results_dir),
-                    "accounts": [label for label, _, _ in options.accounts or sample_accounts()]},
+                    "accounts": [label for label, _, _ in options.accounts]},
         "url": url, "elapsed_s": round(elapsed, 1), "kinds": kinds,
         "requests": sum(all_statuses.values()),
         "errors": sum(n for code, n in all_statuses.items() if code >= 400) + sum(tally.transport_errors.values()),
@@ -378,28 +372,3 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         "targets: " + ", ".join(f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in result["targets"].items()),
     ]
     return lines
-
-
-def register(app: typer.Typer) -> None:
-    from app.cli import bench_app, console
-
-    @bench_app.command("soak")
-    def bench_soak(
-        duration: Annotated[float, typer.Option(help="Seconds of measured load.")] = 60.0,
-        clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 16,
-        warmup: Annotated[float, typer.Option(help="Seconds of unmeasured load first (caches, pools).")] = 10.0,
-        url: Annotated[str | None, typer.Option(help="A running server (default: start one with samples).")] = None,
-        pid: Annotated[int | None, typer.Option(help="With --url: the server's process id, for its memory.")] = None,
-        data_dir: Annotated[Path | None, typer.Option(help="DATA_DIR for the started server (default: new temp).")]
-        = None,
-        results_dir: Annotated[Path, typer.Option(help="Where soak-latest.json goes.")] = ROOT / "bench" / "results",
-    ) -> None:
-        """Soak: concurrent search, chat (extractive) and uploads; p50/p95, errors, cross-tenant, memory."""
-        options = SoakOptions(duration_s=duration, clients=clients, warmup_s=warmup, url=url, pid=pid,
-                              data_dir=data_dir, results_dir=results_dir.resolve())
-        result = run(options, log=lambda message: console.print(message, highlight=False))
-        for line in summary_lines(result):
-            console.print(line, highlight=False)
-        console.print(f"results: {options.results_dir}/soak-latest.json")
-        if not all(result["targets"].values()):
-            raise typer.Exit(1)

@@ -1,0 +1,100 @@
+"""`ils-rag bench ...`: entry points of the benchmarks (search, ingest, soak); the
+measurements themselves live in their own modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from app.cli.common import bench_app, console, prepared
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path(
+        "bench/results/ingest.json"),
+    repeat: Annotated[int, typer.Option(min=1, max=5, help="Timed rounds (best is kept).")] = 1,
+) -> None:
+    """Chunks/s of the whole ingestion pipeline vs the bare embedding model, same texts, same run."""
+    from indexing.bench import run_ingest_bench
+
+    prepared()
+    result = run_ingest_bench(output, repeat=repeat)
+    table = Table("measure", "chunks", "seconds", "chunks/s")
+    table.add_row("bare model", str(result["chunks"]), f"{result['bare_seconds']:.2f}",
+                  f"{result['bare_chunks_per_s']:.1f}")
+    table.add_row("whole pipeline", str(result["pipeline_chunks"]), f"{result['pipeline_seconds']:.2f}",
+                  f"{result['pipeline_chunks_per_s']:.1f}")
+    console.print(table)
+    verdict = "meets" if result["ratio"] >= result["target_ratio"] else "misses"
+    console.print(f"pipeline/bare ratio {result['ratio']:.2f} ({verdict} the {result['target_ratio']} target); "
+                  f"written to {output}", highlight=False)
+
+
+@bench_app.command("search")
+def bench_search(
+    chunks: Annotated[int, typer.Option(help="Chunks in the benchmark store.")] = 100_000,
+    companies: Annotated[int, typer.Option(help="Companies (Zipf-skewed sizes).")] = 200,
+    queries_per_bucket: Annotated[int, typer.Option(help="Store-search queries per tenant-size bucket.")] = 100,
+    jaccard_queries: Annotated[int, typer.Option(help="Legacy Jaccard queries per bucket.")] = 15,
+    duration: Annotated[float, typer.Option(help="Seconds per concurrency level.")] = 10.0,
+    skip_http: Annotated[bool, typer.Option("--skip-http", help="No end-to-end HTTP part.")] = False,
+    http_requests: Annotated[int, typer.Option(help="Requests for the 1-client HTTP latency.")] = 200,
+    embed_chunks: Annotated[int, typer.Option(help="~200-word chunks per embedding-throughput round.")] = 128,
+    embed_rounds: Annotated[int, typer.Option(help="Interleaved embedding rounds per runtime.")] = 3,
+    skip_embedding: Annotated[bool, typer.Option("--skip-embedding", help="No embedding-runtime part.")] = False,
+    skip_quality: Annotated[bool, typer.Option(
+        "--skip-quality", help="No optical nDCG@10 per runtime (runs `ils-rag eval` once per runtime).")] = False,
+    results_dir: Annotated[Path, typer.Option(help="Where JSON, Markdown and PNG go.")] = Path("bench/results"),
+) -> None:
+    """Search benchmark at 100k chunks in the isolated database `ils_bench` (built once, then cached).
+
+    Smaller --chunks/--companies build (and cache) a separate store: handy for a quick run."""
+    import shlex
+    import sys
+
+    from evals.bench_search import BenchOptions, markdown, run, summary_lines
+
+    command = "ils-rag bench search" + "".join(f" {shlex.quote(a)}" for a in sys.argv[3:])
+    options = BenchOptions(chunks=chunks, companies=companies, queries_per_bucket=queries_per_bucket,
+                           jaccard_queries_per_bucket=jaccard_queries, duration_s=duration,
+                           http_latency_requests=http_requests, embed_chunks=embed_chunks,
+                           embed_rounds=embed_rounds, skip_http=skip_http, skip_embedding=skip_embedding,
+                           skip_quality=skip_quality, results_dir=results_dir.resolve(), command=command)
+    result = run(options, log=lambda message: console.print(message, highlight=False))
+    console.print(markdown(result), highlight=False)
+    for line in summary_lines(result):
+        console.print(line, highlight=False)
+    console.print(f"results: {options.results_dir}/search-latest.{{json,md,png}}")
+
+
+@bench_app.command("soak")
+def bench_soak(
+    duration: Annotated[float, typer.Option(help="Seconds of measured load.")] = 60.0,
+    clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 16,
+    warmup: Annotated[float, typer.Option(help="Seconds of unmeasured load first (caches, pools).")] = 10.0,
+    url: Annotated[str | None, typer.Option(help="A running server (default: start one with samples).")] = None,
+    pid: Annotated[int | None, typer.Option(help="With --url: the server's process id, for its memory.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="DATA_DIR for the started server (default: new temp).")]
+    = None,
+    results_dir: Annotated[Path, typer.Option(help="Where soak-latest.json goes.")] = ROOT / "bench" / "results",
+) -> None:
+    """Soak: concurrent search, chat (extractive) and uploads; p50/p95, errors, cross-tenant, memory."""
+    from app.samples import SAMPLE_COMPANIES, SAMPLE_PASSWORD
+    from benchmarks.soak import SoakOptions, run, summary_lines
+
+    # the sample practices' admins: the server started here loads them (--load-samples)
+    accounts = [(slug, f"admin@{slug}.example", SAMPLE_PASSWORD) for slug in SAMPLE_COMPANIES]
+    options = SoakOptions(duration_s=duration, clients=clients, warmup_s=warmup, url=url, pid=pid,
+                          data_dir=data_dir, results_dir=results_dir.resolve(), accounts=accounts)
+    result = run(options, log=lambda message: console.print(message, highlight=False))
+    for line in summary_lines(result):
+        console.print(line, highlight=False)
+    console.print(f"results: {options.results_dir}/soak-latest.json")
+    if not all(result["targets"].values()):
+        raise typer.Exit(1)

@@ -1,0 +1,50 @@
+"""What every `ils-rag` command module shares: the Typer groups, the consoles, `fail` and
+`prepared`. Command modules import this module and never each other, so the CLI has no
+import cycle; `app.cli` imports every command module once, which registers its commands."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="ILS RAG: multi-tenant retrieval-augmented generation for optical practices.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+companies_app = typer.Typer(help="Companies (tenants).", no_args_is_help=True)
+users_app = typer.Typer(help="Users of a company.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (each writes JSON to bench/results/).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(companies_app, name="companies")
+app.add_typer(users_app, name="users")
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one red line on stderr and hand back the exit to raise: bad input ends a command
+    with a message, never a traceback."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def prepared() -> None:
+    """Check the database and apply migrations before a command touches data."""
+    from core.database import check_database
+    from core.migrate import upgrade
+
+    check_database()
+    upgrade()
+
+
+def sync_tenant_indexes_verbose(companies: list[str] | None = None) -> None:
+    """Build/drop the per-company HNSW indexes (core.tenant_indexes), saying what changed."""
+    from core.tenant_indexes import sync_tenant_indexes
+
+    result = sync_tenant_indexes(companies=companies, on_build=lambda company, chunks: console.print(
+        f"built the HNSW index of company {company} ({chunks} chunks)", highlight=False))
+    if result.skipped:
+        console.print("tenant indexes: another process is updating them", highlight=False)
+    elif result.dropped:
+        console.print(f"tenant indexes: dropped {len(result.dropped)} no longer needed", highlight=False)

@@ -1,0 +1,36 @@
+"""`ils-rag companies ...`: tenants, created and listed by the operator (owner role)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from app.cli.common import companies_app, console, prepared
+
+
+@companies_app.command("create")
+def companies_create(slug: str, name: Annotated[str | None, typer.Option(help="Display name.")] = None) -> None:
+    """Create a company (tenant)."""
+    from auth.users import create_company
+    from core.database import admin_session_scope
+
+    prepared()
+    with admin_session_scope() as session:
+        company = create_company(session, slug, name or slug.replace("-", " ").title())
+        console.print(f"created company {company.slug} ({company.id})")
+
+
+@companies_app.command("list")
+def companies_list() -> None:
+    """List companies."""
+    from auth.users import list_companies
+    from core.database import admin_session_scope
+
+    prepared()
+    table = Table("slug", "name", "id", "active")
+    with admin_session_scope() as session:
+        for company in list_companies(session):
+            table.add_row(company.slug, company.name, company.id, str(company.is_active))
+    console.print(table)

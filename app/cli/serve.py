@@ -1,0 +1,58 @@
+"""`ils-rag serve` and `ils-rag load-samples`: the service and its demonstration data."""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated
+
+import typer
+
+from app.cli.common import app, console, prepared
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: HOST setting).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: PORT setting).")] = None,
+    load_samples: Annotated[bool, typer.Option("--load-samples", help="Create the sample practices first.")] = False,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+) -> None:
+    """Start the HTTP service (migrations are applied at start)."""
+    import uvicorn
+
+    from app.logs import configure_logging, logging_config
+    from app.main import create_app, prepare_runtime
+    from core.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)  # JSON lines with request/user/company ids
+    log_config = logging_config(settings.log_level, settings.log_format)
+    prepare_runtime(settings)
+    if load_samples:
+        from app.samples import load_samples as _load
+
+        _load(console)
+    console.print(f"ILS RAG listening on http://{host or settings.host}:{port or settings.port}")
+    # uvicorn re-raises SIGTERM once it has shut down gracefully; its default action would end the
+    # process before the exit hooks run, leaving the embedded Postgres running (and this process
+    # registered with it). Exiting normally instead lets the last process stop it.
+    signal.signal(signal.SIGTERM, _exit_normally)
+    if workers > 1:
+        uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
+                    workers=workers, log_level=settings.log_level.lower(), log_config=log_config)
+    else:
+        uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+                    log_level=settings.log_level.lower(), log_config=log_config)
+
+
+def _exit_normally(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+@app.command("load-samples")
+def load_samples_command() -> None:
+    """Create the two sample practices, their users, and ingest their documents (idempotent)."""
+    from app.samples import load_samples
+
+    prepared()
+    load_samples(console)

@@ -1,0 +1,128 @@
+"""The shape of the code, checked: no import cycle among the project's modules, and the layers
+point inward (nothing below `app` imports it).
+
+Imports are read from each module's syntax tree, function-level and TYPE_CHECKING imports
+included: an import hidden inside a function still ties two modules together, it only
+postpones the failure to the first call. A `from package import name` counts as an import of
+the submodule `package.name` when there is one, else of `package`.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("app", "auth", "core", "indexing", "retrieval", "evals", "benchmarks")
+INNER_LAYERS = ("auth", "core", "indexing", "retrieval", "evals", "benchmarks")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def modules() -> dict[str, Path]:
+    return {_module_name(path): path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))}
+
+
+def _project_module(name: str) -> str | None:
+    """The project module an imported name lives in (`core.database.tenant` -> `core.database`)."""
+    known = modules()
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports_of(name: str) -> set[str]:
+    """Project modules that module `name` imports, anywhere in its body."""
+    path = modules()[name]
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, `level - 1` levels up
+                anchor = package[: len(package) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules() else base
+                       for alias in node.names]
+        else:
+            continue
+        found.update(module for target in targets if (module := _project_module(target)))
+    found.discard(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {name: imports_of(name) for name in modules()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_graph_sees_every_kind_of_import() -> None:
+    graph = import_graph()
+    assert "core.database" in graph["core.vector_store"]  # a top-level `from x import y`
+    assert "app.cli.common" in graph["app.cli.serve"]
+    assert "app.main" in graph["app.cli.serve"]  # inside a function
+    assert "app.cli.serve" in graph["app.cli"]  # `from package import submodule`
+
+
+def test_cycles_are_found() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_nothing_below_app_imports_it() -> None:
+    offenders = {name: sorted(m for m in deps if m == "app" or m.startswith("app."))
+                 for name, deps in import_graph().items() if name.split(".")[0] in INNER_LAYERS}
+    assert {name: deps for name, deps in offenders.items() if deps} == {}
