@@ -13,8 +13,11 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 from starlette.types import Scope
+
+from app.routes.auth import REFRESH_COOKIE, REFRESH_COOKIE_PATH
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PAGE_PATH = "/app"
@@ -96,3 +99,27 @@ def page() -> Response:
     response = FileResponse(WEB_DIR / "index.html", media_type="text/html; charset=utf-8")
     response.headers["Cache-Control"] = "no-cache"
     return with_security_headers(response)
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    """Browsers ask for /favicon.ico on their own, whatever the page links: without it every
+    visit logs a 404."""
+    response = FileResponse(WEB_DIR / "favicon.ico", media_type="image/x-icon")
+    response.headers["Cache-Control"] = "public, max-age=86400"
+    return with_security_headers(response)
+
+
+class BrowserSession(BaseModel):
+    signed_in: bool = Field(description=f"Whether the browser sent a {REFRESH_COOKIE} cookie (not whether it is "
+                                        "still valid: POST /api/auth/refresh decides that).")
+
+
+@router.get(f"{REFRESH_COOKIE_PATH}/session", response_model=BrowserSession,
+            summary="Does this browser hold a refresh cookie? (the web page asks before restoring a sign-in)")
+def browser_session(request: Request, response: Response) -> BrowserSession:
+    """The refresh cookie is HttpOnly, so the page cannot see whether it has one. Asking here
+    lets a first visit skip the refresh that would be refused: a 401 in every new visitor's
+    browser console. Says nothing about whose cookie it is, and the answer is never cached."""
+    response.headers["Cache-Control"] = "no-store"
+    return BrowserSession(signed_in=bool(request.cookies.get(REFRESH_COOKIE)))

@@ -9,6 +9,22 @@ let accessToken = null;
 let refreshing = null;
 let onSessionLost = () => {};
 
+/**
+ * Whether this browser holds a refresh cookie at all. The cookie is HttpOnly, so only the
+ * server can tell; asking first spares a first visit the refresh the server must refuse
+ * (a 401 in the console on every load). A network failure answers "yes": the refresh then
+ * reports it.
+ */
+export async function maySignInSilently() {
+  try {
+    const response = await fetch("/api/auth/session", { credentials: "same-origin", cache: "no-store" });
+    if (!response.ok) return true;
+    return Boolean((await response.json()).signed_in);
+  } catch {
+    return true;
+  }
+}
+
 export class ApiError extends Error {
   constructor(message, { status = 0, code = "NETWORK_ERROR", requestId = "" } = {}) {
     super(message);

@@ -1,8 +1,8 @@
 // The page's entry point: restore the session from the refresh cookie, sign in and out,
 // and switch between the chat and (for admins) the documents view.
 
-import { ApiError, api, refreshSession, setSessionLostHandler, signIn, signOut } from "./api.js";
-import { initChat, resetChat, showChat } from "./chat.js";
+import { ApiError, api, maySignInSilently, refreshSession, setSessionLostHandler, signIn, signOut } from "./api.js";
+import { conversationFromHash, currentConversation, initChat, openConversation, resetChat, showChat } from "./chat.js";
 import { $, announce, showError } from "./dom.js";
 import { initDocuments, loadDocuments, resetDocuments, stopPolling } from "./documents.js";
 
@@ -25,22 +25,23 @@ async function enter() {
   me = await api("/api/auth/me");
   $("who").textContent = me.full_name ? `${me.full_name} (${me.role})` : `${me.email} (${me.role})`;
   $("tab-documents").hidden = !isAdmin();
-  await openView(location.hash === "#documents" && isAdmin() ? "documents" : "chat");
+  await openView(location.hash === "#documents" && isAdmin() ? "documents" : "chat", conversationFromHash());
 }
 
-async function openView(name) {
+/** `reopen`: the conversation named in the address (#chat/<id>), opened again after a reload. */
+async function openView(name, reopen = null) {
   if (name === "documents" && !isAdmin()) name = "chat";
   const view = $(`view-${name}`);
   view.setAttribute("aria-busy", "true"); // until its lists have loaded
   showView(name);
-  if (location.hash !== `#${name}`) history.replaceState(null, "", `#${name}`);
+  if (name === "documents" && location.hash !== "#documents") history.replaceState(null, "", "#documents");
   try {
     if (name === "documents") {
       await loadDocuments(1);
       $("documents-title").focus();
     } else {
       stopPolling();
-      await showChat(isAdmin());
+      await showChat(isAdmin(), reopen || currentConversation());
     }
   } finally {
     view.setAttribute("aria-busy", "false");
@@ -109,8 +110,14 @@ async function start() {
   window.addEventListener("hashchange", () => {
     if (!me) return;
     const name = location.hash === "#documents" ? "documents" : "chat";
-    if ($(`view-${name}`).hidden) openView(name);
+    const wanted = conversationFromHash();
+    if ($(`view-${name}`).hidden) openView(name, wanted);
+    else if (wanted && wanted !== currentConversation()) openConversation(wanted);
   });
+  if (!(await maySignInSilently())) {
+    toSignIn("");
+    return;
+  }
   try {
     await refreshSession(); // the HttpOnly cookie, if this browser signed in before
   } catch (error) {

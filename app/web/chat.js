@@ -8,9 +8,26 @@ const MODE_LABELS = {
   "extractive-fallback": "The AI service is unavailable: offline answer built from your documents",
 };
 
+const NARROW = window.matchMedia("(max-width: 720px)");
+
 let conversationId = null;
 let busy = false;
 let lastTrigger = null;
+
+/** The open conversation lives in the address (#chat/<id>), so a reload or a shared tab reopens it. */
+export function conversationFromHash(hash = location.hash) {
+  const match = /^#chat\/([A-Za-z0-9_-]{1,64})$/.exec(hash);
+  return match ? match[1] : null;
+}
+
+function rememberConversation() {
+  const target = conversationId ? `#chat/${conversationId}` : "#chat";
+  if (location.hash !== target) history.replaceState(null, "", target);
+}
+
+export function currentConversation() {
+  return conversationId;
+}
 
 export function initChat() {
   $("ask-form").addEventListener("submit", (event) => {
@@ -24,20 +41,59 @@ export function initChat() {
     }
   });
   $("new-chat").addEventListener("click", () => newChat());
+  $("history-toggle").addEventListener("click", () => (drawerOpen() ? closeDrawer() : openDrawer()));
+  $("history-close").addEventListener("click", () => closeDrawer());
+  $("drawer-backdrop").addEventListener("click", () => closeDrawer());
+  $("history").addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && drawerOpen()) {
+      event.preventDefault();
+      closeDrawer();
+    }
+  });
+  NARROW.addEventListener("change", () => closeDrawer({ restoreFocus: false }));
   $("passage").addEventListener("close", () => {
     if (lastTrigger && document.contains(lastTrigger)) lastTrigger.focus();
   });
 }
 
+// --- the conversation list as a drawer on narrow screens -------------------------------------
+
+function drawerOpen() {
+  return $("history").classList.contains("open");
+}
+
+function openDrawer() {
+  if (!NARROW.matches) return;
+  $("history").classList.add("open");
+  $("drawer-backdrop").hidden = false;
+  $("history-toggle").setAttribute("aria-expanded", "true");
+  // What lies behind the open drawer can be neither tapped nor tabbed to.
+  $("view-chat").querySelector(".conversation").inert = true;
+  $("new-chat").focus();
+}
+
+function closeDrawer({ restoreFocus = true } = {}) {
+  const wasOpen = drawerOpen();
+  $("history").classList.remove("open");
+  $("drawer-backdrop").hidden = true;
+  $("history-toggle").setAttribute("aria-expanded", "false");
+  $("view-chat").querySelector(".conversation").inert = false;
+  if (wasOpen && restoreFocus) $("history-toggle").focus();
+}
+
 export function resetChat() {
+  closeDrawer({ restoreFocus: false });
   conversationId = null;
   $("messages").replaceChildren();
   $("history-list").replaceChildren();
   $("question").value = "";
 }
 
-export async function showChat(isAdmin) {
-  await Promise.all([loadHistory(), checkKnowledgeBase(isAdmin)]);
+/** Show the chat; `reopen` is a conversation id from the address to open again (after a reload). */
+export async function showChat(isAdmin, reopen = null) {
+  const opening = reopen && reopen !== conversationId ? openConversation(reopen, { quiet: true }) : null;
+  await Promise.all([loadHistory(), checkKnowledgeBase(isAdmin), opening]);
+  rememberConversation();
   $("question").focus();
 }
 
@@ -45,6 +101,8 @@ function newChat() {
   conversationId = null;
   $("messages").replaceChildren();
   markCurrent();
+  rememberConversation();
+  closeDrawer({ restoreFocus: false });
   announce("New conversation");
   $("question").focus();
 }
@@ -89,7 +147,7 @@ function markCurrent() {
   }
 }
 
-async function openConversation(id) {
+export async function openConversation(id, { quiet = false } = {}) {
   if (busy) return;
   showError(null);
   try {
@@ -101,15 +159,27 @@ async function openConversation(id) {
       if (message.role === "user") messages.append(userMessage(message.content));
       else {
         const item = assistantMessage();
-        finishAnswer(item, { answer: message.content, sources: message.sources || [], isRelevant: true });
+        const sources = message.sources || [];
+        // Answers stored before the mode was kept: an answer without sources found nothing.
+        const mode = message.mode || (sources.length ? null : "none");
+        finishAnswer(item, { answer: message.content, sources, metadata: { mode }, isRelevant: mode !== "none" },
+          { quiet: true });
         messages.append(item);
       }
     }
     markCurrent();
+    rememberConversation();
+    closeDrawer({ restoreFocus: false });
     announce(`Opened “${body.title}”`);
-    $("question").focus();
+    if (!quiet) $("question").focus();
   } catch (error) {
-    showError(error);
+    if (error instanceof ApiError && error.status === 404) {
+      conversationId = null; // deleted meanwhile (or never this user's): start afresh
+      rememberConversation();
+      announce("That conversation no longer exists; this is a new one.");
+    } else {
+      showError(error);
+    }
   }
 }
 
@@ -171,6 +241,7 @@ async function ask() {
       } else if (name === "sources") {
         finished = true;
         conversationId = data.conversationId || conversationId;
+        rememberConversation();
         finishAnswer(item, data);
       } else if (name === "error") {
         finished = true;
@@ -201,26 +272,53 @@ function failAnswer(item, partial, error) {
   announce("The answer failed.");
 }
 
+/** The text a citation marker stands after: its line (list bullet and other markers removed),
+ * or, in running text, the sentence it ends. */
+function citedSentence(text, markerIndex) {
+  const lineStart = text.lastIndexOf("\n", markerIndex - 1) + 1;
+  let before = text.slice(lineStart, markerIndex).replace(/\[\d+\]/g, "");
+  const sentenceEnd = /[.!?]["'”’)]*\s+(?=\S)/g;
+  let from = 0;
+  for (const match of before.trimEnd().matchAll(sentenceEnd)) from = match.index + match[0].length;
+  before = before.slice(from).replace(/^\s*(?:[-*•]|\d+[.)])\s+/, "");
+  return before.replace(/\s+/g, " ").trim();
+}
+
+/** The answer without a first line that only repeats what the label above it says. */
+function withoutRepeatedLabel(text, labelled) {
+  if (!labelled) return text;
+  const newline = text.indexOf("\n");
+  const first = newline === -1 ? text : text.slice(0, newline);
+  const repeats = /no language model|offline answer|AI service is unavailable/i.test(first) && !/\[\d+\]/.test(first);
+  return repeats && newline !== -1 ? text.slice(newline + 1) : text;
+}
+
 /** Replace the streamed text with the final answer: [n] markers become buttons. */
-function finishAnswer(item, body) {
+function finishAnswer(item, body, { quiet = false } = {}) {
   const answer = item.querySelector(".answer");
   const sources = Array.isArray(body.sources) ? body.sources : [];
   const byNumber = new Map(sources.map((source, index) => [Number(source.citation || index + 1), source]));
   const mode = body.metadata && body.metadata.mode;
   answer.replaceChildren();
+  let labelled = true;
   if (body.isRelevant === false || mode === "none") {
     answer.append(el("p", { class: "label label-none" }, "Nothing relevant found in your practice's documents"));
   } else if (MODE_LABELS[mode]) {
     answer.append(el("p", { class: "label label-offline" }, MODE_LABELS[mode]));
+  } else {
+    labelled = false;
   }
+  item.dataset.mode = mode || "";
   const paragraph = el("p", { class: "answer-text" });
-  const text = body.answer || "";
+  const text = withoutRepeatedLabel(body.answer || "", labelled);
   const marker = /\[(\d+)\]/g;
   let last = 0;
   for (const match of text.matchAll(marker)) {
     const source = byNumber.get(Number(match[1]));
     if (!source) continue;
-    paragraph.append(text.slice(last, match.index), citationButton(Number(match[1]), source, "cite"));
+    const sentence = citedSentence(text, match.index);
+    paragraph.append(text.slice(last, match.index), citationButton(Number(match[1]), source, "cite", undefined,
+      sentence));
     last = match.index + match[0].length;
   }
   paragraph.append(text.slice(last));
@@ -233,24 +331,68 @@ function finishAnswer(item, body) {
   answer.setAttribute("aria-busy", "false");
   delete item.dataset.streaming;
   item.dataset.done = "true";
-  announce(sources.length ? `Answer ready, ${sources.length} source${sources.length > 1 ? "s" : ""}.` : "Answer ready.");
+  if (!quiet) {
+    announce(sources.length ? `Answer ready, ${sources.length} source${sources.length > 1 ? "s" : ""}.`
+      : "Answer ready.");
+  }
 }
 
-function citationButton(number, source, kind, label = `[${number}]`) {
+function citationButton(number, source, kind, label = `[${number}]`, sentence = "") {
   return el("button", {
     type: "button", class: kind, dataset: { citation: String(number) },
     "aria-label": `Source ${number}: ${source.filename || "document"}`, "aria-haspopup": "dialog",
-    onclick: (event) => openPassage(number, source, event.currentTarget),
+    onclick: (event) => openPassage(number, source, event.currentTarget, sentence),
   }, label);
 }
 
-function openPassage(number, source, trigger) {
+const normalise = (text) => text.replace(/\s+/g, " ").trim();
+
+/**
+ * The passage with the quoted sentences in <mark>. Offsets count Unicode code points (as the
+ * service's Python strings do), not UTF-16 units, so a character outside the BMP cannot shift them.
+ */
+function renderPassage(box, source) {
+  const passage = typeof source.passage === "string" && source.passage ? source.passage : null;
+  if (!passage) {
+    box.textContent = source.snippet || "";
+    return [];
+  }
+  const chars = Array.from(passage);
+  const quotes = (Array.isArray(source.quotes) ? source.quotes : [])
+    .map((quote) => [Number(quote && quote.start), Number(quote && quote.end)])
+    .filter(([start, end]) => Number.isInteger(start) && Number.isInteger(end) && start >= 0 && start < end
+      && end <= chars.length)
+    .sort((a, b) => a[0] - b[0]);
+  box.replaceChildren();
+  const marks = [];
+  let last = 0;
+  for (const [start, end] of quotes) {
+    const from = Math.max(start, last); // overlapping quotes: highlight the union once
+    if (from >= end) continue;
+    const mark = el("mark", {}, chars.slice(from, end).join(""));
+    box.append(chars.slice(last, from).join(""), mark);
+    marks.push(mark);
+    last = end;
+  }
+  box.append(chars.slice(last).join(""));
+  return marks;
+}
+
+function openPassage(number, source, trigger, sentence = "") {
   lastTrigger = trigger;
   $("passage-title").textContent = `Source [${number}]`;
   $("passage-file").textContent = source.filename || "Document";
-  $("passage-text").textContent = source.snippet || "";
+  const box = $("passage-text");
+  const marks = renderPassage(box, source);
+  // The clicked citation's own sentence, when the passage quotes several of this answer's sentences.
+  const wanted = normalise(sentence);
+  const current = marks.find((mark) => wanted && normalise(mark.textContent) === wanted)
+    || marks.find((mark) => wanted && normalise(mark.textContent).includes(wanted)) || marks[0];
+  for (const mark of marks) mark.classList.toggle("current", mark === current);
   const similarity = Number(source.similarity);
   $("passage-score").textContent = Number.isFinite(similarity) ? `Match score ${similarity.toFixed(2)}` : "";
+  box.scrollTop = 0;
   $("passage").showModal();
+  if (current) current.scrollIntoView({ block: "center", inline: "nearest" });
   $("passage-close").focus();
 }

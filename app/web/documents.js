@@ -67,6 +67,7 @@ export async function loadDocuments(target = page) {
     $("docs-next").hidden = page >= pages;
     for (const item of body.items) {
       if (item.status === "queued" || item.status === "indexing") poll(item.document_id);
+      else updateResult(item);
     }
   } catch (error) {
     showError(error);
@@ -104,9 +105,10 @@ function poll(id) {
     try {
       const doc = await api(`/api/documents/${encodeURIComponent(id)}`);
       replaceRow(doc);
+      updateResult(doc);
       if (doc.status === "indexed") {
         polling.delete(id);
-        announce(`${doc.filename} is indexed (${doc.chunk_count} chunks).`);
+        announce(`${doc.filename} is indexed (${plural(doc.chunk_count, "chunk")}).`);
         return;
       }
       if (doc.status === "failed") {
@@ -123,15 +125,27 @@ function poll(id) {
   polling.set(id, setTimeout(tick, POLL_MS));
 }
 
+const plural = (count, noun) => `${count} ${noun}${count === 1 ? "" : "s"}`;
+
 function resultLine(result) {
   const name = el("span", { class: "filename" }, result.filename);
+  const id = result.document ? result.document.document_id : null;
+  const attributes = (status) => ({ class: `result ${status}`, dataset: id ? { id } : {} });
   if (result.status === "failed") {
-    return el("li", { class: "result failed" }, name, `: upload failed: ${result.error || "unknown reason"}`,
-      result.code ? el("span", { class: "code" }, ` (${result.code})`) : null);
+    const reason = result.error || (result.document && result.document.error) || "unknown reason";
+    const code = result.code ? el("span", { class: "code" }, ` (${result.code})`) : null;
+    return el("li", attributes("failed"), name, `: ${result.document ? "indexing" : "upload"} failed: ${reason}`, code);
   }
-  if (result.status === "queued") return el("li", { class: "result queued" }, name, ": uploaded, indexing…");
+  if (result.status === "queued") return el("li", attributes("queued"), name, ": uploaded, indexing…");
   const chunks = result.document ? result.document.chunk_count : 0;
-  return el("li", { class: "result indexed" }, name, `: indexed (${chunks} chunks)`);
+  return el("li", attributes("indexed"), name, `: indexed (${plural(chunks, "chunk")})`);
+}
+
+/** A queued upload's line in the results follows its document to indexed or failed. */
+function updateResult(doc) {
+  if (doc.status !== "indexed" && doc.status !== "failed") return;
+  const line = $("upload-results").querySelector(`li[data-id="${CSS.escape(doc.document_id)}"]`);
+  if (line) line.replaceWith(resultLine({ filename: doc.filename, status: doc.status, document: doc }));
 }
 
 async function upload(files) {
@@ -148,12 +162,12 @@ async function upload(files) {
       bar.value = Math.round(fraction * 100);
     });
     bar.value = 100;
-    results.replaceChildren(...body.results.map(resultLine));
+    results.prepend(...body.results.map(resultLine)); // newest first; earlier uploads' results stay
     const failed = body.results.filter((result) => result.status === "failed").length;
     announce(failed ? `${failed} of ${body.results.length} files failed to upload.`
-      : `Uploaded ${body.results.length} file${body.results.length > 1 ? "s" : ""}.`);
+      : `Uploaded ${plural(body.results.length, "file")}.`);
   } catch (error) {
-    results.replaceChildren(...files.map((file) => resultLine({
+    results.prepend(...files.map((file) => resultLine({
       filename: file.name, status: "failed", error: error.message, code: error.code })));
     announce(`Upload failed: ${error.message}`);
   } finally {
