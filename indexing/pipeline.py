@@ -47,7 +47,7 @@ from core.errors import ServiceError
 from core.vector_store import get_vector_store
 from indexing.chunking import build_splitter
 from indexing.models import Document
-from indexing.readers import IngestError, Part
+from indexing.readers import Part
 
 logger = logging.getLogger(__name__)
 
@@ -355,10 +355,22 @@ def _finish(company_id: str, sources: Sequence[Source], states: dict[str, _RowSt
     return {s.source_key: int(counts.get(states[s.source_key].id, 0)) for s in sources}
 
 
+INDEXING_FAILED_MESSAGE = ("indexing failed because of an internal error; send the file again, and report it "
+                           "if it keeps failing")
+
+
+def safe_failure(error: Exception) -> tuple[str, str]:
+    """(code, message) a client may see and `documents.error` may store: a ServiceError's own
+    words, anything else one generic line. Exception text can hold SQL, parameters and class
+    names; it goes to the log only (the caller logs it)."""
+    if isinstance(error, ServiceError):
+        return error.code, error.message
+    return "INDEXING_FAILED", INDEXING_FAILED_MESSAGE
+
+
 def mark_failed(company_id: str, document_id: str, error: ServiceError | Exception) -> None:
-    """A failed document keeps no chunks and no hashes, and says why."""
-    code = getattr(error, "code", "INDEXING_FAILED")
-    message = getattr(error, "message", None) or f"indexing failed: {type(error).__name__}: {error}"
+    """A failed document keeps no chunks and no hashes, and says why (in safe words)."""
+    code, message = safe_failure(error)
     with tenant(company_id), get_engine().begin() as connection:  # also called from background threads
         refs = _chunk_ref_ids(connection, company_id, document_id)
         _delete_chunks_and_hashes(connection, company_id, document_id, refs)
@@ -398,9 +410,8 @@ def _failed(company_id: str, source: Source, exc: Exception) -> Outcome:
                                                                Document.source_key == source.source_key))
     if document_id:
         mark_failed(company_id, document_id, exc)
-    error = exc if isinstance(exc, ServiceError) else IngestError(
-        f"indexing failed: {type(exc).__name__}: {exc}", code="INDEXING_FAILED", status_code=500)
-    return Outcome(source.source_key, document_id, "failed", code=error.code, reason=error.message)
+    code, message = safe_failure(exc)
+    return Outcome(source.source_key, document_id, "failed", code=code, reason=message)
 
 
 def _run(company_id: str, sources: Sequence[Source], embed_model: BaseEmbedding | None = None) -> list[Outcome]:
