@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     app_database_url: str | None = Field(
         default=None, description="Role the service itself connects as (no SUPERUSER/BYPASSRLS, granted ils_app); "
                                   "unset = derived from DATABASE_URL as the ils_app role (see SECURITY.md).")
+    auth_database_url: str | None = Field(
+        default=None, description="Role sign-in connects as to read password hashes (granted ils_auth, never used "
+                                  "by request code); unset = derived from DATABASE_URL as the ils_auth role.")
 
     tenant_index_min_chunks: int = Field(
         default=1000, ge=0, description="Companies with at least this many chunks get their own HNSW index "
@@ -89,6 +92,10 @@ class Settings(BaseSettings):
     search_threshold: float = Field(
         default=0.25, ge=-1.0, le=1.0,
         description="Default minimum cosine similarity of a returned chunk (same meaning in every mode).")
+    bm25_k1: float = Field(default=0.9, ge=0.0, le=10.0,
+                           description="BM25 term-frequency saturation of `text` search (higher: repeats count more).")
+    bm25_b: float = Field(default=0.4, ge=0.0, le=1.0,
+                          description="BM25 length normalisation of `text` search (0: none, 1: full).")
     chat_top_k: int = Field(default=5, ge=1, le=20, description="Chunks given to the answering step.")
     max_query_chars: int = Field(default=2000, ge=10, description="Longest accepted search query / chat message.")
 

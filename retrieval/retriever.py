@@ -7,10 +7,11 @@ so row-level security applies as a second wall. Three modes:
 
 - `vector`: cosine top-k, exact for small companies and through an HNSW index for large ones
   (the store picks the plan per company, see core.vector_store);
-- `text`: Postgres full-text search (PGVectorStore's TEXT_SEARCH mode, ranked by ts_rank);
-- `hybrid`: both, fused by reciprocal rank fusion with LlamaIndex's QueryFusionRetriever
-  (the store's own HYBRID mode only concatenates the two lists, pitfall 8); each side
-  contributes max(top_k, 20) candidates.
+- `text`: BM25 over Postgres full-text search (retrieval.bm25: the GIN index finds the
+  candidates, per-company term statistics rank them); `text_ranking="ts_rank"` keeps
+  PGVectorStore's TEXT_SEARCH ranking, for comparison only;
+- `hybrid`: both, fused by retrieval.fusion (the store's own HYBRID mode only concatenates the
+  two lists); each side contributes max(top_k, FUSION_CANDIDATES) candidates.
 
 Whatever the mode, each result's score is its cosine similarity to the query, so one
 threshold (default SEARCH_THRESHOLD) means the same thing everywhere. Each mode picks its
@@ -18,21 +19,20 @@ top-k in its own ranking among the chunks that pass the threshold; `order` then 
 how they come back:
 
 - `"similarity"`: highest cosine first (POST /api/rag/search, the seed's contract);
-- `"rank"`: the mode's native ranking kept (RRF for hybrid, ts_rank for text, cosine for
+- `"rank"`: the mode's native ranking kept (fused for hybrid, BM25 for text, cosine for
   vector): what chat and the evaluation runner use, since that ranking is what the modes
   are compared on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.llms import MockLLM
-from llama_index.core.retrievers import QueryFusionRetriever
-from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import (
     MetadataFilter,
     MetadataFilters,
@@ -44,14 +44,19 @@ from core.database import get_engine, tenant
 from core.embeddings import get_embed_model
 from core.settings import get_settings
 from core.vector_store import UnscopedQueryError, company_filter, get_vector_store
+from retrieval.bm25 import bm25_search
+from retrieval.fusion import Fusion, fuse
 
 SearchMode = Literal["vector", "text", "hybrid"]
 ResultOrder = Literal["similarity", "rank"]
+TextRanking = Literal["bm25", "ts_rank"]
 MODES: tuple[str, ...] = ("vector", "text", "hybrid")
 ORDERS: tuple[str, ...] = ("similarity", "rank")
 
-# RRF only helps when each side contributes more than the final k candidates.
+# Fusion only helps when each side contributes more than the final k candidates.
 FUSION_CANDIDATES = 20
+# The hybrid fusion, chosen on the optical set and SciFact together (`python -m evals.fusion`).
+DEFAULT_FUSION = Fusion(method="relative", vector_weight=0.5)
 
 
 def tenant_filters(company_id: str) -> MetadataFilters:
@@ -62,15 +67,13 @@ def tenant_filters(company_id: str) -> MetadataFilters:
 class TenantRetriever(BaseRetriever):
     """Top-k chunks of one company's active documents, scored by cosine similarity."""
 
-    # Fusion inputs (see _FusionSide) keep their native scores (cosine or ts_rank), unthresholded.
-    native_scores = False
-
     def __init__(self, company_id: str, *, mode: SearchMode | None = None, top_k: int = 5,
                  threshold: float | None = None, order: ResultOrder = "similarity",
-                 embed_model: BaseEmbedding | None = None) -> None:
+                 embed_model: BaseEmbedding | None = None, fusion: Fusion | None = None,
+                 text_ranking: TextRanking = "bm25") -> None:
         """`mode` defaults to SEARCH_MODE and `threshold` (minimum cosine similarity) to
         SEARCH_THRESHOLD; `order` is "similarity" (cosine, highest first) or "rank" (the
-        mode's own ranking)."""
+        mode's own ranking); `fusion` (hybrid) defaults to DEFAULT_FUSION."""
         if not isinstance(company_id, str) or not company_id.strip():
             raise UnscopedQueryError("TenantRetriever needs the caller's company id")
         settings = get_settings()
@@ -81,6 +84,10 @@ class TenantRetriever(BaseRetriever):
             raise ValueError(f"unknown result order {order!r}; use one of {', '.join(ORDERS)}")
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
+        if text_ranking not in ("bm25", "ts_rank"):
+            raise ValueError(f"unknown text ranking {text_ranking!r}; use bm25 or ts_rank")
+        self.fusion = fusion or DEFAULT_FUSION
+        self.text_ranking: TextRanking = text_ranking
         self.company_id = company_id
         self.mode: SearchMode = mode  # type: ignore[assignment]
         self.order: ResultOrder = order
@@ -106,19 +113,16 @@ class TenantRetriever(BaseRetriever):
                 # relaxed order); exact scans and a company's own index return the top k in order.
                 ranked = self._vector(embedding, self.top_k)
             elif self.mode == "text":
-                ranked = self._text(query_bundle.query_str, pool)
+                ranked = self._text(query_bundle.query_str, pool, embedding)
             else:
-                ranked = self._hybrid(query_bundle, pool)
-            if self.native_scores:
-                return ranked[: self.top_k]
-            if self.mode != "vector":
-                ranked = self._with_cosine(ranked, embedding)  # keeps the mode's order
-        chosen = [n for n in ranked if (n.score or 0.0) >= self.threshold][: self.top_k]
+                ranked = self._hybrid(query_bundle, embedding, pool)
+        chosen = [NodeWithScore(node=c.node, score=c.cosine) for c in ranked if c.cosine >= self.threshold]
+        chosen = chosen[: self.top_k]
         if self.order == "similarity":
             chosen.sort(key=lambda n: n.score or 0.0, reverse=True)
         return chosen
 
-    # -- modes ----------------------------------------------------------------------------
+    # -- modes: each returns candidates in its own order, with their native score and cosine ----
     def _query_store(self, query: VectorStoreQuery) -> list[NodeWithScore]:
         result = get_vector_store().query(query)
         out = []
@@ -127,32 +131,41 @@ class TenantRetriever(BaseRetriever):
             out.append(NodeWithScore(node=node, score=float(score)))
         return out
 
-    def _vector(self, embedding: list[float], k: int) -> list[NodeWithScore]:
-        return self._query_store(VectorStoreQuery(query_embedding=embedding, similarity_top_k=k,
-                                                  filters=self._filters, mode=VectorStoreQueryMode.DEFAULT))
+    def _vector(self, embedding: list[float], k: int) -> list[Candidate]:
+        found = self._query_store(VectorStoreQuery(query_embedding=embedding, similarity_top_k=k,
+                                                   filters=self._filters, mode=VectorStoreQueryMode.DEFAULT))
+        return [Candidate(n.node, float(n.score or 0.0), float(n.score or 0.0)) for n in found]
 
-    def _text(self, query_str: str, k: int) -> list[NodeWithScore]:
-        return self._query_store(VectorStoreQuery(query_str=query_str, similarity_top_k=k, sparse_top_k=k,
-                                                  filters=self._filters, mode=VectorStoreQueryMode.TEXT_SEARCH))
+    def _text(self, query_str: str, k: int, embedding: list[float]) -> list[Candidate]:
+        if self.text_ranking == "bm25":  # one statement: BM25 order, with each chunk's cosine
+            return [Candidate(hit.node, hit.bm25, float(hit.similarity or 0.0))
+                    for hit in bm25_search(self.company_id, query_str, k, embedding=embedding)]
+        found = self._query_store(VectorStoreQuery(query_str=query_str, similarity_top_k=k, sparse_top_k=k,
+                                                   filters=self._filters, mode=VectorStoreQueryMode.TEXT_SEARCH))
+        cosine = self._cosines([n.node.node_id for n in found], embedding)
+        return [Candidate(n.node, float(n.score or 0.0), cosine[n.node.node_id])
+                for n in found if n.node.node_id in cosine]
 
-    def _hybrid(self, query_bundle: QueryBundle, pool: int) -> list[NodeWithScore]:
-        # Both sides are this same class (so both are scoped); QueryFusionRetriever does the RRF.
-        # num_queries=1 means it never asks the LLM for query variations; MockLLM makes that explicit.
-        sides = [_FusionSide(self.company_id, mode=side, top_k=pool, embed_model=self._embed_model)
-                 for side in ("vector", "text")]
-        fusion = QueryFusionRetriever(sides, llm=MockLLM(), mode="reciprocal_rerank", num_queries=1,
-                                      similarity_top_k=pool, use_async=False)
-        return fusion.retrieve(query_bundle)  # in RRF order, RRF scores
+    def hybrid_sides(self, embedding: list[float], query_str: str,
+                     pool: int) -> tuple[list[Candidate], list[Candidate]]:
+        """The two fusion inputs (vector, text), each in its own order with its native scores.
+        Call inside tenant(company_id)."""
+        return self._vector(embedding, pool), self._text(query_str, pool, embedding)
 
-    def _with_cosine(self, nodes: list[NodeWithScore], embedding: list[float]) -> list[NodeWithScore]:
-        """Replace text-search ranks / RRF scores by the chunk's cosine similarity to the query.
+    def _hybrid(self, query_bundle: QueryBundle, embedding: list[float], pool: int) -> list[Candidate]:
+        vector, text = self.hybrid_sides(embedding, query_bundle.query_str, pool)
+        by_id = {c.node.node_id: c for c in (*text, *vector)}  # the cosine of either side is the same
+        fused = fuse([(c.node.node_id, c.native) for c in vector], [(c.node.node_id, c.native) for c in text],
+                     self.fusion)
+        return [Candidate(by_id[node_id].node, score, by_id[node_id].cosine) for node_id, score in fused[:pool]]
 
-        Hand-written SQL because PGVectorStore's text-search rows carry ts_rank only; the
-        statement is bound-parameter only and filtered on the same company as the retriever.
+    def _cosines(self, ids: list[str], embedding: list[float]) -> dict[str, float]:
+        """Each chunk's cosine similarity to the query, for ts_rank results (which carry none).
+
+        Bound-parameter only and filtered on the same company as the retriever.
         """
-        if not nodes:
-            return []
-        ids = [n.node.node_id for n in nodes]
+        if not ids:
+            return {}
         statement = sa.text(
             "SELECT node_id, 1 - (embedding <=> CAST(:q AS vector)) AS similarity FROM data_chunks "
             "WHERE company_id = :company AND node_id = ANY(:ids)"
@@ -160,16 +173,16 @@ class TenantRetriever(BaseRetriever):
         with get_engine().connect() as connection:
             rows = connection.execute(statement, {"q": str(list(map(float, embedding))), "company": self.company_id,
                                                   "ids": ids}).all()
-        similarity = {row.node_id: float(row.similarity) for row in rows}
-        return [NodeWithScore(node=n.node, score=similarity[n.node.node_id])
-                for n in nodes if n.node.node_id in similarity]
+        return {row.node_id: float(row.similarity) for row in rows}
 
 
-class _FusionSide(TenantRetriever):
-    """One input of the hybrid fusion: the mode's own ranking and scores, no threshold
-    (RRF sorts each input by its scores, so a text side must keep ts_rank)."""
+@dataclass(frozen=True)
+class Candidate:
+    """One ranked chunk: its score in the mode's own ranking, and its cosine to the query."""
 
-    native_scores = True
+    node: BaseNode
+    native: float
+    cosine: float
 
 
 def search(company_id: str, query: str, *, limit: int = 5, threshold: float | None = None,

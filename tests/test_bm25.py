@@ -1,0 +1,317 @@
+"""BM25 inside Postgres: scores against a reference implementation, the per-company term
+statistics after every kind of write (and a killed one), the tenant wall around them."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parent.parent
+
+HAND_CORPUS = [
+    ("frames.txt", "Frames are adjusted free of charge. Bring your frames to any branch.", None),
+    ("progressive.txt", "Progressive lenses start at £189 per pair; premium progressive lenses cost £320.", None),
+    ("single.txt", "Single vision lenses cost £49 per pair.", None),
+    ("coatings.txt", "Anti-reflective coating costs £35 and reduces glare from screens and headlights at night.", None),
+    ("contacts.txt", "Contact lenses must never be rinsed in tap water. Tap water carries acanthamoeba.", None),
+    ("children.txt", "Children's eye examinations are free. Children's frames are free with a voucher.", None),
+]
+
+
+def _lexemes(connection: sa.Connection, text: str) -> list[str]:
+    """The tokens Postgres indexes for `text` (english configuration), each repeated tf times."""
+    rows = connection.execute(sa.text(
+        "SELECT u.lexeme, cardinality(u.positions) AS tf FROM unnest(to_tsvector('english', CAST(:t AS text))) u"),
+        {"t": text}).all()
+    return [row.lexeme for row in rows for _ in range(row.tf)]
+
+
+def _stats(company_id: str) -> tuple[tuple[int, int], dict[str, int]]:
+    """(chunks, total length) and df per lexeme as the triggers keep them."""
+    from core.database import get_engine, tenant
+
+    with tenant(company_id), get_engine().connect() as connection:
+        corpus = connection.execute(sa.text(
+            "SELECT chunks, total_length FROM bm25_corpus WHERE company_id = :c"), {"c": company_id}).first()
+        terms = dict(connection.execute(sa.text(
+            "SELECT lexeme, df FROM bm25_terms WHERE company_id = :c"), {"c": company_id}).all())
+    return ((int(corpus.chunks), int(corpus.total_length)) if corpus else (0, 0)), terms
+
+
+def _recomputed(company_id: str) -> tuple[tuple[int, int], dict[str, int]]:
+    """The same statistics computed from scratch, in Python, from the active chunks' text."""
+    from core.database import get_engine, tenant
+
+    with tenant(company_id), get_engine().connect() as connection:
+        texts = connection.execute(sa.text(
+            "SELECT text FROM data_chunks WHERE company_id = :c AND is_active IS TRUE"), {"c": company_id}).scalars()
+        tokens = [_lexemes(connection, text) for text in texts]
+    df: dict[str, int] = {}
+    for chunk in tokens:
+        for lexeme in set(chunk):
+            df[lexeme] = df.get(lexeme, 0) + 1
+    return (len(tokens), sum(len(chunk) for chunk in tokens)), df
+
+
+def _assert_in_step(company_id: str) -> None:
+    assert _stats(company_id) == _recomputed(company_id)
+
+
+# -- scores -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("k1", "b"), [(0.9, 0.4), (1.2, 0.75), (2.0, 0.0)])
+def test_scores_match_reference_implementation(company, index_texts, k1: float, b: float) -> None:
+    import bm25s
+    import numpy as np
+
+    from core.database import get_engine, tenant
+    from retrieval.bm25 import bm25_search
+
+    ids = index_texts(company, HAND_CORPUS)
+    query = "How much do progressive lenses and anti-reflective coatings cost per pair?"
+    with tenant(company.id):
+        hits = bm25_search(company.id, query, 50, k1=k1, b=b)
+        with get_engine().connect() as connection:
+            corpus_tokens = [_lexemes(connection, text) for _, text, _ in HAND_CORPUS]
+            query_tokens = sorted(set(_lexemes(connection, query)))
+
+    reference = bm25s.BM25(method="lucene", k1=k1, b=b, dtype="float64")
+    reference.index(corpus_tokens, show_progress=False)
+    expected = np.asarray(reference.get_scores(query_tokens), dtype=float)
+
+    got = {hit.node.node_id: hit.bm25 for hit in hits}
+    matching = {ids[i]: float(expected[i]) for i in range(len(ids)) if expected[i] > 0}
+    assert set(got) == set(matching)  # exactly the chunks sharing a lexeme with the query
+    for node_id, score in matching.items():
+        assert got[node_id] == pytest.approx(score, abs=1e-6)
+    assert [hit.bm25 for hit in hits] == sorted((hit.bm25 for hit in hits), reverse=True)
+
+    # One term by hand, so the reference itself is checked: "single" occurs once in 1 of 6 chunks.
+    assert corpus_tokens[2].count("singl") == 1 and all("singl" not in t for i, t in enumerate(corpus_tokens) if i != 2)
+    lengths = [len(tokens) for tokens in corpus_tokens]
+    by_hand = math.log(1 + (6 - 1 + 0.5) / (1 + 0.5)) * 1 / (1 + k1 * (1 - b + b * lengths[2] / (sum(lengths) / 6)))
+    with tenant(company.id):
+        (hit,) = bm25_search(company.id, "single", 5, k1=k1, b=b)
+    assert hit.node.node_id == ids[2]
+    assert hit.bm25 == pytest.approx(by_hand, abs=1e-9)
+
+
+def test_ties_are_broken_by_chunk_id_and_unknown_words_match_nothing(company, index_texts) -> None:
+    from core.database import tenant
+    from retrieval.bm25 import bm25_search
+
+    same = "Tinted lenses for driving at dusk."
+    index_texts(company, [(f"copy-{n}.txt", same, None) for n in range(5)] + HAND_CORPUS[:2])
+    with tenant(company.id):
+        first = bm25_search(company.id, "tinted driving", 10)
+        again = bm25_search(company.id, "tinted driving", 10)
+        assert bm25_search(company.id, "zyxwv qqqq", 10) == []
+        assert bm25_search(company.id, "the and of", 10) == []  # stop words only
+    assert len(first) == 5 and len({hit.bm25 for hit in first}) == 1
+    assert [h.node.node_id for h in first] == [h.node.node_id for h in again]
+    with tenant(company.id):
+        from core.database import get_engine
+
+        with get_engine().connect() as connection:
+            order = connection.execute(sa.text(
+                "SELECT node_id FROM data_chunks WHERE company_id = :c AND node_id = ANY(:ids) ORDER BY id"),
+                {"c": company.id, "ids": [h.node.node_id for h in first]}).scalars().all()
+    assert [h.node.node_id for h in first] == order
+
+
+def test_query_text_is_a_bound_parameter(company, index_texts, statements) -> None:
+    from core.database import tenant
+    from retrieval.bm25 import bm25_search
+
+    index_texts(company, HAND_CORPUS)
+    hostile = "lenses' | 'frames'); DROP TABLE bm25_terms; --"
+    with tenant(company.id):
+        bm25_search(company.id, hostile, 5)
+    bm25 = [s for s in statements if "bm25_terms" in s]
+    assert bm25 and all("DROP TABLE" not in s.split(" {", 1)[0] for s in bm25)
+    assert all(company.id not in s.split(" {", 1)[0] for s in bm25)
+
+
+def test_text_mode_ranks_by_bm25_with_cosine_scores(company, index_texts) -> None:
+    from retrieval.retriever import TenantRetriever
+
+    ids = index_texts(company, HAND_CORPUS)
+    ranked = TenantRetriever(company.id, mode="text", top_k=3, threshold=-1.0, order="rank").retrieve(
+        "progressive lenses price")
+    assert ranked[0].node.node_id == ids[1]
+    assert all(-1.0 <= (n.score or 0.0) <= 1.0 for n in ranked)  # cosine, the threshold's scale
+
+
+# -- statistics in step with every write --------------------------------------------------------
+
+
+def test_statistics_follow_ingest_replace_deactivate_delete(company) -> None:
+    from indexing.documents import delete_document, index_text, patch_document
+
+    first = index_text(company.id, "care.md", "# Care\n\nRinse lenses in fresh solution. Never use tap water.")
+    second = index_text(company.id, "prices.md", "# Prices\n\nProgressive lenses start at £189 per pair.")
+    _assert_in_step(company.id)
+    assert _stats(company.id)[0][0] == 2
+
+    index_text(company.id, "care.md", "# Care\n\nStore lenses in a clean case. Replace the case monthly.")  # replace
+    _assert_in_step(company.id)
+    assert "tap" not in _stats(company.id)[1]
+
+    patch_document(company.id, second.id, is_active=False)
+    _assert_in_step(company.id)
+    assert "progress" not in _stats(company.id)[1]
+    patch_document(company.id, second.id, category="pricing")  # a metadata change that counts for nothing
+    _assert_in_step(company.id)
+    patch_document(company.id, second.id, is_active=True)
+    _assert_in_step(company.id)
+    assert _stats(company.id)[1]["progress"] == 1
+
+    delete_document(company.id, first.id)
+    _assert_in_step(company.id)
+    delete_document(company.id, second.id)
+    assert _stats(company.id) == ((0, 0), {})
+
+
+def test_statistics_in_step_under_concurrent_ingestion(company) -> None:
+    from indexing.documents import index_text
+
+    errors: list[BaseException] = []
+
+    def ingest(n: int) -> None:
+        try:
+            for round_ in range(3):
+                index_text(company.id, f"doc-{n}.md",
+                           f"# Doc {n}\n\nLenses and frames, round {round_}, writer {n}. Shared words: lens coating.")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ingest, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    _assert_in_step(company.id)
+    assert _stats(company.id)[0][0] == 4
+
+
+_HOLD_OPEN = """
+import sys, time, json, uuid
+import sqlalchemy as sa
+from core.database import get_engine, tenant
+company = sys.argv[1]
+with tenant(company), get_engine().connect() as connection:
+    for n in range(3):
+        connection.execute(sa.text(
+            "INSERT INTO data_chunks (text, metadata_, node_id) VALUES (:t, CAST(:m AS jsonb), :n)"),
+            {"t": f"Killed ingest chunk {n}: orthokeratology lenses reshape the cornea overnight.",
+             "m": json.dumps({"company_id": company, "is_active": True}), "n": str(uuid.uuid4())})
+    print("inserted", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_statistics_survive_a_killed_ingest(company, index_texts) -> None:
+    index_texts(company, HAND_CORPUS)
+    before = _stats(company.id)
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_OPEN, company.id], cwd=REPO, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.strip() == "inserted", proc.stderr.read() if proc.stderr else ""
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # mid-transaction: chunks and statistics written, nothing committed
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _backend_alive(company.id):
+        time.sleep(0.1)
+    assert _stats(company.id) == before
+    _assert_in_step(company.id)
+    assert "orthokeratolog" not in _stats(company.id)[1]
+
+
+def _backend_alive(company_id: str) -> bool:
+    """Whether the killed client's server process still holds its transaction (until Postgres notices)."""
+    from core.database import get_admin_engine
+
+    with get_admin_engine().connect() as connection:
+        return bool(connection.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%orthokeratology%' AND pid <> pg_backend_pid()"
+        )).scalar())
+
+
+def test_statistics_after_killed_folder_ingest_and_rerun(make_company, samples_dir, tmp_path) -> None:
+    """The real ingestion command, killed between (or inside) its pipeline runs, then rerun."""
+    import shutil
+
+    from indexing.folder import ingest_folder
+
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    for name in sorted(os.listdir(samples_dir / "brightsight-optical"))[:6]:
+        shutil.copy(samples_dir / "brightsight-optical" / name, folder)
+    company = make_company()
+    env = {**os.environ, "INGEST_BATCH_CHARS": "3000"}
+    proc = subprocess.Popen([sys.executable, "-m", "app", "ingest", str(folder), "--company", company.slug],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and _stats(company.id)[0][0] < 10:
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.5)
+    _assert_in_step(company.id)
+    ingest_folder(folder, company.id)
+    _assert_in_step(company.id)
+
+
+# -- the tenant wall ---------------------------------------------------------------------------
+
+
+def test_statistics_are_per_company_and_behind_row_level_security(make_company, index_texts) -> None:
+    from core.database import get_engine, tenant
+    from retrieval.bm25 import bm25_search
+
+    a, b = make_company(), make_company()
+    index_texts(a, HAND_CORPUS)
+    with tenant(a.id):
+        before = {h.node.node_id: h.bm25 for h in bm25_search(a.id, "progressive lenses cost", 10)}
+    stats_a = _stats(a.id)
+    index_texts(b, [(f"b-{n}.txt", "Progressive lenses cost more at B. Lenses, lenses, lenses.", None)
+                    for n in range(20)])
+    assert _stats(a.id) == stats_a  # B's chunks never count in A's statistics
+    assert _stats(b.id)[0][0] == 20
+    with tenant(a.id):
+        after = {h.node.node_id: h.bm25 for h in bm25_search(a.id, "progressive lenses cost", 10)}
+        # A's scope sees none of B's statistics, even when it asks for them by id
+        with get_engine().connect() as connection:
+            seen = connection.execute(sa.text(
+                "SELECT count(*) FROM bm25_terms WHERE company_id = :b"), {"b": b.id}).scalar()
+            corpus = connection.execute(sa.text("SELECT count(*) FROM bm25_corpus")).scalar()
+            with pytest.raises(sa.exc.DBAPIError):
+                connection.execute(sa.text("INSERT INTO bm25_corpus VALUES (:b, 1, 1)"), {"b": b.id})
+    assert after == before
+    assert seen == 0 and corpus == 1
+    with tenant(a.id):
+        assert bm25_search(b.id, "progressive lenses cost", 10) == []  # B's chunks are invisible from A's scope
+
+
+def test_no_tenant_scope_sees_no_statistics(company, index_texts) -> None:
+    from core.database import get_engine
+
+    index_texts(company, HAND_CORPUS)
+    with get_engine().connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM bm25_terms")).scalar() == 0
+        assert connection.execute(sa.text("SELECT count(*) FROM bm25_corpus")).scalar() == 0
