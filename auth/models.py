@@ -31,7 +31,8 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     email: Mapped[str] = mapped_column(String(320))
     full_name: Mapped[str | None] = mapped_column(String(200))
-    password_hash: Mapped[str] = mapped_column(String(300))
+    # Written, never read back: the request role has no SELECT on it (sign-in reads it as ils_auth).
+    password_hash: Mapped[str] = mapped_column(String(300), deferred=True, deferred_raiseload=True)
     role: Mapped[str] = mapped_column(String(32))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -25,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from auth import audit
@@ -33,8 +35,8 @@ from auth.passwords import hash_password, needs_rehash, verify_password
 from auth.permissions import permissions_for
 from auth.rate_limit import RateLimited, SlidingWindowLimiter
 from auth.tokens import can_issue_tokens, issue_access_token
-from core.database import session_scope, tenant
-from core.errors import Conflict, ServiceError, Unauthorized
+from core.database import get_auth_engine, is_unavailable, session_scope, tenant
+from core.errors import Conflict, DatabaseUnavailable, ServiceError, Unauthorized
 from core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -191,11 +193,17 @@ def _require_issuer(settings: Settings) -> None:
 def _candidates(email: str, company_slug: str | None) -> list[_Candidate]:
     # The one cross-company read: the company is what we are trying to find out. Row-level
     # security hides `users` outside a tenant, so it goes through the narrow SECURITY
-    # DEFINER function of migration 0002 (by exact email only, sign-in columns only).
+    # DEFINER function of migration 0002 (by exact email only, sign-in columns only), on the
+    # sign-in role's own connection: the request role may not call it (migration 0004).
     slug = company_slug.strip().lower() if company_slug else None
-    with session_scope() as session:
-        rows = session.execute(text("SELECT * FROM ils_login_candidates(:email, :slug)"),
-                               {"email": email, "slug": slug}).all()
+    try:
+        with get_auth_engine().connect() as connection:
+            rows = connection.execute(text("SELECT * FROM ils_login_candidates(:email, :slug)"),
+                                      {"email": email, "slug": slug}).all()
+    except (DBAPIError, PoolTimeoutError) as exc:
+        if is_unavailable(exc):
+            raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+        raise
     return [_Candidate(company_id=r.company_id, company_slug=r.company_slug, company_active=r.company_active,
                        user_id=r.user_id, email=r.email, role=r.role, is_active=r.is_active,
                        password_hash=r.password_hash) for r in rows]
@@ -245,7 +253,7 @@ def login(email: str, password: str, *, company_slug: str | None = None, client_
             disabled = True
         else:
             disabled = False
-            if needs_rehash(user.password_hash):
+            if needs_rehash(candidate.password_hash):  # the request role cannot read the column back
                 user.password_hash = hash_password(password)
             user.last_login_at = _now()
             _purge_expired(session, user.company_id, user.id)

@@ -24,6 +24,7 @@ from functools import lru_cache
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -33,11 +34,15 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from core.embedded_postgres import start_embedded_postgres
 from core.errors import ConfigurationError, DatabaseUnavailable
 from core.settings import Settings, get_settings
+from core.tenant_signing import TENANT_SETTING, TenantSigner
 
 logger = logging.getLogger(__name__)
 
 APP_ROLE = "ils_app"  # created by migration 0002
 APP_PASSWORD_FILE = "db_app_password"
+AUTH_ROLE = "ils_auth"  # created by migration 0004: reads password hashes, for sign-in only
+AUTH_PASSWORD_FILE = "db_auth_password"
+_ROLE_IDENTIFIERS = {APP_ROLE: APP_ROLE, AUTH_ROLE: AUTH_ROLE}
 
 _current_company: contextvars.ContextVar[str | None] = contextvars.ContextVar("company_id", default=None)
 
@@ -62,9 +67,9 @@ def database_url() -> str:
     return start_embedded_postgres(settings.pgdata_dir, settings.embedded_pg_shared_buffers_mb)
 
 
-def _app_password(settings: Settings) -> str:
-    """The generated password of ils_app on an external server (DATA_DIR/db_app_password, 0600)."""
-    path = settings.data_dir.resolve() / APP_PASSWORD_FILE
+def _role_password(settings: Settings, filename: str) -> str:
+    """The generated password of a service role on an external server (DATA_DIR/<filename>, 0600)."""
+    path = settings.data_dir.resolve() / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -83,49 +88,65 @@ def _refuse_unless_development(settings: Settings, message: str) -> None:
     logger.warning("%s (allowed only because ENVIRONMENT=development)", message)
 
 
-def _refuse_or_warn(settings: Settings, reason: str) -> str:
+def _refuse_or_warn(settings: Settings, role: str, setting: str, reason: str) -> str:
     _refuse_unless_development(settings, (
-        f"{reason}; the service would bypass row-level security. Set APP_DATABASE_URL to a role without "
-        f"SUPERUSER/BYPASSRLS that is a member of {APP_ROLE} (see SECURITY.md), or give DATABASE_URL's "
+        f"{reason}; the service would connect as the owner and bypass row-level security. Set {setting} to a "
+        f"role without SUPERUSER/BYPASSRLS that is a member of {role} (see SECURITY.md), or give DATABASE_URL's "
         "role CREATEROLE so the service can create it."))
     return database_url()
 
 
 def app_database_url() -> str:
-    """The URL the service connects with: a role that row-level security applies to.
+    """The URL request code connects with: a role that row-level security applies to.
 
     APP_DATABASE_URL when set; for the embedded server (trust authentication over its
     private socket) the owner URL with the user swapped for ils_app; for an external
     DATABASE_URL, ils_app with a generated password the owner sets (needs CREATEROLE).
     Cached per owner URL, so clearing `database_url` after repointing DATABASE_URL suffices.
     """
-    return _derive_app_url(database_url(), get_settings().app_database_url)
+    return _derive_role_url(APP_ROLE, database_url(), get_settings().app_database_url)
 
 
-@lru_cache(maxsize=4)
-def _derive_app_url(owner_url: str, configured: str | None) -> str:
+def auth_database_url() -> str:
+    """The URL sign-in connects with to read password hashes (`ils_auth`, never used by request code).
+
+    Derived like `app_database_url`, from AUTH_DATABASE_URL or DATABASE_URL."""
+    return _derive_role_url(AUTH_ROLE, database_url(), get_settings().auth_database_url)
+
+
+_ROLE_SETTINGS = {APP_ROLE: ("APP_DATABASE_URL", APP_PASSWORD_FILE), AUTH_ROLE: ("AUTH_DATABASE_URL",
+                                                                                 AUTH_PASSWORD_FILE)}
+
+
+@lru_cache(maxsize=8)
+def _derive_role_url(role: str, owner_url: str, configured: str | None) -> str:
     settings = get_settings()
     if configured:
         return _psycopg2_url(configured)
+    setting, password_file = _ROLE_SETTINGS[role]
     owner = make_url(owner_url)
     if settings.embedded_database:
-        return owner.set(username=APP_ROLE, password=None).render_as_string(hide_password=False)
+        return owner.set(username=role, password=None).render_as_string(hide_password=False)
     try:
         with get_admin_engine().connect() as connection:
             me = connection.execute(sa.text(
                 "SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")).one()
-            exists = connection.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": APP_ROLE}).first()
+            exists = connection.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
             if exists is None:
-                return _refuse_or_warn(settings, f"role {APP_ROLE} does not exist (run `ils-rag db upgrade`)")
+                return _refuse_or_warn(settings, role, setting,
+                                       f"role {role} does not exist (run `ils-rag db upgrade`)")
             if not (me.rolsuper or me.rolcreaterole):
-                return _refuse_or_warn(settings, f"DATABASE_URL's role may not set a password for {APP_ROLE}")
-            password = _app_password(settings)
-            # psycopg2 quotes the parameter client-side; DDL takes no server-side parameters.
-            connection.exec_driver_sql(f"ALTER ROLE {APP_ROLE} WITH LOGIN PASSWORD %(p)s", {"p": password})
+                return _refuse_or_warn(settings, role, setting,
+                                       f"DATABASE_URL's role may not set a password for {role}")
+            password = _role_password(settings, password_file)
+            # psycopg2 quotes the parameter client-side; DDL takes no server-side parameters. The
+            # role name is one of the two constants above.
+            connection.exec_driver_sql(f"ALTER ROLE {_ROLE_IDENTIFIERS[role]} WITH LOGIN PASSWORD %(p)s",
+                                       {"p": password})
             connection.commit()
     except (OperationalError, DBAPIError) as exc:
         raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
-    return owner.set(username=APP_ROLE, password=password).render_as_string(hide_password=False)
+    return owner.set(username=role, password=password).render_as_string(hide_password=False)
 
 
 def _async_url(url: str) -> str:
@@ -146,30 +167,55 @@ def _configure_connection(dbapi_connection: object, _record: object) -> None:
     dbapi_connection.autocommit = autocommit  # type: ignore[attr-defined]
 
 
-_SET_TENANT = sa.text("SELECT set_config('app.company_id', :c, true)")
 # Planner settings for the next transactions of this context (see `transaction_settings`).
 _local_settings: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
     "local_settings", default=())
 _SETTING_NAMES = frozenset({"enable_indexscan", "enable_sort", "enable_seqscan", "enable_bitmapscan",
                             "hnsw.ef_search"})
+# What a signed tenant claim is bound to (core.tenant_signing), read in the transaction's first
+# round trip, which also applies its planner settings. Names and values are bound arrays.
+_TRANSACTION_FACTS = sa.text(
+    "SELECT pg_backend_pid() AS pid, (extract(epoch FROM transaction_timestamp()) * 1000000)::bigint AS started, "
+    "(SELECT count(set_config(s.name, s.value, true)) FROM unnest(CAST(:names AS text[]), CAST(:values AS text[])) "
+    "AS s(name, value)) AS applied").bindparams(sa.bindparam("names", type_=ARRAY(sa.Text)),
+                                                sa.bindparam("values", type_=ARRAY(sa.Text)))
+_SET_CLAIM = sa.text(f"SELECT set_config('{TENANT_SETTING}', :claim, true)")
+_PLANNER_ONLY = sa.text(
+    "SELECT count(set_config(s.name, s.value, true)) FROM unnest(CAST(:names AS text[]), CAST(:values AS text[])) "
+    "AS s(name, value)").bindparams(sa.bindparam("names", type_=ARRAY(sa.Text)),
+                                    sa.bindparam("values", type_=ARRAY(sa.Text)))
 
 
-def _set_tenant(connection: sa.Connection) -> None:
+@lru_cache
+def tenant_signer() -> TenantSigner:
+    return TenantSigner(get_admin_engine())
+
+
+def _begin_service_transaction(connection: sa.Connection) -> None:
+    """Prove the tenant to row-level security and apply planner settings, at BEGIN.
+
+    Two round trips when a company is in scope (the claim is bound to the transaction's
+    start, which the server tells us first), one with planner settings only, none otherwise.
+    """
     company_id = _current_company.get()
     extra = _local_settings.get()
-    if not extra:
-        # A bound parameter compiled by the dialect: the async (asyncpg) engine takes $1, psycopg2 %(c)s.
-        connection.execute(_SET_TENANT, {"c": company_id or ""})
-        return
-    # The same round trip also sets the transaction's planner settings.
-    calls = ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(extra)))
-    params: dict[str, str] = {"c": company_id or ""}
-    for i, (name, value) in enumerate(extra):
-        params[f"n{i}"], params[f"v{i}"] = name, value
-    connection.execute(sa.text(f"SELECT set_config('app.company_id', :c, true), {calls}"), params)
+    names, values = [name for name, _ in extra], [value for _, value in extra]
+    if company_id:
+        facts = connection.execute(_TRANSACTION_FACTS, {"names": names, "values": values}).one()
+        claim = tenant_signer().claim(company_id, int(facts.pid), int(facts.started))
+        connection.execute(_SET_CLAIM, {"claim": claim})
+    elif extra:
+        connection.execute(_PLANNER_ONLY, {"names": names, "values": values})
 
 
-def _create_engine(url: str, *, statement_timeout_s: int = 0) -> Engine:
+def _begin_owner_transaction(connection: sa.Connection) -> None:
+    """The owner sees every company (its own policy); only planner settings apply."""
+    extra = _local_settings.get()
+    if extra:
+        connection.execute(_PLANNER_ONLY, {"names": [n for n, _ in extra], "values": [v for _, v in extra]})
+
+
+def _create_engine(url: str, *, statement_timeout_s: int = 0, owner: bool = False) -> Engine:
     settings = get_settings()
     connect_args: dict[str, object] = {
         "connect_timeout": settings.db_connect_timeout_s,
@@ -188,7 +234,7 @@ def _create_engine(url: str, *, statement_timeout_s: int = 0) -> Engine:
         connect_args=connect_args,
     )
     event.listen(engine, "connect", _configure_connection)
-    event.listen(engine, "begin", _set_tenant)
+    event.listen(engine, "begin", _begin_owner_transaction if owner else _begin_service_transaction)
     return engine
 
 
@@ -201,9 +247,16 @@ def get_engine() -> Engine:
     return _create_engine(app_database_url(), statement_timeout_s=get_settings().db_statement_timeout_s)
 
 
+@lru_cache
+def get_auth_engine() -> Engine:
+    """Sign-in's engine (`ils_auth`): may call the functions that return password hashes, and
+    nothing else. Request code never gets it, so SQL running there cannot read a hash."""
+    return _create_engine(auth_database_url(), statement_timeout_s=get_settings().db_statement_timeout_s)
+
+
 @lru_cache(maxsize=4)
 def _admin_engine(url: str) -> Engine:
-    return _create_engine(url)
+    return _create_engine(url, owner=True)
 
 
 def get_admin_engine() -> Engine:
@@ -218,7 +271,7 @@ def get_admin_engine() -> Engine:
 def get_async_engine() -> AsyncEngine:
     """Only handed to LlamaIndex stores, which insist on having one; we use the sync path."""
     engine = create_async_engine(_async_url(app_database_url()), pool_pre_ping=True)
-    event.listen(engine.sync_engine, "begin", _set_tenant)
+    event.listen(engine.sync_engine, "begin", _begin_service_transaction)
     return engine
 
 
@@ -234,8 +287,8 @@ def _admin_session_factory(url: str) -> sessionmaker[Session]:
 
 def reset_engines() -> None:
     """Forget every cached URL, engine and session factory (after DATABASE_URL changes)."""
-    for cached in (database_url, _derive_app_url, get_engine, _admin_engine, get_async_engine, session_factory,
-                   _admin_session_factory):
+    for cached in (database_url, _derive_role_url, get_engine, get_auth_engine, _admin_engine, get_async_engine,
+                   session_factory, _admin_session_factory, tenant_signer):
         cached.cache_clear()
 
 
@@ -336,7 +389,9 @@ def app_role_problems(connection: sa.Connection) -> tuple[list[str], list[str]]:
     rows = connection.execute(sa.text(
         "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, "
         "pg_has_role(current_user, c.relowner, 'MEMBER') AS owns, "
-        "has_table_privilege(current_user, c.oid, 'SELECT') AND has_table_privilege(current_user, c.oid, 'INSERT') "
+        # column-level SELECT is enough: `users.password_hash` is write-only for this role (migration 0004)
+        "has_any_column_privilege(current_user, c.oid, 'SELECT') "
+        "AND has_table_privilege(current_user, c.oid, 'INSERT') "
         "AND has_table_privilege(current_user, c.oid, 'UPDATE') "
         "AND has_table_privilege(current_user, c.oid, 'DELETE') AS all_privileges "
         "FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY(:t) ORDER BY c.relname"),

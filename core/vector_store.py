@@ -10,17 +10,16 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-import sqlalchemy as sa
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 from llama_index.vector_stores.postgres import PGVectorStore
 from llama_index.vector_stores.postgres.base import DBEmbeddingRow
 
+from core.chunk_filters import COMPANY_KEY, compile_filter
 from core.database import current_company, get_async_engine, get_engine, transaction_settings
 from core.embeddings import configured_dimensions
 from core.tenant_plans import tenant_plan
 
 CHUNK_TABLE = "chunks"  # PGVectorStore prefixes it: the SQL table is data_chunks
-COMPANY_KEY = "company_id"
 TEXT_SEARCH_CONFIG = "english"
 
 # Filtered vector search: the plan is chosen here, by tenant, not left to the planner.
@@ -69,30 +68,12 @@ def _has_company_filter(filters: MetadataFilters | None) -> bool:
     )
 
 
-# Metadata keys that data_chunks also holds as generated columns (migrations 0001 and 0003).
-# An equality filter on them compiles to the column with a bound value instead of
-# PGVectorStore's `metadata_->>'key' = '<pasted value>'`: the (company_id, id) primary key
-# serves it, no row's JSONB is decoded to evaluate it (the cost of a tenant's exact scan), and
-# the tenant id is never pasted into SQL text (pitfall 4).
-ACTIVE_KEY = "is_active"
-
-
-def _column_clause(filter_: MetadataFilter) -> Any | None:
-    if filter_.operator != FilterOperator.EQ:
-        return None
-    if filter_.key == COMPANY_KEY:
-        return sa.column(COMPANY_KEY) == str(filter_.value)
-    if filter_.key == ACTIVE_KEY and str(filter_.value).lower() == "true":  # the generated column is NULL-safe
-        return sa.column(ACTIVE_KEY).is_(True)
-    return None
-
-
 class TenantGuardedPGVectorStore(PGVectorStore):
     """Refuses any SQL that is not filtered on `company_id` at the top level."""
 
     def _build_filter_clause(self, filter_: MetadataFilter) -> Any:
-        clause = _column_clause(filter_)
-        return clause if clause is not None else super()._build_filter_clause(filter_)
+        # Never the upstream compiler: it pastes keys and values into the SQL text.
+        return compile_filter(self._table_class.metadata_, filter_)
 
     def _apply_filters_and_limit(self, stmt: Any, limit: int, metadata_filters: MetadataFilters | None = None) -> Any:
         if not _has_company_filter(metadata_filters):

@@ -73,7 +73,7 @@ def test_every_tenant_table_has_forced_rls_and_a_tenant_policy(database) -> None
 
     with get_admin_engine().connect() as connection:
         tables = set(tenant_tables(connection))
-        assert tables == EXPECTED_TENANT_TABLES  # a new tenant table must join this test (and migration 0002's list)
+        assert EXPECTED_TENANT_TABLES <= tables  # later tenant tables are discovered, and checked just the same
         flags = connection.execute(sa.text(
             "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
             "WHERE relnamespace = 'public'::regnamespace AND relname = ANY(:t)"), {"t": sorted(tables)}).all()
@@ -82,9 +82,9 @@ def test_every_tenant_table_has_forced_rls_and_a_tenant_policy(database) -> None
             "SELECT tablename, qual, with_check, roles FROM pg_policies "
             "WHERE schemaname = 'public' AND policyname = 'tenant_isolation'")).all()
         assert {p.tablename for p in policies} == tables
-        for policy in policies:
-            assert "current_setting('app.company_id'" in policy.qual
-            assert "current_setting('app.company_id'" in policy.with_check
+        for policy in policies:  # the verified tenant (migration 0004), never a setting the role may write
+            assert "ils_current_company()" in policy.qual and "current_setting" not in policy.qual
+            assert "ils_current_company()" in policy.with_check and "current_setting" not in policy.with_check
 
 
 def test_service_role_cannot_write_companies_or_read_migrations(database) -> None:
@@ -230,12 +230,16 @@ def test_pooled_connection_never_carries_a_tenant(two_companies) -> None:
             assert connection.execute(sa.text("SELECT count(*) FROM documents")).scalar() > 0
             connection.commit()
         assert connection.execute(sa.text("SELECT count(*) FROM documents")).scalar() == 0
-        assert connection.execute(sa.text("SELECT current_setting('app.company_id', true)")).scalar() == ""
-        # Even a session-level SET (a bug elsewhere) is overridden on every transaction's begin.
-        connection.execute(sa.text("SET app.company_id = '" + a.company_id + "'"))
+        assert connection.execute(sa.text("SELECT ils_current_company()")).scalar() is None
+        # Even a claim copied from the earlier transaction and set for the whole session (a bug
+        # elsewhere, or injected SQL) is worthless: it was bound to that transaction's start.
+        with tenant(a.company_id):
+            claim = connection.execute(sa.text("SELECT current_setting('ils.tenant')")).scalar()
+            connection.commit()
+        connection.execute(sa.text("SELECT set_config('ils.tenant', :c, false)"), {"c": claim})
         connection.commit()
         assert connection.execute(sa.text("SELECT count(*) FROM documents")).scalar() == 0
-        connection.execute(sa.text("RESET app.company_id"))
+        connection.execute(sa.text("RESET ils.tenant"))
         connection.commit()
 
     # Through the pool: the backend that served tenant A, checked out again later, sees nothing.
@@ -287,19 +291,25 @@ def test_async_engine_gets_the_tenant_too(two_companies) -> None:
     assert scoped > 0 and unscoped == 0
 
 
-def test_login_lookup_goes_through_the_narrow_definer_function(two_companies) -> None:
-    from core.database import get_engine
+def test_login_lookup_goes_through_the_narrow_definer_function_on_its_own_role(two_companies) -> None:
+    from core.database import AUTH_ROLE, get_auth_engine, get_engine
 
     a, _ = two_companies
     with get_engine().connect() as connection:
         email = connection.execute(sa.text("SELECT email FROM users WHERE id = :u"), {"u": a.user_id}).scalar()
         assert email is None  # the table itself is closed without a tenant
-        rows = connection.execute(sa.text(
-            "SELECT * FROM ils_login_candidates((SELECT 'nobody@example.com'), NULL)")).all()
-        assert rows == []
+        for call in ("SELECT * FROM ils_login_candidates('nobody@example.com', NULL)",
+                     "SELECT ils_password_hash('x', 'y')"):
+            with pytest.raises(DBAPIError, match="permission denied"):  # the request role may not call it
+                connection.execute(sa.text(call))
+            connection.rollback()
         security = connection.execute(sa.text(
             "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = 'ils_login_candidates'")).one()
         assert security.prosecdef and any(c.startswith("search_path=") for c in security.proconfig)
+    with get_auth_engine().connect() as connection:  # sign-in's own role
+        assert connection.execute(sa.text("SELECT current_user")).scalar() == AUTH_ROLE
+        assert connection.execute(sa.text(
+            "SELECT * FROM ils_login_candidates((SELECT 'nobody@example.com'), NULL)")).all() == []
 
 
 # --- the start-up check ----------------------------------------------------------------------

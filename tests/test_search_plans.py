@@ -90,7 +90,7 @@ def test_plan_settings_hold_for_their_transaction_only(company) -> None:
         with transaction_settings(enable_sort="off", hnsw__ef_search="123"), engine.connect() as connection:
             assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "off"
             assert connection.execute(sa.text("SHOW hnsw.ef_search")).scalar() == "123"
-            assert connection.execute(sa.text("SELECT current_setting('app.company_id')")).scalar() == company.id
+            assert connection.execute(sa.text("SELECT ils_current_company()")).scalar() == company.id
         for _ in range(engine.pool.size() + 1):  # whichever pooled connection comes next
             with engine.connect() as connection:
                 assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
