@@ -19,6 +19,8 @@ switch to another company with one `set_config`. Now:
   (creating users, changing passwords) but loses SELECT on that column, and
   `ils_login_candidates` / the new `ils_password_hash` run only for `ils_auth`, a separate
   login role the sign-in code connects as and request code never uses.
+- `companies` (the operator's directory) gets the same wall for reads: the request role sees
+  its own company's row only.
 
 Revision ID: 0004
 """
@@ -131,6 +133,12 @@ def upgrade() -> None:
         op.execute(f"ALTER TABLE {name} FORCE ROW LEVEL SECURITY")
         op.execute(f"CREATE POLICY tenant_isolation ON {name} USING ({TENANT_EXPR}) WITH CHECK ({TENANT_EXPR})")
 
+    # The company directory: the request role reads only its own company's row.
+    op.execute("ALTER TABLE companies ENABLE ROW LEVEL SECURITY")
+    op.execute("ALTER TABLE companies FORCE ROW LEVEL SECURITY")
+    op.execute("CREATE POLICY tenant_isolation ON companies FOR SELECT USING (id = (SELECT ils_current_company()))")
+    op.execute("CREATE POLICY owner_maintenance ON companies TO CURRENT_USER USING (true) WITH CHECK (true)")
+
     op.execute("""
         CREATE FUNCTION ils_password_hash(p_company_id text, p_user_id text) RETURNS text
         LANGUAGE sql STABLE SECURITY DEFINER
@@ -185,6 +193,10 @@ def downgrade() -> None:
         $$
     """)
     op.execute("DROP FUNCTION IF EXISTS ils_password_hash(text, text)")
+    op.execute("DROP POLICY IF EXISTS owner_maintenance ON companies")
+    op.execute("DROP POLICY IF EXISTS tenant_isolation ON companies")
+    op.execute("ALTER TABLE companies NO FORCE ROW LEVEL SECURITY")
+    op.execute("ALTER TABLE companies DISABLE ROW LEVEL SECURITY")
     for table in _tenant_tables():
         name = _quoted(table)
         op.execute(f"DROP POLICY IF EXISTS tenant_isolation ON {name}")

@@ -1,0 +1,204 @@
+"""The database wall holds even when the SQL is the attacker's.
+
+Everything here runs as the request role, inside a transaction the service opened for
+company A (so the tenant claim is A's, correctly signed), and tries what injected SQL would:
+switch tenant by every means the role has, read every table and view it may read, call every
+function it may execute, and write to company B's rows. None of it may return a row of B or
+any password hash, and B's rows must come out unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+PASSWORD = "correct horse battery"
+ARGON2 = "$argon2"
+
+
+@pytest.fixture
+def a_and_b(make_company, make_user, embed_model):
+    """Company A (the attacker's) and B (the victim), each with a user, a document, a chat."""
+    from auth.sessions import login
+    from indexing.documents import index_text
+    from retrieval.chat import ChatService
+
+    seeded = []
+    for name in ("Wall A", "Wall B"):
+        company = make_company(name)
+        user, _ = make_user(company, "admin", PASSWORD)
+        login(user.email, PASSWORD)
+        index_text(company.id, f"{name}-notes", f"{name} keeps its secret price list: varifocals cost £999.")
+        ChatService(company.id, user.id).ask("What do varifocals cost?")
+        seeded.append((company, user))
+    return seeded
+
+
+def _snapshot(company_id: str) -> dict[str, list[tuple]]:
+    """Every row of B in every table, read by the owner (who sees all companies)."""
+    from core.database import get_admin_engine, tenant_tables
+
+    with get_admin_engine().connect() as connection:
+        snapshot = {}
+        for table in [*tenant_tables(connection), "companies"]:
+            column = "id" if table == "companies" else "company_id"
+            rows = connection.execute(
+                sa.select(sa.text("*")).select_from(sa.table(table)).where(sa.column(column) == company_id)
+                .order_by(sa.text("1"))).all()
+            snapshot[table] = [tuple(map(str, row)) for row in rows]
+        return snapshot
+
+
+@contextmanager
+def _as_request_of(company_id: str) -> Iterator[sa.Connection]:
+    """A request role connection whose transaction carries company A's signed claim."""
+    from core.database import get_engine, tenant
+
+    with tenant(company_id), get_engine().connect() as connection:
+        connection.execute(sa.text("SELECT 1"))  # BEGIN: the claim is set here
+        yield connection
+        connection.rollback()
+
+
+def _try(connection: sa.Connection, statement: str, **params: object) -> list[tuple] | None:
+    """Run one statement in a savepoint; its rows, or None when the database refused it."""
+    savepoint = connection.begin_nested()
+    try:
+        rows = [tuple(row) for row in connection.execute(sa.text(statement), params).all()] \
+            if statement.lstrip().upper().startswith(("SELECT", "WITH", "TABLE")) else \
+            (connection.execute(sa.text(statement), params) and [])
+        savepoint.commit()
+        return rows
+    except DBAPIError:
+        savepoint.rollback()
+        return None
+
+
+def _leaks(rows: list[tuple] | None, b_ids: set[str]) -> list[str]:
+    found = []
+    for row in rows or []:
+        text = " ".join(map(str, row))
+        if any(i in text for i in b_ids) or ARGON2 in text:
+            found.append(text[:200])
+    return found
+
+
+def _b_visible(connection: sa.Connection, b_id: str) -> int:
+    """B's rows this connection can see (a refused query, e.g. with row_security off, sees none)."""
+    total = 0
+    for table in ("documents", "data_chunks", "users", "conversations", "messages", "audit_log", "refresh_tokens"):
+        rows = _try(connection, f"SELECT count(*) FROM {table} WHERE company_id = :b", b=b_id)  # noqa: S608
+        total += int(rows[0][0]) if rows else 0
+    companies = _try(connection, "SELECT count(*) FROM companies WHERE id = :b", b=b_id)
+    return total + (int(companies[0][0]) if companies else 0)
+
+
+def test_tenant_switching_by_every_means_the_role_has_fails(a_and_b) -> None:
+    from core.database import get_engine, tenant
+
+    (a, _), (b, b_user) = a_and_b
+    attempts = [
+        ("SELECT set_config('app.company_id', :b, true)", {}),  # the old, trusted setting
+        ("SELECT set_config('app.company_id', :b, false)", {}),
+        ("SELECT set_config('ils.tenant', :forged, true)", {}),  # a claim without the key
+        ("SELECT set_config('ils.tenant', :forged, false)", {}),
+        ("SELECT set_config('ils.tenant', :a_claim_for_b, true)", {}),  # A's MAC with B's id
+        ("SET ROLE ils_auth", None), ("SET ROLE postgres", None), ("RESET ROLE", {}),
+        ("SET SESSION AUTHORIZATION postgres", None), ("SET SESSION AUTHORIZATION DEFAULT", {}),
+        ("SET row_security = off", {}),  # with FORCE RLS this errors or changes nothing
+    ]
+    with _as_request_of(a.id) as connection:
+        own_claim = connection.execute(sa.text("SELECT current_setting('ils.tenant')")).scalar()
+        params = {"b": b.id, "forged": "0" * 64 + ":" + b.id, "a_claim_for_b": own_claim.split(":", 1)[0] + ":" + b.id}
+        for statement, expected in attempts:
+            result = _try(connection, statement, **params)
+            if expected is None:
+                assert result is None, f"{statement} should have been refused"
+            assert _b_visible(connection, b.id) == 0, statement
+            assert connection.execute(sa.text("SELECT ils_current_company()")).scalar() in (a.id, None)
+
+    # A claim observed on another connection (pg_stat_activity shows the role's other queries).
+    engine = get_engine()
+    with tenant(b.id), engine.connect() as victim:
+        victim.execute(sa.text("SELECT 1"))
+        b_claim = victim.execute(sa.text("SELECT current_setting('ils.tenant')")).scalar()
+        with _as_request_of(a.id) as connection:
+            seen = connection.execute(sa.text("SELECT query FROM pg_stat_activity WHERE usename = current_user")).all()
+            assert seen  # the role can see its other sessions' statements...
+            for claim in {b_claim, *re.findall(r"[0-9a-f]{64}:[\w-]+", " ".join(r[0] or "" for r in seen))}:
+                for scope in ("true", "false"):
+                    _try(connection, f"SELECT set_config('ils.tenant', :c, {scope})", c=claim)
+                    assert _b_visible(connection, b.id) == 0  # ...but a claim works only where it was signed
+        victim.rollback()
+
+
+def test_every_table_view_and_function_the_role_can_reach_leaks_nothing(a_and_b) -> None:
+    (a, _), (b, b_user) = a_and_b
+    b_ids = {b.id, b_user.id}
+    with _as_request_of(a.id) as connection:
+        relations = connection.execute(sa.text(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND n.nspname = 'public' "
+            "AND has_any_column_privilege(current_user, c.oid, 'SELECT')")).all()
+        assert {"documents", "data_chunks", "users", "companies"} <= {r.relname for r in relations}
+        for schema, relation in relations:
+            columns = connection.execute(sa.text(
+                "SELECT string_agg(quote_ident(attname), ', ') FROM pg_attribute "
+                "WHERE attrelid = to_regclass(:r) AND attnum > 0 AND NOT attisdropped "
+                "AND has_column_privilege(current_user, attrelid, attnum, 'SELECT')"),
+                {"r": f"{schema}.{relation}"}).scalar()
+            rows = _try(connection, f"SELECT {columns} FROM {schema}.{relation}")  # noqa: S608 (catalog names)
+            assert _leaks(rows, b_ids) == [], relation
+        assert _try(connection, "SELECT password_hash FROM users") is None  # the column is write-only
+        assert _try(connection, "SELECT * FROM ils_tenant_key") is None
+
+        functions = connection.execute(sa.text(
+            "SELECT p.oid::regprocedure::text AS signature, p.proname, p.pronargs, "
+            "coalesce(array_to_string(p.proargtypes::regtype[], ','), '') AS args, p.prosecdef "
+            "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = 'public' AND p.prokind = 'f' AND has_function_privilege(current_user, p.oid, 'EXECUTE')"
+        )).all()
+        definers = {f.proname for f in functions if f.prosecdef}
+        assert definers <= {"ils_current_company"}, definers  # nothing else runs with the owner's rights
+        called = 0
+        for function in functions:
+            kinds = function.args.split(",") if function.args else []
+            if any(kind not in ("text", "character varying") for kind in kinds):
+                continue  # pgvector's operators and type functions: no text in, no rows out
+            for value in (b.id, b_user.id, "%"):
+                arguments = ", ".join(f"CAST(:v AS {kind})" for kind in kinds)
+                rows = _try(connection, f"SELECT {function.proname}({arguments})", v=value)  # noqa: S608
+                assert _leaks(rows, b_ids) == [], function.signature
+                called += 1
+        assert called > 0
+
+
+def test_writes_to_another_company_change_nothing(a_and_b) -> None:
+    (a, _), (b, b_user) = a_and_b
+    before = _snapshot(b.id)
+    writes = [
+        "UPDATE documents SET title = 'pwned' WHERE company_id = :b",
+        "UPDATE documents SET company_id = :a WHERE company_id = :b",
+        "DELETE FROM data_chunks WHERE company_id = :b",
+        "UPDATE users SET role = 'admin', password_hash = 'x' WHERE id = :u",
+        "DELETE FROM messages WHERE company_id = :b",
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE company_id = :b",
+        "UPDATE companies SET name = 'pwned' WHERE id = :b",
+        "INSERT INTO documents (id, company_id, title, filename, status) VALUES ('x', :b, 't', 'f', 'ready')",
+        "INSERT INTO audit_log (company_id, action) VALUES (:b, 'forged')",
+        "UPDATE data_chunks SET metadata_ = jsonb_set(metadata_, '{company_id}', to_jsonb(CAST(:a AS text))) "
+        "WHERE company_id = :b",
+    ]
+    with _as_request_of(a.id) as connection:
+        for statement in writes:
+            _try(connection, statement, a=a.id, b=b.id, u=b_user.id)
+        for statement in writes:  # and again after trying to switch tenant first
+            _try(connection, "SELECT set_config('app.company_id', :b, true)", b=b.id)
+            _try(connection, statement, a=a.id, b=b.id, u=b_user.id)
+        connection.commit()  # whatever went through would now be permanent
+    assert _snapshot(b.id) == before
