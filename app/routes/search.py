@@ -10,10 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import CurrentUser, check_company, get_app_settings
 from app.limits import rate_limited
+from app.request_models import RequestModel
 from auth.permissions import Permission
 from core.embeddings import embedding_info, get_embed_model
 from core.errors import ServiceError
 from core.settings import Settings
+from retrieval.calibration import current_calibration
 from retrieval.retriever import search
 
 router = APIRouter(tags=["search"])
@@ -36,13 +38,16 @@ def check_text(text: str, settings: Settings, what: str = "query") -> str:
     return stripped
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=HARD_MAX_CHARS)
     limit: int = Field(default=5, ge=1, le=50)
-    threshold: float | None = Field(default=None, ge=-1.0, le=1.0,
-                                    description="Minimum cosine similarity; default SEARCH_THRESHOLD.")
+    threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0,
+        description="Minimum calibrated `score` (probability that a passage is relevant, 0-1; 0 or less = no "
+                    "floor), as in the ILS plan's `threshold: 0.7`. Omitted: SEARCH_THRESHOLD, a cosine floor. "
+                    "Without a calibration for the configured model, a minimum cosine similarity.")
     mode: Literal["vector", "text", "hybrid"] | None = Field(default=None, description="Default SEARCH_MODE.")
     company_id: str | None = Field(default=None, max_length=64, description="Optional; must be your own company.")
 
@@ -52,7 +57,10 @@ class SearchResult(BaseModel):
     content: str
     filename: str | None
     category: str | None
-    similarity: float
+    similarity: float = Field(description="Raw cosine similarity of the passage to the query.")
+    score: float | None = Field(
+        default=None, description="Calibrated probability that the passage is relevant (see docs/platform.md); "
+                                  "null when the configured embedding model has no calibration.")
     document_id: str | None = None
 
 
@@ -62,9 +70,12 @@ class SearchResponse(BaseModel):
     total_found: int
     mode: str
     threshold: float
+    threshold_applies_to: Literal["score", "similarity"] = Field(
+        description="Whether `threshold` was a minimum calibrated score or a minimum cosine similarity.")
+    min_similarity: float = Field(description="The cosine floor the threshold came to.")
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, max_length=HARD_MAX_CHARS)
@@ -82,12 +93,26 @@ def rag_search(body: SearchRequest, request: Request, user: CurrentUser = Depend
     company_id = check_company(user, body.company_id)
     query = check_text(body.query, settings)
     mode = body.mode or settings.search_mode
-    threshold = settings.search_threshold if body.threshold is None else body.threshold
-    nodes = search(company_id, query, limit=body.limit, threshold=threshold, mode=mode, order="similarity")
-    results = [SearchResult(id=n.node.node_id, content=n.node.get_content(), filename=n.node.metadata.get("filename"),
-                            category=n.node.metadata.get("category"), similarity=round(float(n.score or 0.0), 6),
-                            document_id=n.node.metadata.get("source_document_id")) for n in nodes]
-    return SearchResponse(query=query, results=results, total_found=len(results), mode=mode, threshold=threshold)
+    calibration = current_calibration()
+    if body.threshold is None or calibration is None:
+        threshold = settings.search_threshold if body.threshold is None else body.threshold
+        applies_to, floor = "similarity", threshold
+    else:  # the calibrated score is monotone in the cosine: the store still filters on a cosine floor
+        threshold, applies_to = body.threshold, "score"
+        floor = calibration.min_similarity(threshold) if threshold > 0 else -1.0
+    nodes = search(company_id, query, limit=body.limit, threshold=min(floor, 1.0), mode=mode, order="similarity")
+    results = []
+    for n in nodes:
+        similarity = float(n.score or 0.0)
+        score = None if calibration is None else round(calibration.score(similarity), 4)
+        if floor > 1.0 or (applies_to == "score" and threshold > 0 and score is not None and score < threshold):
+            continue
+        results.append(SearchResult(id=n.node.node_id, content=n.node.get_content(),
+                                    filename=n.node.metadata.get("filename"), category=n.node.metadata.get("category"),
+                                    similarity=round(similarity, 6), score=score,
+                                    document_id=n.node.metadata.get("source_document_id")))
+    return SearchResponse(query=query, results=results, total_found=len(results), mode=mode, threshold=threshold,
+                          threshold_applies_to=applies_to, min_similarity=round(floor, 6))
 
 
 @router.post("/api/embeddings/generate", response_model=EmbeddingResponse, responses=_ERRORS)

@@ -1,0 +1,103 @@
+"""Refit the relevance-score calibration (retrieval.calibration) on a BEIR evaluation set.
+
+Each question of the set (answerable and unanswerable) is asked through the service's own
+vector retriever inside its company; the top CALIBRATION_DEPTH passages become
+(cosine, relevant) pairs, where a passage is relevant when the document it comes from is
+judged relevant to the question (qrels grade >= 1, the BEIR convention). Top passages only:
+the score answers "how likely is a passage the search returned relevant", not "how likely is
+a random passage". The curve is then fitted (retrieval.calibration.fit_calibration), written
+next to the retrieval package, and drawn as a PNG for the docs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from evals.beir import load_dataset
+from evals.runner import cached_embedder, index_corpus
+from retrieval.calibration import (
+    CALIBRATION_DIR,
+    Calibration,
+    calibration_path,
+    current_model_key,
+    fit_calibration,
+)
+
+CALIBRATION_DEPTH = 10  # passages per question: twice the search's default limit
+
+
+def collect_pairs(dataset_dir: Path, cache_dir: Path, console: Console,
+                  depth: int = CALIBRATION_DEPTH) -> tuple[list[float], list[bool], list[str], str]:
+    """(cosines, relevant, question ids, dataset name) from the top passages of every question."""
+    from retrieval.retriever import TenantRetriever
+
+    dataset = load_dataset(dataset_dir)
+    companies = index_corpus(dataset, cached_embedder(cache_dir), console)
+    retrievers = {company: TenantRetriever(company_id, mode="vector", top_k=depth, threshold=-1.0,
+                                           order="similarity")
+                  for company, company_id in companies.items()}
+    cosines: list[float] = []
+    relevant: list[bool] = []
+    groups: list[str] = []
+    for query in dataset.queries:
+        judged = {doc_id for doc_id, grade in dataset.qrels.get(query.id, {}).items() if grade >= 1}
+        for hit in retrievers[query.company].retrieve(query.text):
+            cosines.append(float(hit.score or 0.0))
+            relevant.append(hit.node.metadata.get("filename") in judged)
+            groups.append(query.id)
+    return cosines, relevant, groups, dataset.name
+
+
+def refit(dataset_dir: Path, cache_dir: Path, console: Console, *, directory: Path = CALIBRATION_DIR,
+          plot: Path | None = None) -> tuple[Calibration, Path]:
+    """Fit on `dataset_dir` for the configured model, write the calibration file (and a plot)."""
+    cosines, relevant, groups, name = collect_pairs(dataset_dir, cache_dir, console)
+    calibration = fit_calibration(current_model_key(), cosines, relevant, groups, {
+        "dataset": name, "questions": len(set(groups)), "depth": CALIBRATION_DEPTH,
+        "relevance": "passage's document judged relevant (qrels grade >= 1)"})
+    path = calibration_path(calibration.model, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(calibration.to_json())
+    if plot is not None:
+        draw(calibration, cosines, relevant, plot)
+    return calibration, path
+
+
+def reliability(cosines: list[float], relevant: list[bool], bins: int = 10) -> list[tuple[float, float, int]]:
+    """(mean cosine, observed relevant share, count) per equal-count bin of the pairs."""
+    import numpy as np
+
+    order = np.argsort(cosines)
+    x, y = np.asarray(cosines)[order], np.asarray(relevant, dtype=float)[order]
+    return [(float(cx.mean()), float(cy.mean()), len(cx))
+            for cx, cy in zip(np.array_split(x, bins), np.array_split(y, bins), strict=True) if len(cx)]
+
+
+def draw(calibration: Calibration, cosines: list[float], relevant: list[bool], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.plot(calibration.cosines, calibration.probabilities, color="#1f5fa8",
+            label=f"calibrated score ({calibration.method})")
+    observed = reliability(cosines, relevant)
+    ax.scatter([b[0] for b in observed], [b[1] for b in observed], color="#d2691e", zorder=3,
+               label="observed relevant share (10 equal-count bins)")
+    ax.axvline(0.7, color="#999999", linestyle="--", linewidth=1)
+    ax.text(0.705, 0.03, "plan's 0.7 as a cosine", color="#666666", fontsize=8)
+    ax.axhline(0.7, color="#999999", linestyle=":", linewidth=1)
+    ax.text(0.02, 0.715, "threshold 0.7 on the score", color="#666666", fontsize=8)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("cosine similarity (raw `similarity`)")
+    ax.set_ylabel("P(passage relevant)  (`score`)")
+    ax.set_title(f"{calibration.model}: score calibration on {calibration.fitted_on.get('dataset', '?')}")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
