@@ -2,9 +2,13 @@
 retriever when an LLM is configured, the extractive answerer otherwise.
 
 One turn: load the conversation (company + user scoped) from Postgres, rebuild the chat
-memory from it, condense the follow-up into a standalone question, retrieve the company's
-chunks above the threshold, and - only if something passed - ask the LLM with the chunks
-numbered [1]..[n]. `sources[n-1]` is passage [n]. The turn is stored afterwards.
+memory from it, condense the message into a standalone question only if it depends on the
+conversation ("and for children?"; see conversations.depends_on_conversation), retrieve the
+company's chunks above the threshold, and - only if something passed - ask the LLM with the
+chunks numbered [1]..[n]. `sources[n-1]` is passage [n]: its whole text as the reader sees it
+(`passage`) and the character spans of the statements the answer quotes from it (`quotes`),
+so a client can open a citation on the very sentence it supports. The turn is stored
+afterwards, sources included, so a reopened conversation shows the same citations.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from core.embeddings import get_embed_model
 from core.errors import ServiceError
 from core.settings import Settings, get_settings
 from retrieval import conversations, prompts
-from retrieval.extractive import extractive_answer
+from retrieval.extractive import ABSTAIN_BELOW, Answer, answer, llm_quotes, passages
 from retrieval.llm import LLMBadResponse, LLMError, build_llm, translate_llm_error
+from retrieval.passages import Rendered
 from retrieval.retriever import TenantRetriever
 
 logger = logging.getLogger(__name__)
@@ -68,7 +73,19 @@ EMPTY_REPLY = "The language model sent an empty reply; try again shortly."
 
 
 class TenantChatEngine(CondensePlusContextChatEngine):
-    """Stops before the answering LLM call when retrieval found nothing (no tokens spent)."""
+    """Stops before the answering LLM call when retrieval found nothing (no tokens spent), and
+    condenses only messages that depend on the conversation: a standalone question is
+    retrieved on its own words (and costs no condensing call)."""
+
+    def _condense_question(self, chat_history: list[ChatMessage], latest_message: str) -> str:
+        if not conversations.depends_on_conversation(latest_message):
+            return latest_message
+        return super()._condense_question(chat_history, latest_message)
+
+    async def _acondense_question(self, chat_history: list[ChatMessage], latest_message: str) -> str:
+        if not conversations.depends_on_conversation(latest_message):
+            return latest_message
+        return await super()._acondense_question(chat_history, latest_message)
 
     def _get_nodes(self, message: str) -> list[NodeWithScore]:
         nodes = super()._get_nodes(message)
@@ -141,11 +158,35 @@ def _snippet(node: NodeWithScore) -> str:
     return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rstrip() + "…"
 
 
-def source_list(nodes: list[NodeWithScore]) -> list[dict[str, Any]]:
+def _unnumbered(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
+    """The engine's source nodes without the `[n] (file)` header NumberedContext gave them."""
+    out = []
+    for n in nodes:
+        text = n.node.get_content()
+        if text.startswith("[") and "\n" in text:
+            node = TextNode(id_=n.node.node_id, text=text.split("\n", 1)[1], metadata=dict(n.node.metadata),
+                            start_char_idx=getattr(n.node, "start_char_idx", None))
+            n = NodeWithScore(node=node, score=n.score)
+        out.append(n)
+    return out
+
+
+def source_list(nodes: list[NodeWithScore], rendered: list[Rendered] | None = None,
+                quotes: list[list[dict[str, int]]] | None = None) -> list[dict[str, Any]]:
+    """The API's sources: `passage` is the whole chunk as statements (whitespace-normalised),
+    `quotes` the [start, end) character spans in it of the answer's sentences citing it."""
+    rendered = rendered if rendered is not None else passages(nodes)
+    quotes = quotes if quotes is not None else [[] for _ in nodes]
     return [{"citation": number, "document_id": n.node.metadata.get("source_document_id"),
              "filename": n.node.metadata.get("filename"), "snippet": _snippet(n),
-             "similarity": round(float(n.score or 0.0), 4)}
-            for number, n in enumerate(nodes, start=1)]
+             "similarity": round(float(n.score or 0.0), 4), "passage": passage.passage, "quotes": quoted}
+            for number, (n, passage, quoted) in enumerate(zip(nodes, rendered, quotes, strict=True), start=1)]
+
+
+def llm_source_list(answer_text: str, nodes: list[NodeWithScore]) -> list[dict[str, Any]]:
+    nodes = _unnumbered(nodes)
+    rendered = passages(nodes)
+    return source_list(nodes, rendered, llm_quotes(answer_text, rendered))
 
 
 class ChatService:
@@ -183,7 +224,10 @@ class ChatService:
 
     @staticmethod
     def extractive_query(message: str, turns: list[conversations.Turn]) -> str:
-        """Condensing without an LLM: the previous user question gives the follow-up its subject."""
+        """Condensing without an LLM: a message that depends on the conversation takes its
+        subject from the previous user question; one that stands on its own is left alone."""
+        if not conversations.depends_on_conversation(message):
+            return message
         previous = next((t.content for t in reversed(turns) if t.role == "user"), None)
         return f"{previous} {message}" if previous else message
 
@@ -193,10 +237,13 @@ class ChatService:
         nodes = self._retriever().retrieve(query)
         if not nodes:
             return self._nothing(query, conversation_id, started)
-        answer = extractive_answer(query, nodes, self.embed_model, follow_up=message)
-        return ChatResult(answer=answer, conversation_id=conversation_id or "",
-                          sources=source_list(nodes), is_relevant=True, mode="extractive", used_external_ai=False,
-                          retrieval_query=query, started=started)
+        questions = [query] if query == message else [query, message]
+        found: Answer = answer(questions, nodes, self.embed_model)
+        if not found.lines or found.best_cosine < ABSTAIN_BELOW:
+            return self._nothing(query, conversation_id, started)
+        return ChatResult(answer=found.text, conversation_id=conversation_id or "",
+                          sources=source_list(nodes, found.passages, found.quotes()), is_relevant=True,
+                          mode="extractive", used_external_ai=False, retrieval_query=query, started=started)
 
     def _nothing(self, query: str, conversation_id: str | None, started: float) -> ChatResult:
         return ChatResult(answer=prompts.NOTHING_FOUND, conversation_id=conversation_id or "", sources=[],
@@ -240,7 +287,8 @@ class ChatService:
                     raise LLMBadResponse(EMPTY_REPLY)
                 query = str(response.sources[0].raw_input.get("message", message)) if response.sources else message
                 result = ChatResult(answer=str(response.response), conversation_id=conversation_id or "",
-                                    sources=source_list(response.source_nodes), is_relevant=True, mode="llm",
+                                    sources=llm_source_list(str(response.response), response.source_nodes),
+                                    is_relevant=True, mode="llm",
                                     used_external_ai=True, retrieval_query=query, started=started)
             except NothingRelevant as nothing:
                 result = self._nothing(nothing.query, conversation_id, started)
@@ -298,8 +346,9 @@ class ChatService:
                             "code": error.code if error else "STREAM_FAILED"}
             return
         query = streaming.sources[0].raw_input.get("message", message) if streaming.sources else message
-        result = ChatResult(answer="".join(parts).strip(), conversation_id=conversation_id or "",
-                            sources=source_list(streaming.source_nodes), is_relevant=True, mode="llm",
+        text = "".join(parts).strip()
+        result = ChatResult(answer=text, conversation_id=conversation_id or "",
+                            sources=llm_source_list(text, streaming.source_nodes), is_relevant=True, mode="llm",
                             used_external_ai=True, retrieval_query=str(query), started=started)
         self._store(message, result, conversation_id)
         yield "sources", result.body()

@@ -7,6 +7,7 @@ another company's conversation id is simply not found.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -121,3 +122,40 @@ def delete_conversation(session: Session, company_id: str, user_id: str, convers
                                           Message.conversation_id == conversation_id))
     session.execute(delete(Conversation).where(Conversation.company_id == company_id,
                                                Conversation.id == conversation_id))
+
+
+_FOLLOW_UP_OPENERS = ("and ", "and,", "but ", "or ", "also ", "what about", "how about", "what if", "same ", "then ",
+                      "so ", "ok ", "okay ", "why", "really", "is that", "are they", "does that", "does it",
+                      "do they", "can it", "can they", "is it", "for ", "in ", "with ", "without ")
+_REFERRING = frozenset([
+    "it", "its", "it's", "they", "them", "their", "theirs", "that", "those", "these", "this", "one", "ones", "he",
+    "she", "him", "her", "there", "same", "above"
+])
+_FILLER = frozenset([
+    "a", "an", "the", "and", "or", "but", "so", "what", "about", "how", "is", "are", "was", "were", "do", "does",
+    "did", "can", "could", "would", "should", "will", "for", "in", "on", "of", "to", "with", "without", "too",
+    "also", "then", "ok", "okay", "please", "thanks", "why", "really", "yes", "no", "much", "many", "more", "less"
+])
+
+
+def depends_on_conversation(message: str) -> bool:
+    """Whether `message` only makes sense after what was said before ("and for children?",
+    "how much is it?", "why?"), rather than standing on its own ("Who won the football last
+    night?", "What is the no-show fee?").
+
+    A rule on the words rather than a model: it must be cheap (it runs before retrieval on
+    every turn) and predictable - a standalone question condensed with an unrelated
+    conversation is what sent a football question back with anti-reflective coating bullets.
+    Dependent: opens like a continuation ("and", "what about", "for ..."), refers back ("it",
+    "they", "that") with at most two words of its own subject, or has no subject word at all.
+    """
+    text = " ".join(message.lower().split())
+    tokens = re.findall(r"[a-z0-9£'’]+", text)
+    if not tokens:
+        return False
+    subject = [t for t in tokens if t not in _FILLER and t not in _REFERRING and len(t) > 1]
+    if text.startswith(_FOLLOW_UP_OPENERS) and len(subject) <= 4:
+        return True
+    if any(t in _REFERRING for t in tokens) and len(subject) <= 2:
+        return True
+    return not subject

@@ -1,94 +1,225 @@
-"""Offline answers: the retrieved sentences most similar to the question, each cited [n].
+"""Offline answers: whole sentences from the retrieved passages, best first, each cited [n].
 
-Used when no LLM is configured (and, if LLM_FALLBACK_EXTRACTIVE is set, when the LLM fails).
-Sentences are split with LlamaIndex's sentence tokenizer and ranked by cosine similarity to
-the question with the same embedding model that ranked the chunks. A follow-up is ranked
-against both the condensed question (previous question + follow-up: the subject) and the
-follow-up alone (what is new), so "and for children?" after a question on progressive
-lenses prefers the children's progressive price to the adult one and to children's single
-vision. Sentences an earlier answer already gave are not dropped: the earlier answer may
-well have contained the follow-up's answer among its top sentences.
+Used when no LLM is configured (and, with LLM_FALLBACK_EXTRACTIVE, when the LLM fails).
+Each passage is first read as a person would (`retrieval.passages`: wrapped lines joined,
+table rows made statements, headings kept as context), so an answer line is always a whole
+sentence, list item or table row, and its citation's passage contains it verbatim.
+
+Ranking: cosine similarity of each statement (with its heading) to the question, plus a small
+bonus for sharing the question's content words - the embedding model alone ranks "Single
+vision lenses from £49" level with "Progressive lenses from £189" for a varifocal question.
+A follow-up is ranked against both the condensed question (the subject) and the follow-up
+alone (what is new). The same fact quoted by the price list, the FAQ and the lens guide
+becomes one line carrying every citation.
+
+Statement vectors are kept in a process-wide cache keyed by the text they embed: a chunk's
+statements are embedded once, by the first chat that retrieves it, not on every chat.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.node_parser.text.utils import split_by_sentence_tokenizer
 from llama_index.core.schema import NodeWithScore
 
-MAX_SENTENCES = 3
-MIN_SENTENCE_CHARS = 12
-REDUNDANT = 0.9  # a sentence this similar to one already chosen adds nothing
-_MARKUP = re.compile(r"^[#>*\-\s|]+|[\s|]+$")
-_TABLE_RULE = re.compile(r"^[\s|:\-]+$")
+from retrieval.passages import Rendered, passage_of
+
+MAX_LINES = 3
+ABSTAIN_BELOW = 0.35  # best statement's cosine to the question: below it, nothing in the passages answers it
+KEEP_WITHIN = 0.12  # further lines must score within this much of the best one
+LEXICAL_WEIGHT = 0.15
+DUPLICATE_COSINE = 0.85
+DUPLICATE_OVERLAP = 0.8
+VECTOR_CACHE_SIZE = 50_000
+
+_WORD = re.compile(r"[a-z0-9£%]+(?:['’][a-z]+)?")
 _CITATION = re.compile(r"\[\d+\]")
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+STEM = 5
+STOPWORDS = frozenset([
+    "a", "about", "after", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been",
+    "before", "being", "but", "by", "can", "could", "did", "do", "does", "doing", "for", "from", "had", "has",
+    "have", "having", "how", "i", "if", "in", "into", "is", "it", "its", "just", "me", "more", "most", "my", "no",
+    "not", "of", "on", "once", "only", "or", "other", "our", "out", "over", "own", "same", "she", "should", "so",
+    "some", "such", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "those",
+    "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which",
+    "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "please", "tell", "much",
+    "many", "cost", "costs", "price", "prices", "get", "give", "need", "know", "patient", "patients", "practice",
+    "offer", "offers"
+])
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(_CITATION.sub(" ", text.lower()))
+
+
+def content_words(text: str) -> set[str]:
+    """Words that carry the question's subject, cut to their first five letters: a crude stem
+    that makes "refer" meet "referral" and "child" meet "children" (Porter does neither)."""
+    return {w[:STEM] for w in words(text) if w not in STOPWORDS}
+
+
+def amounts(text: str) -> set[str]:
+    return set(_NUMBER.findall(text))
 
 
 def normalise(sentence: str) -> str:
     """Compare sentences ignoring case, punctuation, markup and [n] citations."""
-    return " ".join(re.sub(r"[^\w£$€%]+", " ", _CITATION.sub("", sentence).lower()).split())
+    return " ".join(words(sentence))
 
 
-@dataclass(frozen=True)
-class Sentence:
-    text: str
-    citation: int  # 1-based number of the passage it came from
-    score: float
+def overlap(a: str, b: str) -> float:
+    """Share of the shorter statement's content words found in the other one."""
+    left, right = content_words(a), content_words(b)
+    if not left or not right:
+        return 0.0
+    return len(left & right) / min(len(left), len(right))
 
 
-def _sentences(text: str) -> list[str]:
+def is_duplicate(a: str, b: str, cosine: float = 0.0) -> bool:
+    """Same statement: equal once normalised, or the same amounts and (nearly) the same words
+    or meaning. Different amounts never merge: "£35" and "£95" children's prices are two facts."""
+    if normalise(a) == normalise(b):
+        return True
+    if amounts(a) != amounts(b):
+        return False
+    return cosine >= DUPLICATE_COSINE or (min(len(content_words(a)), len(content_words(b))) >= 3
+                                          and overlap(a, b) >= DUPLICATE_OVERLAP)
+
+
+class VectorCache:
+    """Statement text -> unit vector, least recently used dropped first; shared by all threads."""
+
+    def __init__(self, size: int = VECTOR_CACHE_SIZE) -> None:
+        self.size = size
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def vectors(self, texts: Sequence[str], embed_model: BaseEmbedding) -> np.ndarray:
+        with self._lock:
+            found = {t: self._items[t] for t in texts if t in self._items}
+            for t in found:
+                self._items.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            fresh = np.asarray(embed_model.get_text_embedding_batch(missing), dtype=np.float32)
+            fresh /= np.linalg.norm(fresh, axis=1, keepdims=True) + 1e-9
+            with self._lock:
+                for text, vector in zip(missing, fresh, strict=True):
+                    self._items[text] = vector
+                    found[text] = vector
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return np.stack([found[t] for t in texts]) if texts else np.zeros((0, 1), dtype=np.float32)
+
+
+STATEMENT_VECTORS = VectorCache()
+
+
+def passages(nodes: Sequence[NodeWithScore]) -> list[Rendered]:
+    """Each retrieved chunk read into statements (see retrieval.passages)."""
     out = []
-    for piece in split_by_sentence_tokenizer()(text):
-        for line in piece.split("\n"):  # table rows and list items are sentences of their own
-            if _TABLE_RULE.match(line):
-                continue
-            line = _MARKUP.sub("", line.replace("**", "")).replace(" | ", ": ").strip()  # bold markers too
-            line = " ".join(line.split())
-            if len(line) >= MIN_SENTENCE_CHARS and not line.endswith("?"):  # FAQ questions are not answers
-                out.append(line)
+    for item in nodes:
+        node = item.node
+        out.append(passage_of(node.get_content(), node.metadata.get("section"),
+                              starts_document=getattr(node, "start_char_idx", None) == 0))
     return out
 
 
-def best_sentences(questions: list[str], nodes: list[NodeWithScore], embed_model: BaseEmbedding,
-                   limit: int = MAX_SENTENCES) -> list[Sentence]:
-    """The `limit` sentences with the highest mean cosine similarity to `questions`."""
-    candidates: list[tuple[str, int]] = []
-    seen: set[str] = set()
-    for number, node in enumerate(nodes, start=1):
-        for sentence in _sentences(node.node.get_content()):
-            key = normalise(sentence)
-            if key and key not in seen:
-                seen.add(key)
-                candidates.append((sentence, number))
+@dataclass
+class Line:
+    text: str
+    score: float
+    cited: list[tuple[int, int]] = field(default_factory=list)  # (passage number 1.., unit index)
+
+    def render(self) -> str:
+        numbers = "".join(f"[{n}]" for n in dict.fromkeys(n for n, _ in self.cited))
+        return f"{self.text} {numbers}"
+
+
+@dataclass
+class Answer:
+    lines: list[Line]
+    passages: list[Rendered]
+    best_cosine: float
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.render() for line in self.lines)
+
+    def quotes(self) -> list[list[dict[str, int]]]:
+        """For passage n (index n-1): the spans of the statements the answer quotes from it."""
+        out: list[list[dict[str, int]]] = [[] for _ in self.passages]
+        for line in self.lines:
+            for number, index in line.cited:
+                start, end = self.passages[number - 1].spans[index]
+                span = {"start": start, "end": end}
+                if span not in out[number - 1]:
+                    out[number - 1].append(span)
+        return out
+
+
+def answer(questions: list[str], nodes: Sequence[NodeWithScore], embed_model: BaseEmbedding,
+           limit: int = MAX_LINES) -> Answer:
+    """The best `limit` statements for `questions` (all weigh the same), near-duplicates merged."""
+    rendered = passages(nodes)
+    candidates: list[tuple[int, int]] = []
+    for number, passage in enumerate(rendered, start=1):
+        candidates += [(number, index) for index, unit in enumerate(passage.units) if unit.answerable]
     if not candidates:
-        return []
+        return Answer([], rendered, 0.0)
+    unit = lambda c: rendered[c[0] - 1].units[c[1]]  # noqa: E731 - local shorthand
+    texts = [unit(c).embed_text for c in candidates]
+    vectors = STATEMENT_VECTORS.vectors(texts, embed_model)
     queries = np.asarray([embed_model.get_query_embedding(q) for q in questions], dtype=np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True) + 1e-9
-    vectors = np.asarray(embed_model.get_text_embedding_batch([c[0] for c in candidates]), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9
-    scores = (vectors @ queries.T).mean(axis=1)
-    ranked: list[int] = []
-    for i in sorted(range(len(candidates)), key=lambda i: float(scores[i]), reverse=True):
-        # Greedy, MMR-style: skip near-duplicates (the same fact from the price list and the FAQ).
-        if all(float(vectors[i] @ vectors[j]) < REDUNDANT for j in ranked):
-            ranked.append(i)
-        if len(ranked) == limit:
-            break
-    ranked.sort(key=lambda i: (candidates[i][1], i))  # read in passage order, like a person would
-    return [Sentence(candidates[i][0], candidates[i][1], float(scores[i])) for i in ranked]
+    cosine = (vectors @ queries.T).mean(axis=1)
+    asked = set().union(*(content_words(q) for q in questions))
+    lexical = np.asarray([len(asked & content_words(t)) / len(asked) if asked else 0.0 for t in texts],
+                         dtype=np.float32)
+    scores = cosine + LEXICAL_WEIGHT * lexical
+    order = sorted(range(len(candidates)), key=lambda i: float(scores[i]), reverse=True)
+    best = float(scores[order[0]])
+    lines: list[Line] = []
+    chosen: list[int] = []
+    for i in order:
+        text = unit(candidates[i]).text
+        twin = next((k for k, j in enumerate(chosen)
+                     if is_duplicate(text, lines[k].text, float(vectors[i] @ vectors[j]))), None)
+        if twin is not None:  # the same fact in another passage: cite it on the existing line
+            if candidates[i][0] not in {n for n, _ in lines[twin].cited}:
+                lines[twin].cited.append(candidates[i])
+            continue
+        if len(lines) == limit or float(scores[i]) < best - KEEP_WITHIN:
+            continue
+        lines.append(Line(text, float(scores[i]), [candidates[i]]))
+        chosen.append(i)
+    return Answer(lines, rendered, float(cosine.max()))
 
 
-def extractive_answer(question: str, nodes: list[NodeWithScore], embed_model: BaseEmbedding,
-                      follow_up: str | None = None) -> str:
-    """`question`: the standalone question; `follow_up`: the user's own words when `question`
-    was condensed from a conversation (they weigh as much as the whole question)."""
-    questions = [question] if not follow_up or follow_up == question else [question, follow_up]
-    sentences = best_sentences(questions, nodes, embed_model)
-    if not sentences:
-        return "The most relevant passages are listed in the sources below."
-    lines = [f"- {s.text.rstrip()} [{s.citation}]" for s in sentences]
-    return "From your practice's documents (extracted passages, no language model):\n" + "\n".join(lines)
+def llm_quotes(answer_text: str, rendered: list[Rendered]) -> list[list[dict[str, int]]]:
+    """Quotes for an LLM answer: for each answer sentence citing [n], the statement of passage n
+    that shares most of its words (the LLM paraphrases, so exact matching would find nothing)."""
+    from retrieval.passages import _sentences
+
+    out: list[list[dict[str, int]]] = [[] for _ in rendered]
+    for line in answer_text.splitlines():
+        for sentence in _sentences(line) if line.strip() else []:
+            for number in {int(n) for n in re.findall(r"\[(\d+)\]", sentence)}:
+                if not 1 <= number <= len(rendered):
+                    continue
+                passage = rendered[number - 1]
+                scored = [(overlap(sentence, u.text), i) for i, u in enumerate(passage.units) if u.answerable]
+                if not scored:
+                    continue
+                value, index = max(scored)
+                start, end = passage.spans[index]
+                if value >= 0.3 and {"start": start, "end": end} not in out[number - 1]:
+                    out[number - 1].append({"start": start, "end": end})
+    return out
