@@ -10,7 +10,8 @@ By default the command starts `ils-rag serve --load-samples` itself on an embedd
 a fresh DATA_DIR (extractive chat: no LLM key; per-user rate limits raised, since 16 clients
 share 2 sign-ins), warms it up, and reads the server process's RSS before and after the run.
 `--url` points it at a server that is already running instead (`--pid` for its memory).
-Results go to bench/results/soak-latest.json.
+Results go to benchmarks/results/soak-latest.json, also when a phase fails (with what it
+measured by then and the phase named).
 """
 
 from __future__ import annotations
@@ -18,24 +19,24 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks import RESULTS_DIR
+from benchmarks.processes import pid_listening_on, postmaster_pid, rss_bytes, stop_postgres
+from benchmarks.server import running_server, serve_command
+from evals.metrics import percentile
+
 QUERIES = [
     "How much do varifocal lenses cost?", "What are your opening hours?", "contact lens aftercare",
     "Can I cancel my appointment?", "children's eye examination", "anti-reflective coating price",
@@ -53,7 +54,7 @@ class SoakOptions:
     url: str | None = None
     pid: int | None = None
     data_dir: Path | None = None
-    results_dir: Path = ROOT / "bench" / "results"
+    results_dir: Path = RESULTS_DIR
     seed: int = 8
     # (label, email, password) of one admin for each of the two companies: the caller knows them
     # (`ils-rag bench soak` passes the sample practices' admins, which its server loads)
@@ -69,93 +70,6 @@ class Tally:
     chat_modes: Counter[str] = field(default_factory=Counter)
     results_checked: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-# --- the server -----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of one process (psutil when installed, else /proc)."""
-    try:
-        import psutil
-
-        return int(psutil.Process(pid).memory_info().rss)
-    except ImportError:  # pragma: no cover - psutil is installed with the dev extras
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise
-
-
-def start_server(data_dir: Path, log: Callable[[str], None]) -> tuple[subprocess.Popen, str, Path]:
-    port = _free_port()
-    env = {**os.environ, "DATA_DIR": str(data_dir), "SEARCH_RATE_PER_MINUTE": "1000000",
-           "CHAT_RATE_PER_MINUTE": "1000000", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
-    for name in ("DATABASE_URL", "APP_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        env.pop(name, None)  # embedded database; extractive chat
-    log_path = data_dir / "soak-server.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port), "--load-samples"],
-                                   env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    log(f"starting server (pid {process.pid}) on {url} with samples, DATA_DIR={data_dir}")
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return process, url, log_path
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    process.kill()
-    raise RuntimeError("server did not become healthy in 15 minutes")
-
-
-def postmaster_pid(pgdata: Path) -> int | None:
-    """The running postmaster of `pgdata`, if any (first line of postmaster.pid)."""
-    import psutil
-
-    try:
-        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if psutil.pid_exists(pid) else None
-
-
-def stop_postgres(pgdata: Path) -> None:
-    """Fast shutdown (SIGINT) of the embedded Postgres the soak's server started: pgserver only
-    stops it when no process is registered as using it, and the killed server may still be."""
-    import psutil
-
-    pid = postmaster_pid(pgdata)
-    if pid is None:
-        return
-    try:
-        postmaster = psutil.Process(pid)
-        if str(pgdata) in " ".join(postmaster.cmdline()):  # the pid is ours, not a recycled one
-            postmaster.send_signal(signal.SIGINT)
-            postmaster.wait(timeout=30)
-    except (psutil.Error, OSError):
-        pass
-
-
-def pid_listening_on(url: str) -> int | None:
-    import psutil
-
-    port = httpx.URL(url).port
-    for connection in psutil.net_connections(kind="tcp"):
-        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port:
-            return connection.pid
-    return None
 
 
 # --- the clients ----------------------------------------------------------------------------
@@ -271,69 +185,89 @@ def _load(url: str, companies: list[tuple[Company, Company, dict[str, str]]], cl
     return tally, time.monotonic() - started
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return round(values[0], 1)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 1)
+def _server_environment(data_dir: Path) -> dict[str, str]:
+    """The embedded database in `data_dir`, extractive chat (no LLM key), and per-user rate
+    limits raised: 16 clients share 2 sign-ins."""
+    env = {**os.environ, "DATA_DIR": str(data_dir), "SEARCH_RATE_PER_MINUTE": "1000000",
+           "CHAT_RATE_PER_MINUTE": "1000000", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+    for name in ("DATABASE_URL", "APP_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        env.pop(name, None)
+    return env
+
+
+def _ms(values: list[float], pct: float) -> float | None:
+    return round(percentile(values, pct), 1) if values else None
 
 
 def run(options: SoakOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    process, our_postgres = None, None
-    url, pid = options.url, options.pid
-    if url is None:
-        data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="ils-soak-"))
-        pgdata = data_dir.resolve() / "pg"
-        our_postgres = None if postmaster_pid(pgdata) else pgdata  # never stop one somebody else runs
-        process, url, _ = start_server(data_dir, log)
-        pid = process.pid
-    elif pid is None:
-        pid = pid_listening_on(url)
+    if len(options.accounts) != 2:  # before any work
+        raise ValueError("the soak needs exactly two companies")
+    result: dict[str, Any] = {
+        "options": {**asdict(options), "data_dir": str(options.data_dir) if options.data_dir else None,
+                    "results_dir": str(options.results_dir),
+                    "accounts": [label for label, _, _ in options.accounts]},
+        "url": options.url}
+    phase = "server start"
     try:
-        rss_boot = rss_bytes(pid) if pid else None
-        accounts = options.accounts
-        if len(accounts) != 2:
-            raise ValueError("the soak needs exactly two companies")
-        signed = {label: sign_in(url, email, password) for label, email, password in accounts}
-        a, b = (Company(label, known_documents(url, signed[label]), f"soak-marker-{label}")
-                for label, _, _ in accounts)
-        pairs = [(a, b, signed[a.slug]), (b, a, signed[b.slug])]
-        log(f"documents before the run: {a.slug} {len(a.document_ids)}, {b.slug} {len(b.document_ids)}")
-        if options.warmup_s > 0:
-            log(f"warm-up: {options.warmup_s:.0f} s (not counted)")
-            _load(url, pairs, options.clients, options.warmup_s, options.seed + 1000)
-        rss_start = rss_bytes(pid) if pid else None
-        log(f"soak: {options.clients} clients for {options.duration_s:.0f} s against {url}")
-        tally, elapsed = _load(url, pairs, options.clients, options.duration_s, options.seed)
-        rss_end = rss_bytes(pid) if pid else None
+        with ExitStack() as stack:
+            url, pid = options.url, options.pid
+            if url is None:
+                data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="ils-soak-"))
+                pgdata = data_dir.resolve() / "pg"
+                if postmaster_pid(pgdata) is None:  # never stop one somebody else runs; ours stops last
+                    stack.callback(stop_postgres, pgdata)
+                log(f"starting server with samples, DATA_DIR={data_dir}")
+                url, process = stack.enter_context(running_server(
+                    _server_environment(data_dir), data_dir / "soak-server.log",
+                    lambda port: serve_command(port, "--load-samples"), timeout=900, interval=1, stop_timeout=60))
+                pid = process.pid
+                log(f"server (pid {pid}) on {url}")
+            elif pid is None:
+                pid = pid_listening_on(url)
+            result.update(url=url, server_pid=pid)
+            rss_boot = rss_bytes(pid) if pid else None
+            phase = "sign-in"
+            signed = {label: sign_in(url, email, password) for label, email, password in options.accounts}
+            a, b = (Company(label, known_documents(url, signed[label]), f"soak-marker-{label}")
+                    for label, _, _ in options.accounts)
+            pairs = [(a, b, signed[a.slug]), (b, a, signed[b.slug])]
+            log(f"documents before the run: {a.slug} {len(a.document_ids)}, {b.slug} {len(b.document_ids)}")
+            if options.warmup_s > 0:
+                phase = "warm-up"
+                log(f"warm-up: {options.warmup_s:.0f} s (not counted)")
+                _load(url, pairs, options.clients, options.warmup_s, options.seed + 1000)
+            phase = "soak"
+            rss_start = rss_bytes(pid) if pid else None
+            log(f"soak: {options.clients} clients for {options.duration_s:.0f} s against {url}")
+            tally, elapsed = _load(url, pairs, options.clients, options.duration_s, options.seed)
+            rss_end = rss_bytes(pid) if pid else None
+            phase = "server stop"
+        result.update(_figures(tally, elapsed, pid, rss_boot, rss_start, rss_end))
+    except BaseException as exc:
+        result["failed"] = {"phase": phase, "error": f"{type(exc).__name__}: {exc}"}
+        raise
     finally:
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        if our_postgres is not None:
-            stop_postgres(our_postgres)
+        options.results_dir.mkdir(parents=True, exist_ok=True)
+        (options.results_dir / "soak-latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
+
+def _figures(tally: Tally, elapsed: float, pid: int | None, rss_boot: int | None, rss_start: int | None,
+             rss_end: int | None) -> dict[str, Any]:
     kinds = {}
     for kind, _ in MIX:
         statuses = tally.statuses.get(kind, Counter())
         latencies = tally.latencies_ms.get(kind, [])
         kinds[kind] = {"requests": sum(statuses.values()), "ok": len(latencies),
                        "per_s": round(sum(statuses.values()) / elapsed, 2),
-                       "p50_ms": _percentile(latencies, 50), "p95_ms": _percentile(latencies, 95),
+                       "p50_ms": _ms(latencies, 50), "p95_ms": _ms(latencies, 95),
                        "statuses": {str(code): n for code, n in sorted(statuses.items())}}
-    all_statuses = Counter()
+    all_statuses: Counter[int] = Counter()
     for statuses in tally.statuses.values():
         all_statuses.update(statuses)
     growth = (rss_end - rss_start) / rss_start * 100 if rss_start and rss_end else None
-    result = {
-        "options": {**asdict(options), "data_dir": str(options.data_dir) if options.data_dir else None,
-                    "results_dir": str(options.results_dir),
-                    "accounts": [label for label, _, _ in options.accounts]},
-        "url": url, "elapsed_s": round(elapsed, 1), "kinds": kinds,
+    figures = {
+        "elapsed_s": round(elapsed, 1), "kinds": kinds,
         "requests": sum(all_statuses.values()),
         "errors": sum(n for code, n in all_statuses.items() if code >= 400) + sum(tally.transport_errors.values()),
         "status_5xx": sum(n for code, n in all_statuses.items() if code >= 500),
@@ -344,11 +278,9 @@ def run(options: SoakOptions, log: Callable[[str], None] = print) -> dict[str, A
         "server_pid": pid, "rss_mb": {"after_boot": _mb(rss_boot), "start": _mb(rss_start), "end": _mb(rss_end)},
         "rss_growth_pct": round(growth, 1) if growth is not None else None,
     }
-    result["targets"] = {"zero_5xx": result["status_5xx"] == 0, "zero_cross_tenant": result["cross_tenant"] == 0,
-                         "rss_growth_under_10pct": growth is not None and growth < 10}
-    options.results_dir.mkdir(parents=True, exist_ok=True)
-    (options.results_dir / "soak-latest.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    figures["targets"] = {"zero_5xx": figures["status_5xx"] == 0, "zero_cross_tenant": figures["cross_tenant"] == 0,
+                          "rss_growth_under_10pct": growth is not None and growth < 10}
+    return figures
 
 
 def _mb(value: int | None) -> float | None:

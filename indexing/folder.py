@@ -78,7 +78,7 @@ def company_exists(company_id: str) -> bool:
         return found is not None
 
 
-def _list_files(root: Path) -> list[Path]:
+def list_files(root: Path) -> list[Path]:
     """Every regular file below root, hidden files and folders skipped (editor/OS debris)."""
     return sorted(p for p in root.rglob("*")
                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
@@ -129,7 +129,7 @@ def ingest_folder(path: Path, company_id: str, *, category: str | None = None, s
 
     todo: list[tuple[Path, str, bytes]] = []
     seen: set[str] = set()
-    for file in _list_files(root):
+    for file in list_files(root):
         relative = file.relative_to(root).as_posix()
         try:
             key = safe_source_key(relative)

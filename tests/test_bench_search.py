@@ -3,20 +3,15 @@ targets and report. The benchmark itself is run by `ils-rag bench search`; nothi
 
 from __future__ import annotations
 
-import numpy as np
+import json
 
-from evals.bench_search import (
-    BUCKETS,
-    NDCG_TOLERANCE,
-    Store,
-    bench_database_name,
-    bucket_of,
-    make_plan,
-    markdown,
-    percentiles,
-    targets,
-    zipf_sizes,
-)
+import numpy as np
+import pytest
+
+from benchmarks.search.corpus import Store, zipf_sizes
+from benchmarks.search.database import bench_database_name
+from benchmarks.search.measurements import BUCKETS, bucket_of, latency_summary, make_plan
+from benchmarks.search.report import NDCG_TOLERANCE, markdown, targets
 
 
 def test_zipf_sizes_match_the_issue_shape() -> None:
@@ -40,13 +35,14 @@ def test_plan_draws_each_bucket_from_its_own_companies() -> None:
     assert make_plan(store, 50, 7).items == plan.items  # seeded: every run asks the same questions
 
 
-def test_standard_store_has_its_own_database_name() -> None:
+def test_each_store_has_its_own_database_name() -> None:
     assert bench_database_name(100_000, 200) == "ils_bench"
     assert bench_database_name(3_000, 20) == "ils_bench_3000_20"
+    assert bench_database_name(100_000, 200, "repo") == "ils_bench_repo"  # another text source, another store
 
 
 def _result(int8_delta: float) -> dict:
-    bucket = {**percentiles([0.001, 0.002, 0.003]), "recall_at_10": 0.97, "short_share": 0.0, "queries": 3,
+    bucket = {**latency_summary([0.001, 0.002, 0.003]), "recall_at_10": 0.97, "short_share": 0.0, "queries": 3,
               "tenant_sizes": [30, 90]}
     runtime = {"chunks_per_s_median": 10.0, "speedup_vs_torch": 1.0, "query_ms_p50": 5.0, "cosine_to_fp32_min": 1.0,
                "cosine_to_fp32_mean": 1.0, "top10_overlap_with_fp32": 1.0, "optical_ndcg_at_10": 0.85,
@@ -60,13 +56,13 @@ def _result(int8_delta: float) -> dict:
         "store": {"chunks": 100, "companies": 2, "largest_share": 0.6, "smallest": 40,
                   "size": {"total_bytes": 1e6, "bytes_per_chunk": 1e4, "chunks_per_gb": 1e5}},
         "store_search": {"tiny": bucket},
-        "jaccard": {"tiny": {**percentiles([0.1]), "load_ms_mean": 50.0}},
+        "jaccard": {"tiny": {**latency_summary([0.1]), "load_ms_mean": 50.0}},
         "jaccard_ratio": {"buckets": {"tiny": {"jaccard_mean_ms": 100.0, "store_mean_ms": 1.0,
                                                "with_embedding_mean_ms": 6.0, "store_only": 100.0,
                                                "with_embedding": 16.7}},
                           "jaccard_mean_ms": 100.0, "store_mean_ms": 1.0, "with_embedding_mean_ms": 6.0,
                           "store_only": 100.0, "with_embedding": 16.7},
-        "http": {"latency_1_client": percentiles([0.02] * 10), "short_share": 0.0,
+        "http": {"latency_1_client": latency_summary([0.02] * 10), "short_share": 0.0,
                  "throughput": {"8": {"rps": 70.0, "requests": 700, "seconds": 10.0, "errors": 0}}},
         "embedding": {"chunks": 8, "words_per_chunk": 200, "rounds": 1, "runtimes": {
             "torch": runtime,
@@ -93,3 +89,44 @@ def test_markdown_report_has_every_section() -> None:
                     "Contention", "Targets"):
         assert heading in text
     assert "**no**" not in text
+
+
+def test_the_repository_alone_is_enough() -> None:
+    from benchmarks.search.corpus import EMBEDDING_CHUNK_WORDS, base_texts, bench_queries, embedding_texts
+
+    texts = base_texts(4_000, scifact=None)
+    assert len(texts) > 1_000 and all(len(text.split()) >= 15 for text in texts)
+    assert len(bench_queries(scifact=None)) > 100
+    chunks = embedding_texts(128, scifact=None)
+    assert len(chunks) == 128 and all(len(chunk.split()) == EMBEDDING_CHUNK_WORDS for chunk in chunks)
+
+
+def test_a_named_dataset_is_checked_before_any_work(tmp_path) -> None:
+    from benchmarks.search.corpus import DatasetMissing
+    from benchmarks.search.run import BenchOptions, run
+
+    (tmp_path / "corpus.jsonl").write_text("{}\n")
+    with pytest.raises(DatasetMissing) as refused:
+        run(BenchOptions(scifact=tmp_path, results_dir=tmp_path / "results"))
+    assert "missing queries.jsonl" in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "results").exists()  # refused before anything ran
+
+
+def test_a_failed_phase_keeps_the_figures_measured_before_it(tmp_path, monkeypatch) -> None:
+    import benchmarks.search.run as search_run
+
+    def phases(options, result, monitor, original_env, log):
+        yield "store_search"
+        result["store_search"] = _result(0.0)["store_search"]
+        yield "http"
+        raise ConnectionError("the server never answered")
+
+    monkeypatch.setattr(search_run, "_phases", phases)
+    with pytest.raises(search_run.PhaseFailed, match="the http phase failed"):
+        search_run.run(search_run.BenchOptions(results_dir=tmp_path), log=lambda message: None)
+    kept = json.loads((tmp_path / "search-latest.json").read_text())
+    assert kept["store_search"]["tiny"]["recall_at_10"] == 0.97
+    assert kept["failed"] == {"phase": "http", "error": "ConnectionError: the server never answered"}
+    assert "recall@10 tiny" in {row["target"] for row in kept["targets"]}
+    report = (tmp_path / "search-latest.md").read_text()
+    assert "Incomplete run" in report and "Store-only filtered search" in report

@@ -7,35 +7,25 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
-import time
 
-import httpx
 import pytest
 import uvicorn
 
 from app.main import create_app
+from benchmarks.server import free_port, wait_for
 from benchmarks.soak import SoakOptions, run, summary_lines
 
 
 @pytest.fixture
 def live_server(app):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(prepare=False), host="127.0.0.1", port=port,
                                           log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/health", timeout=5)
-            break
-        except httpx.TransportError:
-            time.sleep(0.2)
+    wait_for(f"{url}/health", timeout=30, interval=0.2)
     yield url
     server.should_exit = True
     thread.join(timeout=30)

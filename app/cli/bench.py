@@ -9,19 +9,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from app.cli.common import bench_app, console, prepared
-
-ROOT = Path(__file__).resolve().parents[2]
+from app.cli.common import bench_app, console, fail, prepared
+from benchmarks import RESULTS_DIR
 
 
 @bench_app.command("ingest")
 def bench_ingest(
-    output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path(
-        "bench/results/ingest.json"),
+    output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = RESULTS_DIR / "ingest.json",
     repeat: Annotated[int, typer.Option(min=1, max=5, help="Timed rounds (best is kept).")] = 1,
 ) -> None:
     """Chunks/s of the whole ingestion pipeline vs the bare embedding model, same texts, same run."""
-    from indexing.bench import run_ingest_bench
+    from benchmarks.ingest import run_ingest_bench
 
     prepared()
     result = run_ingest_bench(output, repeat=repeat)
@@ -50,7 +48,10 @@ def bench_search(
     skip_embedding: Annotated[bool, typer.Option("--skip-embedding", help="No embedding-runtime part.")] = False,
     skip_quality: Annotated[bool, typer.Option(
         "--skip-quality", help="No optical nDCG@10 per runtime (runs `ils-rag eval` once per runtime).")] = False,
-    results_dir: Annotated[Path, typer.Option(help="Where JSON, Markdown and PNG go.")] = Path("bench/results"),
+    scifact: Annotated[Path | None, typer.Option(
+        help="A BEIR SciFact folder (corpus.jsonl, queries.jsonl): its abstracts and claims join the "
+             "repository's texts, as in the published figures. Without it, only the repository is used.")] = None,
+    results_dir: Annotated[Path, typer.Option(help="Where JSON, Markdown and PNG go.")] = RESULTS_DIR,
 ) -> None:
     """Search benchmark at 100k chunks in the isolated database `ils_bench` (built once, then cached).
 
@@ -58,15 +59,21 @@ def bench_search(
     import shlex
     import sys
 
-    from evals.bench_search import BenchOptions, markdown, run, summary_lines
+    from benchmarks.search.corpus import DatasetMissing
+    from benchmarks.search.report import markdown, summary_lines
+    from benchmarks.search.run import BenchOptions, PhaseFailed, run
 
     command = "ils-rag bench search" + "".join(f" {shlex.quote(a)}" for a in sys.argv[3:])
     options = BenchOptions(chunks=chunks, companies=companies, queries_per_bucket=queries_per_bucket,
                            jaccard_queries_per_bucket=jaccard_queries, duration_s=duration,
                            http_latency_requests=http_requests, embed_chunks=embed_chunks,
                            embed_rounds=embed_rounds, skip_http=skip_http, skip_embedding=skip_embedding,
-                           skip_quality=skip_quality, results_dir=results_dir.resolve(), command=command)
-    result = run(options, log=lambda message: console.print(message, highlight=False))
+                           skip_quality=skip_quality, scifact=scifact, results_dir=results_dir.resolve(),
+                           command=command)
+    try:
+        result = run(options, log=lambda message: console.print(message, highlight=False))
+    except (DatasetMissing, PhaseFailed) as exc:  # a wrong dataset before any work; else what was kept
+        raise fail(str(exc)) from exc
     console.print(markdown(result), highlight=False)
     for line in summary_lines(result):
         console.print(line, highlight=False)
@@ -82,7 +89,7 @@ def bench_soak(
     pid: Annotated[int | None, typer.Option(help="With --url: the server's process id, for its memory.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="DATA_DIR for the started server (default: new temp).")]
     = None,
-    results_dir: Annotated[Path, typer.Option(help="Where soak-latest.json goes.")] = ROOT / "bench" / "results",
+    results_dir: Annotated[Path, typer.Option(help="Where soak-latest.json goes.")] = RESULTS_DIR,
 ) -> None:
     """Soak: concurrent search, chat (extractive) and uploads; p50/p95, errors, cross-tenant, memory."""
     from app.samples import SAMPLE_COMPANIES, SAMPLE_PASSWORD

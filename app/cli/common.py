@@ -12,7 +12,7 @@ app = typer.Typer(help="ILS RAG: multi-tenant retrieval-augmented generation for
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 companies_app = typer.Typer(help="Companies (tenants).", no_args_is_help=True)
 users_app = typer.Typer(help="Users of a company.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks (each writes JSON to bench/results/).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (each writes JSON to benchmarks/results/).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(companies_app, name="companies")
 app.add_typer(users_app, name="users")

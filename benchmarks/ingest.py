@@ -1,4 +1,4 @@
-"""`ils-rag bench ingest`: what the pipeline costs on top of the embedding model.
+"""Ingestion benchmark (`ils-rag bench ingest`): what the pipeline costs on top of the embedding model.
 
 Both measurements run in the same process on the same chunk texts (the sample folders,
 split exactly as ingestion splits them): the bare model embeds the texts with
@@ -19,20 +19,22 @@ from typing import Any
 import sqlalchemy as sa
 from llama_index.core import Document as LIDocument
 
+from benchmarks import RESULTS_DIR
 from core.database import get_admin_engine
 from core.embeddings import embedding_info, get_embed_model
 from indexing.chunking import build_splitter, chunk_plan
-from indexing.folder import _list_files, ingest_folder
+from indexing.folder import ingest_folder, list_files
 from indexing.legacy import ensure_company
 from indexing.readers import read_parts
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+RESULT = RESULTS_DIR / "ingest.json"
 TARGET_RATIO = 0.8
 
 
 def _chunk_texts(folders: list[Path]) -> list[str]:
     splitter = build_splitter(get_embed_model())
-    docs = [LIDocument(text=p.text) for folder in folders for f in _list_files(folder)
+    docs = [LIDocument(text=p.text) for folder in folders for f in list_files(folder)
             for p in read_parts(f.name, f.read_bytes())]
     return [n.get_content() for n in splitter.get_nodes_from_documents(docs)]
 
@@ -45,7 +47,7 @@ def _drop_company(company_id: str) -> None:
         connection.execute(sa.text("DELETE FROM companies WHERE id = :c"), {"c": company_id})
 
 
-def run_ingest_bench(output: Path, repeat: int = 1, folders: list[Path] | None = None) -> dict[str, Any]:
+def run_ingest_bench(output: Path = RESULT, repeat: int = 1, folders: list[Path] | None = None) -> dict[str, Any]:
     folders = folders or sorted(p for p in SAMPLES.iterdir() if p.is_dir())
     model = get_embed_model()
     texts = _chunk_texts(folders)

@@ -1,0 +1,182 @@
+"""The benchmark's own database: `ils_bench` beside the service's, same migrations, the
+synthetic store bulk-loaded into it.
+
+Pointing the process at it: `use_bench_database()` sets DATABASE_URL (and the service
+role's URL) in this process's environment and clears the cached settings, engines and store,
+so everything imported from core afterwards (migrations included) talks to the bench
+database; a server started from this process inherits the same environment.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.search.corpus import Store, company_id
+from core.sql_text import quoted_identifier
+
+BENCH_DATABASE = "ils_bench"
+STANDARD_CHUNKS = 100_000
+STANDARD_COMPANIES = 200
+HNSW_INDEX = "data_chunks_embedding_idx"
+# The initial migration's DDL, used when an interrupted load left the index dropped.
+HNSW_DDL = (f"CREATE INDEX {HNSW_INDEX} ON public.data_chunks USING hnsw (embedding vector_cosine_ops) "
+            "WITH (m='16', ef_construction='64')")
+
+
+def bench_database_name(chunks: int, companies: int, tag: str = "") -> str:
+    """`ils_bench` for the standard store; other shapes and text sources get their own database
+    (no reload when switching, and one store never passes for another)."""
+    name = BENCH_DATABASE
+    if (chunks, companies) != (STANDARD_CHUNKS, STANDARD_COMPANIES):
+        name += f"_{chunks}_{companies}"
+    return f"{name}_{tag}" if tag else name
+
+
+def bench_database_url(main_url: str, name: str = BENCH_DATABASE) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(main_url).set(database=name).render_as_string(hide_password=False)
+
+
+def use_bench_database(name: str = BENCH_DATABASE) -> str:
+    """Create the bench database next to the service's and point this process at it."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    import core.database as database
+    import core.vector_store as vector_store
+    from core.settings import get_settings
+
+    main_url = database.database_url()  # starts the embedded server when DATABASE_URL is unset
+    url = bench_database_url(main_url, name)
+    admin = sa.create_engine(main_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        if not connection.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar():
+            connection.execute(sa.text(f"CREATE DATABASE {quoted_identifier(name)}"))
+    admin.dispose()
+    settings = get_settings()
+    os.environ["DATABASE_URL"] = url
+    # The service role (row-level security applies to it) must follow into the bench database.
+    if settings.app_database_url:
+        os.environ["APP_DATABASE_URL"] = bench_database_url(settings.app_database_url, name)
+    elif settings.embedded_database:  # trust authentication on the private socket, as core.database derives it
+        os.environ["APP_DATABASE_URL"] = make_url(url).set(username=database.APP_ROLE, password=None).render_as_string(
+            hide_password=False)
+    get_settings.cache_clear()
+    database.reset_engines()
+    vector_store.get_vector_store.cache_clear()
+    from core.migrate import upgrade
+
+    database.check_database()
+    upgrade()
+    return url
+
+
+def _node_metadata(chunk: int, company: str) -> dict[str, Any]:
+    """Chunk metadata exactly as ingestion writes it (node_to_metadata_dict + our contract)."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.utils import node_to_metadata_dict
+
+    document = f"doc-{chunk // 8:06d}"
+    node = TextNode(id_=f"bench-{chunk}", text="", metadata={
+        "company_id": company, "source_document_id": document, "filename": f"{document}.md",
+        "category": "bench", "section": None, "uploaded_by": None, "is_active": True})
+    return node_to_metadata_dict(node, remove_text=True, flat_metadata=False) | {"ref_doc_id": f"{company}:{document}",
+                                                                                  "doc_id": f"{company}:{document}"}
+
+
+def _build_hnsw(engine: Any, indexdef: str, log: Any) -> None:
+    log("building the HNSW index...")
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("SET maintenance_work_mem = '512MB'")
+        cursor.execute(indexdef)
+        cursor.execute("ANALYZE data_chunks")
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def load_store(store: Store, log: Any = print) -> tuple[bool, float]:
+    """Bulk-load the store into data_chunks (skipped when it is already there). Returns (reused, seconds).
+
+    The COPY is one transaction, so an interrupted load leaves no half-filled table; an
+    interrupted index build is finished on the next run."""
+    import sqlalchemy as sa
+
+    from core.database import get_admin_engine
+    from core.tenant_plans import INDEX_PREFIX
+
+    engine = get_admin_engine()  # the owner: bulk load and DDL across every bench tenant (maintenance, not a request)
+    with engine.begin() as connection:
+        if not str(connection.execute(sa.text("SELECT current_database()")).scalar()).startswith(BENCH_DATABASE):
+            raise RuntimeError("refusing to load the benchmark into a database other than a bench database")
+        chunks = connection.execute(sa.text("SELECT count(*) FROM data_chunks")).scalar()
+        companies = connection.execute(sa.text("SELECT count(*) FROM companies WHERE slug LIKE 'bench-%'")).scalar()
+        indexdef = connection.execute(sa.text(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'data_chunks' AND indexname = :i"),
+            {"i": HNSW_INDEX}).scalar()
+    started = time.perf_counter()
+    if chunks == store.chunks and companies == len(store.sizes):
+        if indexdef:
+            return True, 0.0
+        _build_hnsw(engine, HNSW_DDL, log)
+        return True, time.perf_counter() - started
+    log(f"loading {store.chunks} chunks with COPY...")
+    with engine.begin() as connection:
+        connection.execute(sa.text("TRUNCATE data_chunks, data_docstore, documents, companies CASCADE"))
+        connection.execute(sa.text("INSERT INTO companies (id, slug, name) VALUES (:id, :slug, :name)"),
+                           [{"id": company_id(n), "slug": f"bench-{n:04d}", "name": f"Bench practice {n}"}
+                            for n in range(len(store.sizes))])
+        connection.execute(sa.text(f"DROP INDEX IF EXISTS {HNSW_INDEX}"))  # one bulk build beats 100k inserts
+        for name in connection.execute(sa.text(  # the per-tenant ones too: rebuilt after the load
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'data_chunks' AND starts_with(indexname, :p)"),
+                {"p": INDEX_PREFIX}).scalars().all():
+            connection.execute(sa.text(f"DROP INDEX IF EXISTS {quoted_identifier(name)}"))
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        step = 10_000
+        for start in range(0, store.chunks, step):
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            block = store.vectors[start:start + step]
+            formatted = io.StringIO()
+            np.savetxt(formatted, block, fmt="%.7g", delimiter=",")
+            for offset, line in enumerate(formatted.getvalue().splitlines()):
+                chunk = start + offset
+                company = company_id(int(store.company_of[chunk]))
+                writer.writerow([store.texts[int(store.base_index[chunk])],
+                                 json.dumps(_node_metadata(chunk, company)), f"bench-{chunk}", f"[{line}]"])
+            buffer.seek(0)
+            cursor.copy_expert("COPY data_chunks (text, metadata_, node_id, embedding) FROM STDIN WITH (FORMAT csv)",
+                               buffer)
+            log(f"  {min(start + step, store.chunks)}/{store.chunks}")
+        raw.commit()
+    finally:
+        raw.close()
+    _build_hnsw(engine, indexdef or HNSW_DDL, log)
+    return False, time.perf_counter() - started
+
+
+def store_size() -> dict[str, float]:
+    import sqlalchemy as sa
+
+    from core.database import get_admin_engine
+
+    with get_admin_engine().connect() as connection:  # counts every tenant's rows
+        row = connection.execute(sa.text(
+            "SELECT pg_total_relation_size('data_chunks'), pg_relation_size('data_chunks'), "
+            "pg_relation_size('data_chunks_embedding_idx'), pg_indexes_size('data_chunks'), count(*) "
+            "FROM data_chunks")).one()
+    total, heap, hnsw, indexes, count = (int(v) for v in row)
+    return {"total_bytes": total, "heap_bytes": heap, "hnsw_bytes": hnsw, "indexes_bytes": indexes,
+            "bytes_per_chunk": total / max(count, 1), "chunks_per_gb": count / (total / 1e9)}
