@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from core.database import get_admin_engine
 from core.settings import get_settings
+from core.sql_text import quoted_identifier, quoted_literal
 from core.tenant_plans import INDEX_PREFIX, forget_tenant_plans, tenant_index_name
 
 logger = logging.getLogger(__name__)
@@ -98,15 +99,16 @@ def sync_tenant_indexes(min_chunks: int | None = None, companies: Collection[str
                 if sizes[company] >= threshold or (existing.get(name) and sizes[company] * 2 >= threshold)}
             for name, valid in sorted(existing.items()):
                 if name not in wanted or not valid:
-                    connection.execute(sa.text(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"'))
+                    connection.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {quoted_identifier(name)}"))
                     result.dropped.append(name)
             connection.execute(sa.text(f"SET maintenance_work_mem = '{BUILD_MEMORY}'"))
             for name, company in sorted(wanted.items(), key=lambda item: -sizes[item[1]]):
                 if existing.get(name) or not _SAFE_COMPANY_ID.match(company):
                     continue
                 connection.execute(sa.text(
-                    f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON public.data_chunks '
-                    f"USING hnsw (embedding vector_cosine_ops) WITH ({HNSW_WITH}) WHERE company_id = '{company}'"))
+                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {quoted_identifier(name)} ON public.data_chunks "
+                    f"USING hnsw (embedding vector_cosine_ops) WITH ({HNSW_WITH}) "
+                    f"WHERE company_id = {quoted_literal(company)}"))
                 result.built.append(company)
                 if on_build:
                     on_build(company, sizes[company])

@@ -92,7 +92,7 @@ def _b_visible(connection: sa.Connection, b_id: str) -> int:
     """B's rows this connection can see (a refused query, e.g. with row_security off, sees none)."""
     total = 0
     for table in ("documents", "data_chunks", "users", "conversations", "messages", "audit_log", "refresh_tokens"):
-        rows = _try(connection, f"SELECT count(*) FROM {table} WHERE company_id = :b", b=b_id)  # noqa: S608
+        rows = _try(connection, f"SELECT count(*) FROM {table} WHERE company_id = :b", b=b_id)
         total += int(rows[0][0]) if rows else 0
     companies = _try(connection, "SELECT count(*) FROM companies WHERE id = :b", b=b_id)
     return total + (int(companies[0][0]) if companies else 0)
@@ -101,7 +101,7 @@ def _b_visible(connection: sa.Connection, b_id: str) -> int:
 def test_tenant_switching_by_every_means_the_role_has_fails(a_and_b) -> None:
     from core.database import get_engine, tenant
 
-    (a, _), (b, b_user) = a_and_b
+    (a, _), (b, _) = a_and_b
     attempts = [
         ("SELECT set_config('app.company_id', :b, true)", {}),  # the old, trusted setting
         ("SELECT set_config('app.company_id', :b, false)", {}),
@@ -152,7 +152,7 @@ def test_every_table_view_and_function_the_role_can_reach_leaks_nothing(a_and_b)
                 "WHERE attrelid = to_regclass(:r) AND attnum > 0 AND NOT attisdropped "
                 "AND has_column_privilege(current_user, attrelid, attnum, 'SELECT')"),
                 {"r": f"{schema}.{relation}"}).scalar()
-            rows = _try(connection, f"SELECT {columns} FROM {schema}.{relation}")  # noqa: S608 (catalog names)
+            rows = _try(connection, f"SELECT {columns} FROM {schema}.{relation}")
             assert _leaks(rows, b_ids) == [], relation
         assert _try(connection, "SELECT password_hash FROM users") is None  # the column is write-only
         assert _try(connection, "SELECT * FROM ils_tenant_key") is None
@@ -172,7 +172,7 @@ def test_every_table_view_and_function_the_role_can_reach_leaks_nothing(a_and_b)
                 continue  # pgvector's operators and type functions: no text in, no rows out
             for value in (b.id, b_user.id, "%"):
                 arguments = ", ".join(f"CAST(:v AS {kind})" for kind in kinds)
-                rows = _try(connection, f"SELECT {function.proname}({arguments})", v=value)  # noqa: S608
+                rows = _try(connection, f"SELECT {function.proname}({arguments})", v=value)
                 assert _leaks(rows, b_ids) == [], function.signature
                 called += 1
         assert called > 0
