@@ -10,10 +10,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.logs import bind_log_context
+from app.request_models import NUL_ERROR, holds_nul
 from auth.clients import check_client_token
 from auth.permissions import Permission
+from auth.revocation import check_token_authority
 from auth.tokens import decode_access_token
-from core.errors import Forbidden, Unauthorized
+from core.errors import Forbidden, ServiceError, Unauthorized
 from core.settings import Settings, get_settings
 
 # auto_error=False: FastAPI's own error for a missing or non-Bearer header is a 403 (older
@@ -44,6 +46,23 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+async def reject_nul_parameters(request: Request) -> None:
+    """Installed on the whole app: NUL in a query, path or form value (or an uploaded file's name)
+    is a 422, like NUL in a JSON body (app.request_models). FastAPI has parsed a route's form
+    before its dependencies run, so reading it here costs nothing more."""
+    values = [*request.query_params.multi_items(), *request.path_params.items()]
+    if request.headers.get("content-type", "").lower().startswith(_FORM_TYPES):
+        for name, value in (await request.form()).multi_items():
+            values.append((name, value if isinstance(value, str) else (getattr(value, "filename", None) or "")))
+    bad = sorted({name for name, value in values if holds_nul(name) or holds_nul(value)})
+    if bad:
+        raise ServiceError(f"Invalid request: {', '.join(bad)} {NUL_ERROR}", code="VALIDATION_ERROR",
+                           status_code=422)
+
+
 def get_current_user(request: Request,
                      credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> CurrentUser:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
@@ -51,6 +70,10 @@ def get_current_user(request: Request,
                            code="NOT_AUTHENTICATED", headers=_CHALLENGE)
     try:
         claims = decode_access_token(credentials.credentials, get_app_settings(request))
+        # Signed is not enough: the company, the user's standing and the sign-in must still exist.
+        check_token_authority(company_id=claims.company_id, user_id=claims.user_id, role=claims.role,
+                              session_id=claims.session_id, auth_epoch=claims.auth_epoch,
+                              service_client=claims.client_id is not None)
     except Unauthorized as exc:
         exc.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
         raise

@@ -7,9 +7,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from app.deps import reject_nul_parameters
 from app.errors import install_error_handlers
 from app.limits import install_rate_limiters
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
@@ -21,6 +23,7 @@ from app.routes import oauth as oauth_routes
 from app.routes import search as search_routes
 from app.routes import users as users_routes
 from app.routes import web as web_routes
+from app.routes.api_docs import install_api_docs
 from auth.tokens import check_auth_configuration
 from core import SERVICE_NAME, __version__
 from core.database import check_database
@@ -61,8 +64,14 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
             if maintainer is not None:
                 maintainer.stop()
 
-    app = FastAPI(title=SERVICE_NAME, version=__version__, lifespan=lifespan,
+    # The API's map (/docs, /redoc, /openapi.json) is for developers: in production it would hand
+    # an attacker every route and field, so it is served only in development or with API_DOCS=true.
+    docs = settings.api_docs_enabled
+    app = FastAPI(title=SERVICE_NAME, version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None, dependencies=[Depends(reject_nul_parameters)],
                   description="Multi-tenant retrieval-augmented generation for optical practices.")
+    if docs:
+        install_api_docs(app)  # /docs and /redoc with packaged assets, no CDN
     app.state.settings = settings
     app.state.embed_model_loaded = False
     install_error_handlers(app)
@@ -78,6 +87,13 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
                            expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    if settings.trusted_proxies:
+        # Outermost: X-Forwarded-For/-Proto rewrite the client address and scheme only when the TCP
+        # peer is a listed proxy; from anyone else they are ignored (`ils-rag serve` turns uvicorn's
+        # own handling, which trusts 127.0.0.1 by default, off).
+        if "*" in settings.trusted_proxies:
+            raise ConfigurationError("TRUSTED_PROXIES may not contain '*': list the proxies' addresses or networks.")
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -19,6 +19,7 @@ from auth.models import AuditLog
 LOGIN = "auth.login"
 LOGIN_FAILED = "auth.login_failed"
 LOGOUT = "auth.logout"
+PASSWORD_CHANGED = "auth.password_change"
 REFRESH_REUSE = "auth.refresh_reuse"
 USER_CREATED = "users.create"
 ROLE_CHANGED = "users.role_change"

@@ -7,6 +7,8 @@ from functools import lru_cache
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+MIN_PASSWORD_LENGTH = 8  # shared by user creation and password changes
+
 
 @lru_cache
 def _hasher() -> PasswordHasher:

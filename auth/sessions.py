@@ -31,9 +31,10 @@ from sqlalchemy.orm import Session
 
 from auth import audit
 from auth.models import Company, RefreshToken, User
-from auth.passwords import hash_password, needs_rehash, verify_password
+from auth.passwords import MIN_PASSWORD_LENGTH, hash_password, needs_rehash, verify_password
 from auth.permissions import permissions_for
-from auth.rate_limit import RateLimited, SlidingWindowLimiter
+from auth.rate_limit import Reservation, SlidingWindowLimiter, reserve_failures
+from auth.revocation import bump_auth_epoch
 from auth.tokens import can_issue_tokens, issue_access_token
 from core.database import get_auth_engine, is_unavailable, session_scope, tenant
 from core.errors import Conflict, DatabaseUnavailable, ServiceError, Unauthorized
@@ -105,11 +106,15 @@ def _address_key(client_ip: str | None) -> str:
     return f"address:{client_ip or 'unknown'}"
 
 
-def _check_login_limits(limiters: LoginLimiters, email: str, client_ip: str | None) -> None:
-    wait = max(limiters.account.retry_after(_account_key(email)), limiters.address.retry_after(_address_key(client_ip)))
-    if wait > 0:
-        raise RateLimited("Too many failed sign-in attempts; wait for the time in Retry-After, then try again.",
-                          wait)
+_TOO_MANY = "Too many failed sign-in attempts; wait for the time in Retry-After, then try again."
+
+
+def _reserve_attempt(limiters: LoginLimiters, email: str, client_ip: str | None) -> Reservation:
+    """Count this attempt as a failure before any password work (429 when either budget is
+    spent): checking first and recording after the argon2 check would let every attempt in
+    flight pass the check. A successful attempt gives its reservation back."""
+    return reserve_failures(((limiters.account, _account_key(email)), (limiters.address, _address_key(client_ip))),
+                            _TOO_MANY)
 
 
 # --- refresh tokens --------------------------------------------------------------------------
@@ -175,7 +180,8 @@ def _purge_expired(session: Session, company_id: str, user_id: str) -> None:
 def _issue(session: Session, user: User, family_id: str, settings: Settings) -> SessionTokens:
     refresh = _new_refresh_token(session, user.company_id, user.id, family_id, settings)
     access, lifetime = issue_access_token(user_id=user.id, company_id=user.company_id, email=user.email,
-                                          role=user.role, permissions=permissions_for(user.role), settings=settings)
+                                          role=user.role, permissions=permissions_for(user.role), settings=settings,
+                                          session_id=family_id, auth_epoch=user.auth_epoch)
     return SessionTokens(access_token=access, refresh_token=refresh, expires_in=lifetime, user_id=user.id,
                          email=user.email, role=user.role, company_id=user.company_id)
 
@@ -215,30 +221,34 @@ def login(email: str, password: str, *, company_slug: str | None = None, client_
 
     Every failure looks the same to the caller (one message, one argon2 verification at
     least), failures are counted per email and per client address, and once either is over
-    its limit the attempt is refused with 429 before any password work is done.
+    its limit the attempt is refused with 429 before any password work is done. The count
+    is taken before the password check (`_reserve_attempt`), so parallel guesses cannot
+    outrun it: at most LOGIN_MAX_FAILURES_PER_ACCOUNT password checks per window.
     """
     settings = settings or get_settings()
     _require_issuer(settings)
     email = email.strip().lower()
     limiters = login_limiters(settings)
-    _check_login_limits(limiters, email, client_ip)
+    reservation = _reserve_attempt(limiters, email, client_ip)
+    try:
+        candidates = _candidates(email, company_slug)
+        if not candidates:
+            verify_password(password, None)  # the same argon2 work as for a real account
+            matched: list[_Candidate] = []
+        else:
+            matched = [c for c in candidates if verify_password(password, c.password_hash)]
+    except BaseException:  # an outage is not a wrong guess
+        reservation.release()
+        raise
 
-    candidates = _candidates(email, company_slug)
-    if not candidates:
-        verify_password(password, None)  # the same argon2 work as for a real account
-        matched: list[_Candidate] = []
-    else:
-        matched = [c for c in candidates if verify_password(password, c.password_hash)]
-
-    if not matched:
-        limiters.account.hit(_account_key(email))
-        limiters.address.hit(_address_key(client_ip))
+    if not matched:  # the reservation stays: it is this failure's record
         for candidate in candidates:
             with tenant(candidate.company_id), session_scope() as session:
                 audit.record(session, candidate.company_id, candidate.user_id, audit.LOGIN_FAILED,
                              target=candidate.email, details={"reason": "bad_password"}, client_ip=client_ip)
         logger.info("failed sign-in for %s from %s", email, client_ip)
         raise Unauthorized(INVALID_CREDENTIALS, code="INVALID_CREDENTIALS")
+    reservation.release()
     if len(matched) > 1:
         raise Conflict("This email signs in to several practices; send `company` with the practice's slug "
                        f"(one of: {', '.join(c.company_slug for c in matched)}).", code="COMPANY_REQUIRED")
@@ -314,3 +324,66 @@ def logout(token: str, *, client_ip: str | None = None) -> None:
         row = _load_refresh_row(session, company_id, jti, token)
         _revoke_family(session, company_id, row.family_id)
         audit.record(session, company_id, row.user_id, audit.LOGOUT, target=row.family_id, client_ip=client_ip)
+
+
+# --- password change -------------------------------------------------------------------------
+
+
+def _stored_hash(company_id: str, user_id: str) -> str | None:
+    # On the sign-in role's connection: the request role cannot read password hashes.
+    try:
+        with get_auth_engine().connect() as connection:
+            return connection.execute(text("SELECT ils_password_hash(:c, :u)"),
+                                      {"c": company_id, "u": user_id}).scalar()
+    except (DBAPIError, PoolTimeoutError) as exc:
+        if is_unavailable(exc):
+            raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+        raise
+
+
+def change_password(company_id: str, user_id: str, current_password: str, new_password: str, *,
+                    client_ip: str | None = None, settings: Settings | None = None) -> SessionTokens:
+    """Replace a user's password after checking the current one, and end every session they had.
+
+    A password change is what someone does when they fear the old one leaked: every refresh
+    token of the user is revoked and the auth epoch moves, so every access token issued so far
+    fails on its next request. The caller gets a new sign-in (a new family) in return. Wrong
+    current passwords count against the same per-account budget as failed sign-ins.
+    """
+    settings = settings or get_settings()
+    _require_issuer(settings)
+    if len(new_password) < MIN_PASSWORD_LENGTH:
+        raise ServiceError(f"The new password must be at least {MIN_PASSWORD_LENGTH} characters.",
+                           code="VALIDATION_ERROR", status_code=422)
+    with tenant(company_id), session_scope() as session:
+        user = session.get(User, (company_id, user_id))
+        email = user.email if user is not None else None
+    if email is None:
+        raise Unauthorized("This token names a user that does not exist in its practice.", code="UNKNOWN_USER")
+    limiters = login_limiters(settings)
+    reservation = _reserve_attempt(limiters, email, client_ip)
+    try:
+        correct = verify_password(current_password, _stored_hash(company_id, user_id))
+    except BaseException:
+        reservation.release()
+        raise
+    if not correct:
+        with tenant(company_id), session_scope() as session:
+            audit.record(session, company_id, user_id, audit.LOGIN_FAILED, target=email,
+                         details={"reason": "bad_password", "during": "password_change"}, client_ip=client_ip)
+        raise Unauthorized("The current password is wrong.", code="INVALID_CREDENTIALS")
+    reservation.release()
+    new_hash = hash_password(new_password)
+    with tenant(company_id), session_scope() as session:
+        user = session.get(User, (company_id, user_id), with_for_update=True)
+        if user is None or not user.is_active:
+            raise Unauthorized("This account or practice is deactivated; ask your practice's admin.",
+                               code="ACCOUNT_DISABLED")
+        user.password_hash = new_hash
+        revoked = revoke_user_tokens(session, company_id, user_id)
+        bump_auth_epoch(session, company_id, user_id)
+        session.refresh(user, ["auth_epoch"])
+        tokens = _issue(session, user, family_id=str(uuid.uuid4()), settings=settings)
+        audit.record(session, company_id, user_id, audit.PASSWORD_CHANGED, target=email,
+                     details={"revoked_refresh_tokens": revoked}, client_ip=client_ip)
+    return tokens

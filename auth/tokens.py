@@ -1,10 +1,15 @@
 """Access tokens with python-jose, in the ILS platform's claim set.
 
 Claims: userId, companyId, email, role, permissions, iat, exp, iss, aud (the seed's), plus
-sub, jti, nbf and typ. Decoding always names the one configured algorithm, the issuer and
-the audience, and requires the claims python-jose would otherwise treat as optional
-(python-jose 3.5 skips the audience check entirely when a token has no `aud`, and never
-looks at an `iat` in the future; both are guarded here).
+sub, jti, nbf and typ. Tokens this service issues at sign-in also carry `sid` (the refresh-token
+family of that sign-in) and `ver` (the user's auth epoch when it was issued): auth.revocation
+checks both on every request, so a logout, a revoked family, a deactivation, a role or a
+password change ends the token at once instead of at `exp`.
+
+Decoding always names the one configured algorithm, the issuer and the audience, and
+requires the claims python-jose would otherwise treat as optional (python-jose 3.5 skips
+the audience check entirely when a token has no `aud`, and never looks at an
+`iat` in the future; both are guarded here).
 
 The HS256 secret comes from JWT_SECRET; in development without one, a random secret is
 generated once and kept in DATA_DIR/jwt_secret (mode 0600) so restarts keep sessions valid.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import time
 import uuid
@@ -38,6 +44,26 @@ LEEWAY_S = 30
 MAX_TOKEN_CHARS = 8192  # a bearer token longer than this is refused before any parsing
 SECRET_FILE_NAME = "jwt_secret"
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "companyId")
+# Company ids (and sign-in family ids) are generated ids: anything else in a signed token is
+# refused before it reaches a query, a log line or the tenant context.
+PLAIN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_AUTH_EPOCH = 2**31 - 1  # users.auth_epoch is an integer column
+# What python-jose's messages mean, in our words (its own text never reaches a client).
+_JOSE_REASONS = (
+    ("signature verification failed", "bad signature"),
+    ("alg value is not allowed", "signing algorithm not accepted"),
+    ("no algorithm was specified", "signing algorithm not accepted"),
+    ("audience", "wrong audience"),
+    ("issuer", "wrong issuer"),
+    ("not yet valid", "not valid yet (nbf is in the future)"),
+    ("(iat)", "iat claim is not a number"),
+    ("(exp)", "exp claim is not a number"),
+    ("(nbf)", "nbf claim is not a number"),
+    ("subject", "bad sub claim"),
+    ("jwt id", "bad jti claim"),
+    ("claim format", "bad aud claim"),
+)
+_MISSING_CLAIM = re.compile(r'missing required key "([A-Za-z]{1,16})"')
 _SECRET_HINT = "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
 
 
@@ -52,6 +78,8 @@ class TokenClaims:
     token_type: str
     expires_at: datetime
     client_id: str | None = None  # set on service-client tokens (auth.clients): checked live per request
+    session_id: str | None = None  # `sid`: the sign-in's refresh-token family (our tokens only)
+    auth_epoch: int | None = None  # `ver`: users.auth_epoch when issued (our tokens only)
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -166,9 +194,14 @@ def _verification_key(settings: Settings) -> str | list[str]:
 
 def issue_access_token(*, user_id: str, company_id: str, email: str, role: str, permissions: list[str],
                        settings: Settings | None = None,
-                       extra_claims: dict[str, Any] | None = None) -> tuple[str, int]:
+                       extra_claims: dict[str, Any] | None = None,
+                       session_id: str | None = None, auth_epoch: int | None = None) -> tuple[str, int]:
     """Returns the token and its lifetime in seconds. `extra_claims` (e.g. a service client's
-    `client_id`) never override the contract's own claims."""
+    `client_id`) never override the contract's own claims.
+
+    `session_id` (the refresh family) and `auth_epoch` (users.auth_epoch now) bind the token to
+    the sign-in and to the user's current authority; auth.revocation checks both per request.
+    """
     settings = settings or get_settings()
     now = datetime.now(UTC)
     lifetime = timedelta(minutes=settings.access_token_minutes)
@@ -178,12 +211,28 @@ def issue_access_token(*, user_id: str, company_id: str, email: str, role: str, 
         "exp": int((now + lifetime).timestamp()), "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
         "jti": str(uuid.uuid4()), "typ": ACCESS_TYPE,
     }
+    if session_id is not None:
+        claims["sid"] = session_id
+    if auth_epoch is not None:
+        claims["ver"] = auth_epoch
     claims = {**(extra_claims or {}), **claims}
     return jwt.encode(claims, _signing_key(settings), algorithm=settings.jwt_algorithm), int(lifetime.total_seconds())
 
 
 def _invalid(reason: str) -> Unauthorized:
     return Unauthorized(f"Invalid authentication token: {reason}", code="INVALID_TOKEN")
+
+
+def _reason(exc: Exception) -> str:
+    """Which check failed, in our words; never the library's text (it names internals)."""
+    text = str(exc).lower()
+    missing = _MISSING_CLAIM.search(str(exc))
+    if missing:
+        return f"missing claim {missing.group(1)}"
+    for needle, reason in _JOSE_REASONS:
+        if needle in text:
+            return reason
+    return "malformed token"
 
 
 def _identifier(value: object) -> str | None:
@@ -217,13 +266,13 @@ def decode_access_token(token: str, settings: Settings | None = None) -> TokenCl
     except ExpiredSignatureError as exc:
         raise Unauthorized("Token expired", code="TOKEN_EXPIRED") from exc
     except (JOSEError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-        raise _invalid(str(exc).rstrip(".") or "cannot be verified") from exc
+        raise _invalid(_reason(exc)) from exc
     if not isinstance(claims, dict):
         raise _invalid("claims are not an object")
 
     missing = [name for name in REQUIRED_CLAIMS if claims.get(name) in (None, "", [])]
     if missing:
-        raise _invalid(f"missing claims {', '.join(missing)}")
+        raise _invalid(f"missing claim {', '.join(missing)}")
     # Belt and braces for python-jose skipping the audience check when `aud` is absent.
     audience = claims["aud"]
     if not (audience == settings.jwt_audience or (isinstance(audience, list) and settings.jwt_audience in audience)):
@@ -237,8 +286,8 @@ def decode_access_token(token: str, settings: Settings | None = None) -> TokenCl
     if user_id and subject and user_id != subject:
         raise _invalid("userId and sub disagree")
     company_id = _identifier(claims["companyId"])
-    if company_id is None:
-        raise _invalid("bad companyId claim")
+    if company_id is None or not PLAIN_ID.match(company_id):
+        raise _invalid("malformed companyId claim (not a plain id)")
 
     token_type = claims.get("typ", ACCESS_TYPE)  # platform tokens predate typ: they are access tokens
     if token_type != ACCESS_TYPE:
@@ -252,8 +301,15 @@ def decode_access_token(token: str, settings: Settings | None = None) -> TokenCl
     client_id = claims.get("client_id")
     if client_id is not None and not (isinstance(client_id, str) and client_id):
         raise _invalid("bad client_id claim")
+    session_id, auth_epoch = claims.get("sid"), claims.get("ver")
+    if session_id is not None and not (isinstance(session_id, str) and PLAIN_ID.match(session_id)):
+        raise _invalid("malformed sid claim")
+    if auth_epoch is not None and (isinstance(auth_epoch, bool) or not isinstance(auth_epoch, int)
+                                   or not 0 <= auth_epoch <= MAX_AUTH_EPOCH):
+        raise _invalid("malformed ver claim")
     return TokenClaims(
         user_id=str(user_id or subject), company_id=company_id, email=email, role=role,
         permissions=tuple(permissions), jti=jti, token_type=token_type,
         expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC), client_id=client_id,
+        session_id=session_id, auth_epoch=auth_epoch,
     )

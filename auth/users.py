@@ -10,14 +10,14 @@ from sqlalchemy.orm import Session
 
 from auth import audit
 from auth.models import Company, User
-from auth.passwords import hash_password
+from auth.passwords import MIN_PASSWORD_LENGTH, hash_password
 from auth.permissions import ROLES
+from auth.revocation import bump_auth_epoch
 from auth.sessions import revoke_user_tokens
 from core.errors import Conflict, NotFound, ServiceError
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-MIN_PASSWORD_LENGTH = 8
 
 
 def new_id() -> str:
@@ -98,7 +98,8 @@ def _active_admins(session: Session, company_id: str) -> int:
 
 def update_user(session: Session, company_id: str, user_id: str, *, actor_id: str | None,
                 role: str | None = None, is_active: bool | None = None, client_ip: str | None = None) -> User:
-    """Change a user's role and/or active flag, audited; deactivation revokes their refresh tokens.
+    """Change a user's role and/or active flag, audited. Both end the user's access tokens at once
+    (their auth epoch moves); deactivation also revokes their refresh tokens.
 
     Refuses a change that would leave the company without an active admin, so nobody can
     lock a practice out of its own user management.
@@ -114,6 +115,7 @@ def update_user(session: Session, company_id: str, user_id: str, *, actor_id: st
         audit.record(session, company_id, actor_id, audit.ROLE_CHANGED, target=user.id,
                      details={"email": user.email, "from": user.role, "to": role}, client_ip=client_ip)
         user.role = role
+        bump_auth_epoch(session, company_id, user.id)  # tokens saying the old role fail from now on
     if is_active is not None and is_active != user.is_active:
         user.is_active = is_active
         if is_active:
@@ -121,6 +123,7 @@ def update_user(session: Session, company_id: str, user_id: str, *, actor_id: st
                          details={"email": user.email}, client_ip=client_ip)
         else:
             revoked = revoke_user_tokens(session, company_id, user.id)
+            bump_auth_epoch(session, company_id, user.id)  # and reactivation will not revive them
             audit.record(session, company_id, actor_id, audit.USER_DEACTIVATED, target=user.id,
                          details={"email": user.email, "revoked_refresh_tokens": revoked}, client_ip=client_ip)
     session.flush()

@@ -130,8 +130,15 @@ def test_expired_token_is_401_token_expired_in_the_seeds_shape(client) -> None:
     assert response.json()["error"] == "Token expired"
 
 
-def test_leeway_accepts_a_token_that_expired_seconds_ago(client) -> None:
-    response = client.get(ME, headers=_bearer(_hs(_seed_claims(iat=_now() - 600, exp=_now() - 5))))
+@pytest.fixture
+def known(company, make_user) -> dict[str, str]:
+    """The ids of a user that exists (tokens naming anyone else are refused: UNKNOWN_USER)."""
+    user, _ = make_user(company, "admin")
+    return {"user_id": user.id, "company_id": company.id}
+
+
+def test_leeway_accepts_a_token_that_expired_seconds_ago(client, known) -> None:
+    response = client.get(ME, headers=_bearer(_hs(_seed_claims(**known, iat=_now() - 600, exp=_now() - 5))))
     assert response.status_code == 200, response.text
 
 
@@ -143,8 +150,8 @@ def test_missing_or_non_bearer_header_is_401_not_authenticated(client, header: s
     _assert_401(client.get(ME, headers=headers), "NOT_AUTHENTICATED")
 
 
-def test_lowercase_bearer_scheme_is_accepted(client) -> None:
-    assert client.get(ME, headers={"Authorization": f"bearer {_hs(_seed_claims())}"}).status_code == 200
+def test_lowercase_bearer_scheme_is_accepted(client, known) -> None:
+    assert client.get(ME, headers={"Authorization": f"bearer {_hs(_seed_claims(**known))}"}).status_code == 200
 
 
 def test_missing_aud_is_refused_by_decode_itself() -> None:
@@ -165,12 +172,12 @@ def test_arbitrary_strings_never_escape_as_anything_but_unauthorized(token: str)
 
 # --- interop: tokens minted by the platform with another library --------------------------------
 
-def test_pyjwt_token_with_the_seeds_claims_is_accepted(client, company) -> None:
-    token = _hs(_seed_claims(user_id="platform-user-7", company_id=company.id))
+def test_pyjwt_token_with_the_seeds_claims_is_accepted(client, company, known) -> None:
+    token = _hs(_seed_claims(**known))
     response = client.get(ME, headers=_bearer(token))
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["id"] == "platform-user-7" and body["companyId"] == company.id and body["role"] == "admin"
+    assert body["id"] == known["user_id"] and body["companyId"] == company.id and body["role"] == "admin"
     assert "users:manage" in body["permissions"]
     # ...and it works on a real endpoint of its company.
     assert client.get("/api/users", headers=_bearer(token)).status_code == 200
@@ -214,7 +221,7 @@ def test_rs256_platform_token_is_accepted(rsa_keys, rs256_settings) -> None:
 
 
 def test_hs256_token_signed_with_the_public_key_is_refused_when_rs256_is_configured(rsa_keys, rs256_settings,
-                                                                                       database) -> None:
+                                                                                       known) -> None:
     """Algorithm confusion: the public key is public, so an HMAC made with it proves nothing."""
     from fastapi.testclient import TestClient
 
@@ -229,7 +236,7 @@ def test_hs256_token_signed_with_the_public_key_is_refused_when_rs256_is_configu
     rs_client = TestClient(create_app(rs256_settings, prepare=False))
     for token in (forged, also_forged, _hand_signed({"alg": "none"}, _seed_claims(), None)):
         _assert_401(rs_client.get(ME, headers=_bearer(token)), "INVALID_TOKEN")
-    good = pyjwt.encode(_seed_claims(), rsa_keys[0], algorithm="RS256")
+    good = pyjwt.encode(_seed_claims(**known), rsa_keys[0], algorithm="RS256")
     assert rs_client.get(ME, headers=_bearer(good)).status_code == 200
 
 

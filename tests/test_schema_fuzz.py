@@ -17,6 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from app.main import create_app
+from core.settings import get_settings
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
 STATUSES: dict[str, Counter[int]] = defaultdict(Counter)  # operation -> status codes seen
@@ -24,7 +25,7 @@ STATUSES: dict[str, Counter[int]] = defaultdict(Counter)  # operation -> status 
 
 # Built at import (the schema is read from the app itself, no database needed for that):
 # schemathesis' lazy `from_fixture` loader does not work with pytest 9 (it sets Function._nodeid).
-APP = create_app(prepare=False)
+APP = create_app(get_settings().model_copy(update={"api_docs": True}), prepare=False)  # the schema is served
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import CurrentUser, client_ip, get_app_settings, get_current_user
+from app.request_models import RequestModel
 from auth import sessions
 from auth.users import find_user
 from core.database import session_scope, tenant
@@ -21,22 +22,30 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 REFRESH_COOKIE = "ils_refresh"
 REFRESH_COOKIE_PATH = "/api/auth"
 
-_ERRORS = {401: {"description": "INVALID_CREDENTIALS, INVALID_TOKEN, TOKEN_EXPIRED or ACCOUNT_DISABLED"}}
+_ERRORS = {401: {"description": "INVALID_CREDENTIALS, INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_REVOKED or "
+                                "ACCOUNT_DISABLED"}}
 
 
-class LoginRequest(BaseModel):
+class LoginRequest(RequestModel):
     email: str = Field(min_length=3, max_length=320)
     password: str = Field(min_length=1, max_length=1024)  # bounded: argon2 hashes every byte
     company: str | None = Field(default=None, max_length=64,
                                 description="Practice slug; needed only when the email exists in several.")
 
 
-class RefreshRequest(BaseModel):
+class RefreshRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     refresh_token: str | None = Field(
         default=None, min_length=1, max_length=512,
         description=f"Optional when the browser sends the {REFRESH_COOKIE} cookie; the body wins when both come.")
+
+
+class PasswordChangeRequest(RequestModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)
 
 
 class SessionUser(BaseModel):
@@ -74,7 +83,8 @@ def _response(tokens: sessions.SessionTokens) -> TokenResponse:
 
 
 def _is_https(request: Request) -> bool:
-    """Secure cookies only over HTTPS (directly, or behind a proxy that says so)."""
+    """Secure cookies only over HTTPS (directly, or behind a proxy that says so). X-Forwarded-Proto
+    is believed from anyone here: all it can do is make the cookie stricter."""
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
     return request.url.scheme == "https" or forwarded == "https"
 
@@ -145,6 +155,19 @@ def logout(request: Request, response: Response, body: RefreshRequest | None = B
         raise _with_cleared_cookie(exc, request) from None
     _clear_refresh_cookie(response, request)
     return LogoutResponse()
+
+
+@router.post("/password", response_model=TokenResponse,
+             responses={**_ERRORS, 422: {"description": "VALIDATION_ERROR"}, 429: {"description": "Retry-After"}})
+def change_password(body: PasswordChangeRequest, request: Request, response: Response,
+                    user: CurrentUser = Depends(get_current_user),
+                    settings: Settings = Depends(get_app_settings)) -> TokenResponse:
+    """Change your own password. Every other session and access token of yours ends at once
+    (401 TOKEN_REVOKED on their next request); this call returns a new pair."""
+    tokens = sessions.change_password(user.company_id, user.id, body.current_password, body.new_password,
+                                      client_ip=client_ip(request), settings=settings)
+    _set_refresh_cookie(response, request, tokens, settings)
+    return _response(tokens)
 
 
 @router.get("/me", response_model=MeResponse, responses={401: {"description": "NOT_AUTHENTICATED etc."}})

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import CurrentUser, get_app_settings, require
 from app.limits import rate_limited
+from app.request_models import RequestModel
 from app.routes.search import HARD_MAX_CHARS, check_text
 from auth.permissions import Permission
 from core.database import session_scope, tenant
@@ -33,7 +34,7 @@ _LLM_ERRORS = {502: {"description": "LLM_UNAVAILABLE"}, 504: {"description": "LL
                422: {"description": "VALIDATION_ERROR / QUERY_TOO_LONG / EMPTY_QUERY"}}
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(RequestModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     message: str = Field(min_length=1, max_length=HARD_MAX_CHARS)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import CurrentUser, client_ip, get_app_settings, require
 from app.errors import error_response
+from app.request_models import RequestModel
 from auth import audit
 from auth.permissions import Permission
 from core.database import session_scope, tenant
@@ -68,7 +69,7 @@ class DocumentPage(BaseModel):
     total: int
 
 
-class IndexDocumentRequest(BaseModel):
+class IndexDocumentRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: str = Field(min_length=1, max_length=512)
@@ -81,7 +82,7 @@ class IndexDocumentResponse(BaseModel):
     status: Literal["indexed"]
 
 
-class DocumentPatch(BaseModel):
+class DocumentPatch(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     category: str | None = Field(default=None, max_length=100, pattern=CATEGORY_PATTERN)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import CurrentUser, check_company, client_ip, require
+from app.request_models import RequestModel
 from auth import audit
 from auth.models import User
 from auth.permissions import Permission
@@ -43,7 +44,7 @@ class UserList(BaseModel):
     users: list[UserOut]
 
 
-class CreateUserRequest(BaseModel):
+class CreateUserRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     email: str = Field(min_length=3, max_length=320)
@@ -53,7 +54,7 @@ class CreateUserRequest(BaseModel):
     company_id: str | None = Field(default=None, description="Optional; must be your own company.")
 
 
-class UpdateUserRequest(BaseModel):
+class UpdateUserRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     is_active: bool | None = None
