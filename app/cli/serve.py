@@ -37,12 +37,15 @@ def serve(
     # process before the exit hooks run, leaving the embedded Postgres running (and this process
     # registered with it). Exiting normally instead lets the last process stop it.
     signal.signal(signal.SIGTERM, _exit_normally)
+    # proxy_headers=False: uvicorn would believe X-Forwarded-For from 127.0.0.1 (any local process);
+    # the app believes it only from TRUSTED_PROXIES (app.main).
     if workers > 1:
         uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                    workers=workers, log_level=settings.log_level.lower(), log_config=log_config)
+                    workers=workers, log_level=settings.log_level.lower(), log_config=log_config,
+                    proxy_headers=False)
     else:
         uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                    log_level=settings.log_level.lower(), log_config=log_config)
+                    log_level=settings.log_level.lower(), log_config=log_config, proxy_headers=False)
 
 
 def _exit_normally(signum: int, frame: object) -> None:
