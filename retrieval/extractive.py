@@ -32,9 +32,8 @@ from retrieval.passages import Rendered, passage_of
 
 MAX_LINES = 3
 ABSTAIN_BELOW = 0.35  # best statement's cosine to the question: below it, nothing in the passages answers it
-KEEP_WITHIN = 0.12  # further lines must score within this much of the best one
+KEEP_WITHIN = 0.2  # further lines must score within this much of the best one
 LEXICAL_WEIGHT = 0.15
-DUPLICATE_COSINE = 0.85
 DUPLICATE_OVERLAP = 0.8
 VECTOR_CACHE_SIZE = 50_000
 
@@ -82,15 +81,16 @@ def overlap(a: str, b: str) -> float:
     return len(left & right) / min(len(left), len(right))
 
 
-def is_duplicate(a: str, b: str, cosine: float = 0.0) -> bool:
-    """Same statement: equal once normalised, or the same amounts and (nearly) the same words
-    or meaning. Different amounts never merge: "£35" and "£95" children's prices are two facts."""
+def is_duplicate(a: str, b: str) -> bool:
+    """Same statement: equal once normalised, or the same amounts and nearly the same words.
+    Different amounts never merge ("£35" and "£95" children's prices are two facts), and
+    meaning alone (cosine) does not either: a reader must be able to see that the passages
+    behind one line's citations say the same thing."""
     if normalise(a) == normalise(b):
         return True
     if amounts(a) != amounts(b):
         return False
-    return cosine >= DUPLICATE_COSINE or (min(len(content_words(a)), len(content_words(b))) >= 3
-                                          and overlap(a, b) >= DUPLICATE_OVERLAP)
+    return min(len(content_words(a)), len(content_words(b))) >= 3 and overlap(a, b) >= DUPLICATE_OVERLAP
 
 
 class VectorCache:
@@ -187,11 +187,9 @@ def answer(questions: list[str], nodes: Sequence[NodeWithScore], embed_model: Ba
     order = sorted(range(len(candidates)), key=lambda i: float(scores[i]), reverse=True)
     best = float(scores[order[0]])
     lines: list[Line] = []
-    chosen: list[int] = []
     for i in order:
         text = unit(candidates[i]).text
-        twin = next((k for k, j in enumerate(chosen)
-                     if is_duplicate(text, lines[k].text, float(vectors[i] @ vectors[j]))), None)
+        twin = next((k for k, line in enumerate(lines) if is_duplicate(text, line.text)), None)
         if twin is not None:  # the same fact in another passage: cite it on the existing line
             if candidates[i][0] not in {n for n, _ in lines[twin].cited}:
                 lines[twin].cited.append(candidates[i])
@@ -199,7 +197,6 @@ def answer(questions: list[str], nodes: Sequence[NodeWithScore], embed_model: Ba
         if len(lines) == limit or float(scores[i]) < best - KEEP_WITHIN:
             continue
         lines.append(Line(text, float(scores[i]), [candidates[i]]))
-        chosen.append(i)
     return Answer(lines, rendered, float(cosine.max()))
 
 

@@ -45,7 +45,6 @@ _PRICE_ROW = re.compile(rf"^(?P<label>[A-Z].*?\S)\s+"
 _LABEL = re.compile(r"^(?:Price|Cost|Fee|Charge|Length|Duration|Time|Interval|Frequency|Validity|Valid|"
                     r"Available|Who|When|Where)s?(?: [\w'’-]+)?: .{1,60}$", re.IGNORECASE)  # "Price: £60 per pair"
 _BOLD_LINE = re.compile(r"^\s*\*\*([^*]{2,80})\*\*")
-LEAD_IN_MIN_WORDS = 4  # "Refer routinely to ... when:" is part of each item under it; "Benefits:" is not
 _TERMINAL = re.compile(r"[.!?…]['\")\]]*$")
 _EMPHASIS = re.compile(r"\*\*|__|`")
 _ABBREVIATION = re.compile(r"(?:\b(?:Dr|Mr|Mrs|Ms|Prof|St|approx|No|vs|etc)|\b(?:e\.g|i\.e))\.\s*$", re.IGNORECASE)
@@ -230,10 +229,16 @@ def _blocks(text: str, section: str | None, starts_document: bool) -> list[_Bloc
             continue
         blocks.append(_Block("para", line, indent))
     blocks = [b for b in blocks if b.kind != "break"]
-    for i, block in enumerate(blocks[:-1]):  # a wrapped "... if both are taken:" leading a list
-        if block.kind == "para" and block.text.endswith(":") and blocks[i + 1].kind == "item":
-            blocks[i] = _Block("lead-in", block.text[:-1])
-    return blocks
+    out: list[_Block] = []
+    for i, block in enumerate(blocks):  # a wrapped "... if both are taken:" leading a list
+        if block.kind == "para" and block.text.endswith(":") and i + 1 < len(blocks) and blocks[i + 1].kind == "item":
+            *before, last = _sentences(block.text)  # only the paragraph's last sentence leads the list
+            if before:
+                out.append(_Block("para", " ".join(before), block.indent))
+            out.append(_Block("lead-in", last[:-1]))
+        else:
+            out.append(block)
+    return out
 
 
 def units(text: str, section: str | None = None, *, starts_document: bool = False) -> list[Unit]:
@@ -251,10 +256,8 @@ def units(text: str, section: str | None = None, *, starts_document: bool = Fals
         first, last = index == 0, index == len(blocks) - 1
         if block.kind != "item":
             lead_in = ""
-        if index in lead_ins and len(block.text.split()) >= LEAD_IN_MIN_WORDS and \
-                index + 1 < len(blocks) and blocks[index + 1].kind == "item":
+        if index in lead_ins and index + 1 < len(blocks) and blocks[index + 1].kind == "item":
             lead_in = block.text  # shown with each item below it instead of on its own
-            context, question = block.text, ""
             continue
         if block.kind == "table-head":  # column names: shown, but the heading above stays the context
             out.append(Unit(block.text, HEADING))
@@ -272,6 +275,9 @@ def units(text: str, section: str | None = None, *, starts_document: bool = Fals
             broken = is_csv and (not block.text.startswith(f"{csv_first}:") or block.text.endswith(";"))
             broken = broken or (first and not starts_document and not block.text[:1].isupper() and not is_csv)
             out.append(Unit(block.text, FRAGMENT if broken else ROW, context))
+            continue
+        if block.kind == "item" and block.text.endswith("?"):  # "3. Are there new flashes ...?"
+            out.append(Unit(block.text, QUESTION, context))
             continue
         if block.kind == "item":
             broken = last and not _ends_sentence(block.text) and len(block.text) >= WRAP_CHARS

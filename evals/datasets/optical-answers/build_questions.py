@@ -33,7 +33,7 @@ SINGLE: list[tuple[str, str, str, list, str]] = [
     (C, "price", "What does the blue light filter cost?", ["£55"], "price-list-2026.md"),
     (B, "price", "How much extra are photochromic lenses?", ["£60"], "lens-coatings.md"),
     (C, "price", "How much extra are photochromic lenses?", ["£79"], "lens-coatings-and-treatments.md"),
-    (B, "price", "Do we charge for a scratch-resistant coating?", ["free"], "lens-coatings.md"),
+    (B, "price", "Do we charge for a scratch-resistant coating?", [["free", "no extra charge"]], "lens-coatings.md"),
     (C, "price", "Do we charge for a scratch-resistant coating?", ["£20"], "lens-coatings-and-treatments.md"),
     (B, "price", "How much are single vision lenses?", ["£49"], "lens-types-guide.md"),
     (C, "price", "How much are single vision lenses?", ["£65"], "spectacle-lens-guide.md"),
