@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerFailed(RuntimeError):
-    """The server exited, or never answered as expected; the message carries its log's tail."""
+    """The server exited, or never answered as expected: one line saying so, then its log's tail."""
 
 
 def free_port() -> int:
@@ -40,7 +40,7 @@ def wait_for(url: str, process: subprocess.Popen | None = None, log: Path | None
     last: object = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise ServerFailed(f"server exited with {process.returncode}: {_tail(log)}")
+            raise ServerFailed(f"server exited with {process.returncode} (log: {log}); its last lines:\n{_tail(log)}")
         try:
             last = httpx.get(url, timeout=request_timeout)
             if last.status_code == status:
@@ -48,7 +48,8 @@ def wait_for(url: str, process: subprocess.Popen | None = None, log: Path | None
         except httpx.TransportError as exc:
             last = exc
         time.sleep(interval)
-    raise ServerFailed(f"{url} never answered {status} in {timeout:.0f} s; last: {last!r}; log: {_tail(log)}")
+    raise ServerFailed(f"{url} never answered {status} in {timeout:.0f} s; last: {last!r} (log: {log}); "
+                       f"its last lines:\n{_tail(log)}")
 
 
 def serve_command(port: int, *args: str) -> list[str]:

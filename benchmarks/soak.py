@@ -244,7 +244,8 @@ def run(options: SoakOptions, log: Callable[[str], None] = print) -> dict[str, A
             phase = "server stop"
         result.update(_figures(tally, elapsed, pid, rss_boot, rss_start, rss_end))
     except BaseException as exc:
-        result["failed"] = {"phase": phase, "error": f"{type(exc).__name__}: {exc}"}
+        error = f"{type(exc).__name__}: {exc}"
+        result["failed"] = {"phase": phase, "error": error.splitlines()[0], "detail": error}
         raise
     finally:
         options.results_dir.mkdir(parents=True, exist_ok=True)

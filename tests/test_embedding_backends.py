@@ -77,6 +77,7 @@ def test_embedding_info_and_tokens_identical_across_runtimes(runtimes) -> None:
 
 def test_torch_when_told_to_and_fallback_when_onnx_breaks(database: str, monkeypatch, caplog) -> None:
     import core.embeddings as embeddings
+    import core.embeddings.onnx_runtime as onnx_runtime
     from core.settings import get_settings
 
     settings = get_settings()
@@ -87,7 +88,7 @@ def test_torch_when_told_to_and_fallback_when_onnx_breaks(database: str, monkeyp
         raise RuntimeError("simulated export failure")
 
     # Not a mock of the model or Postgres: we break the exporter to prove the fallback path.
-    monkeypatch.setattr(embeddings, "onnx_model_file", broken_export)
+    monkeypatch.setattr(onnx_runtime, "onnx_model_file", broken_export)
     with caplog.at_level("WARNING", logger="ils_rag.embeddings"):
         model = embeddings.build_embed_model(settings.model_copy(update={"embedding_runtime": "onnx"}))
     assert embeddings.embedding_runtime(model) == "torch"
@@ -98,7 +99,8 @@ def test_torch_when_told_to_and_fallback_when_onnx_breaks(database: str, monkeyp
 def test_export_is_cached_on_disk(database: str) -> None:
     from transformers import AutoTokenizer
 
-    from core.embeddings import local_model_path, onnx_model_file
+    from core.embeddings import local_model_path
+    from core.embeddings.onnx_export import onnx_model_file
     from core.settings import get_settings
 
     settings = get_settings()
@@ -173,6 +175,7 @@ def test_concurrent_first_use_exports_once(tmp_path, monkeypatch) -> None:
     from transformers import AutoTokenizer
 
     import core.embeddings as embeddings
+    import core.embeddings.onnx_export as onnx_export
 
     model_dir = embeddings.local_model_path(embeddings.BUNDLED_MODEL)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -187,10 +190,10 @@ def test_concurrent_first_use_exports_once(tmp_path, monkeypatch) -> None:
         target.write_bytes(b"onnx")
         inside[0] -= 1
 
-    monkeypatch.setattr(embeddings, "_export_fp32", slow_export)
+    monkeypatch.setattr(onnx_export, "export_fp32", slow_export)
     paths: list[object] = []
     threads = [threading.Thread(target=lambda: paths.append(
-        embeddings.onnx_model_file(model_dir, "onnx", tmp_path, tokenizer, 256))) for _ in range(4)]
+        onnx_export.onnx_model_file(model_dir, "onnx", tmp_path, tokenizer, 256))) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -202,20 +205,20 @@ def test_concurrent_first_use_exports_once(tmp_path, monkeypatch) -> None:
 def test_big_batches_are_cut_into_bounded_runs_with_the_same_vectors(runtimes, monkeypatch) -> None:
     """Sub-batches of at most MAX_RUN_TOKENS padded pieces, each cut to its own longest text,
     give each text the vector it gets alone (padding and batch order change nothing)."""
-    import core.embeddings as embeddings
+    import core.embeddings.onnx_runtime as onnx_runtime
 
     model = runtimes["onnx"]
     texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] + f" variant {i}" for i in range(40)]
     widths: list[tuple[int, int]] = []
-    real_infer = embeddings._infer
+    real_infer = onnx_runtime.infer
 
     def recording_infer(session, batch):
         widths.append(batch["input_ids"].shape)
         return real_infer(session, batch)
 
-    monkeypatch.setattr(embeddings, "_infer", recording_infer)
+    monkeypatch.setattr(onnx_runtime, "infer", recording_infer)
     batched = _matrix(model, texts)
-    assert max(rows * width for rows, width in widths) <= embeddings.MAX_RUN_TOKENS
+    assert max(rows * width for rows, width in widths) <= onnx_runtime.MAX_RUN_TOKENS
     assert len(widths) > 1 and len({width for _, width in widths}) > 1  # long texts apart from short ones
     alone = np.asarray([model.get_text_embedding(text) for text in texts], dtype=np.float32)
     assert (batched * alone).sum(axis=1).min() > 0.99999

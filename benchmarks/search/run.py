@@ -113,9 +113,10 @@ def run(options: BenchOptions, log: Any = print) -> dict[str, Any]:
         for phase in _phases(options, result, monitor, original_env, log):
             monitor.mark(phase)
     except BaseException as exc:
-        result["failed"] = {"phase": phase, "error": f"{type(exc).__name__}: {exc}"}
+        error = f"{type(exc).__name__}: {exc}"
+        result["failed"] = {"phase": phase, "error": error.splitlines()[0], "detail": error}
         if isinstance(exc, Exception):
-            raise PhaseFailed(f"the {phase} phase failed ({type(exc).__name__}: {exc}); the figures measured "
+            raise PhaseFailed(f"the {phase} phase failed ({result['failed']['error']}); the figures measured "
                               f"before it are in {options.results_dir / 'search-latest.md'}") from exc
         raise
     finally:
