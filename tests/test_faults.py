@@ -50,11 +50,21 @@ def served(own_postgres, tmp_path: Path):
         yield base, process, log
 
 
-def _token() -> dict[str, str]:
+def _token(database_url: str) -> dict[str, str]:
+    """A token of an admin who exists in the served database (tokens naming anyone else are refused)."""
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
 
-    token, _ = issue_access_token(user_id=str(uuid.uuid4()), company_id=str(uuid.uuid4()),
+    company_id, user_id = str(uuid.uuid4()), str(uuid.uuid4())
+    engine = sa.create_engine(database_url)  # the owner: companies are the operator's to create
+    with engine.begin() as connection:
+        connection.execute(sa.text("INSERT INTO companies (id, slug, name, is_active) VALUES (:c, :s, 'Faults', true)"),
+                           {"c": company_id, "s": f"f-{company_id[:8]}"})
+        connection.execute(sa.text(
+            "INSERT INTO users (company_id, id, email, password_hash, role, is_active) "
+            "VALUES (:c, :u, 'admin@fault.example', 'not-a-hash', 'admin', true)"), {"c": company_id, "u": user_id})
+    engine.dispose()
+    token, _ = issue_access_token(user_id=user_id, company_id=company_id,
                                   email="admin@fault.example", role="admin", permissions=permissions_for("admin"))
     return {"Authorization": f"Bearer {token}"}
 
@@ -67,7 +77,7 @@ def _timed(method: str, url: str, **kwargs) -> tuple[httpx.Response, float]:
 
 def test_postgres_stops_then_returns_503_quickly_and_recovers_by_itself(own_postgres, served) -> None:
     base, process, log = served
-    headers = _token()
+    headers = _token(own_postgres.get_uri())
     calls = [("POST", "/api/rag/search", {"json": {"query": "opening hours"}, "headers": headers}),
              ("GET", "/api/documents", {"headers": headers}),
              ("POST", "/api/chat", {"json": {"message": "opening hours?"}, "headers": headers}),
