@@ -255,7 +255,8 @@ class ChatService:
             return
         with tenant(self.company_id), session_scope() as session:
             row = conversations.open_conversation(session, self.company_id, self.user_id, conversation_id, message)
-            conversations.append_turn(session, self.company_id, row.id, message, result.answer, result.sources)
+            conversations.append_turn(session, self.company_id, row.id, message, result.answer, result.sources,
+                                      result.mode)
             result.conversation_id = row.id
 
     def _llm_failed(self, exc: Exception) -> ServiceError:

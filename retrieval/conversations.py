@@ -44,6 +44,7 @@ class Message(Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     sources: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    mode: Mapped[str | None] = mapped_column(String(24), nullable=True)  # assistant turns: how it was answered
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -53,6 +54,7 @@ class Turn:
     content: str
     sources: list[dict[str, Any]] | None
     created_at: datetime
+    mode: str | None = None
 
 
 def _owned(session: Session, company_id: str, user_id: str, conversation_id: str) -> Conversation:
@@ -82,7 +84,7 @@ def history(session: Session, company_id: str, user_id: str, conversation_id: st
     rows = session.scalars(select(Message).where(Message.company_id == company_id,
                                                  Message.conversation_id == conversation_id)
                            .order_by(Message.id)).all()
-    return [Turn(r.role, r.content, r.sources, r.created_at) for r in rows]
+    return [Turn(r.role, r.content, r.sources, r.created_at, r.mode) for r in rows]
 
 
 def chat_history(turns: list[Turn]) -> list[ChatMessage]:
@@ -92,10 +94,10 @@ def chat_history(turns: list[Turn]) -> list[ChatMessage]:
 
 
 def append_turn(session: Session, company_id: str, conversation_id: str, question: str, answer: str,
-                sources: list[dict[str, Any]]) -> None:
+                sources: list[dict[str, Any]], mode: str | None = None) -> None:
     session.add(Message(company_id=company_id, conversation_id=conversation_id, role="user", content=question))
     session.add(Message(company_id=company_id, conversation_id=conversation_id, role="assistant", content=answer,
-                        sources=sources))
+                        sources=sources, mode=mode))
     session.execute(update(Conversation).where(Conversation.company_id == company_id,
                                                Conversation.id == conversation_id).values(updated_at=func.now()))
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,20 +81,35 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
+# Every console error of a page (a failed request shows up as one too): a normal visit has none.
+_CONSOLE_ERRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def console_errors(page) -> list[str]:
+    return _CONSOLE_ERRORS[page]
+
+
 @pytest.fixture
 def open_page(browser):
-    """`open_page(base_url)`: a fresh browser context (no cookies) on one of the servers."""
+    """`open_page(base_url, width=1280, touch=False)`: a fresh browser context (no cookies) on
+    one of the servers; `touch` gives it a touch screen (and, up to 720 px, a phone's viewport)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     contexts, errors = [], []
 
-    def _open(base_url: str):
-        context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 860})
+    def _open(base_url: str, width: int = 1280, touch: bool = False):
+        viewport = {"width": width, "height": 860 if width > 720 else 800}
+        context = browser.new_context(base_url=base_url, viewport=viewport, has_touch=touch,
+                                      is_mobile=touch and width <= 720)
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)
         page = context.new_page()
+        seen: list[str] = []
+        _CONSOLE_ERRORS[page] = seen
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("console", lambda message: errors.append(message.text)
                 if "Content Security Policy" in message.text else None)
+        page.on("console", lambda message: seen.append(f"{message.text} ({message.location.get('url', '')})")
+                if message.type == "error" else None)
         return page
 
     yield _open
@@ -110,6 +127,7 @@ def page(open_page, server: str):
 def practice(make_company, samples_dir: Path, tmp_path: Path):
     """`practice(folder, files)`: a company with a few sample documents ingested."""
     from app.samples import SAMPLE_COMPANIES
+    from core.database import tenant
     from indexing.folder import ingest_folder
 
     def _make(folder: str | None, files: tuple[str, ...] = ()):
@@ -119,7 +137,8 @@ def practice(make_company, samples_dir: Path, tmp_path: Path):
             subset.mkdir()
             for name in files:
                 shutil.copy(samples_dir / folder / name, subset / name)
-            report = ingest_folder(subset, company.id)
+            with tenant(company.id):
+                report = ingest_folder(subset, company.id)
             assert not report.failed and len(report.indexed) == len(files), report.summary()
         return company
 
@@ -203,12 +222,14 @@ def focused(page) -> str:
 
 
 def ask(page, question: str):
+    """Ask in the open conversation; returns the /api/chat response and this question's answer."""
+    done = page.locator(".message.assistant[data-done]")
+    before = done.count()
     page.get_by_label("Your question").fill(question)
     with page.expect_response(lambda r: r.url.endswith("/api/chat") and r.status == 200) as response:
         page.get_by_label("Your question").press("Enter")
-    answer = page.locator(".message.assistant[data-done]").last
-    answer.wait_for()
-    return response.value, answer
+    page.wait_for_function("(n) => document.querySelectorAll('.message.assistant[data-done]').length > n", arg=before)
+    return response.value, done.nth(before)
 
 
 def api_login(server: str, email: str) -> dict:
@@ -461,9 +482,18 @@ def test_admin_uploads_files_and_sees_them_indexed(page, server, practice, membe
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     page.set_input_files("#file-input", str(empty))
-    refused = page.locator("#upload-results .result.failed")
+    refused = page.locator("#upload-results .result.failed", has_text="empty.txt")
     refused.wait_for()
     assert "empty" in refused.inner_text().lower()
+
+    # the upload list keeps every file's result, each followed to its end (newest first)
+    results = page.locator("#upload-results .result")
+    page.locator("#upload-results .result.failed", has_text="broken-scan.pdf").wait_for()
+    assert [results.nth(i).locator(".filename").inner_text() for i in range(results.count())] == [
+        "empty.txt", "broken-scan.pdf", "opening-hours.md", "frame-repairs.md"]
+    assert [results.nth(i).get_attribute("class") for i in range(results.count())] == [
+        "result failed", "result failed", "result indexed", "result indexed"]
+    assert re.search(r"indexed \((?:1 chunk|(?:[02-9]|\d\d+) chunks)\)", results.nth(3).inner_text())
     save_screenshot(page, "documents.png", full_page=True)
 
     # deactivate and activate again (the API agrees)
@@ -615,3 +645,257 @@ def test_llm_outage_falls_back_to_a_labelled_extractive_answer(open_page, fallba
     assert "The AI service is unavailable: offline answer built from your documents" in text
     assert "£189" in text and answer.locator("button.cite").count() >= 1
     assert page.locator("#alert").is_hidden()  # an answer, not an error
+
+
+# --- every width, touch, reload, console -------------------------------------------------------
+
+WIDTHS = (320, 390, 1280)
+# a title and a word longer than a phone is wide: they must wrap or be cut, never widen the page
+LONG_QUESTION = ("what is the price of the brightsight-optical-premium-varifocal-progressive-lens-with-blue-light-"
+                 "filter-and-anti-reflective-coating-for-computer-work please?")
+# what reaches a finger: buttons, the file picker's label, links (the skip link serves keyboards:
+# it is off-screen until focused)
+TAPPABLE = "button:visible, label.button:visible, a[href]:visible:not(.skip-link)"
+
+
+def overflowing(page) -> list[str]:
+    """Whatever sticks out sideways: the page scrolling horizontally, or a visible control or
+    bubble whose right edge is past the viewport (or left edge before it)."""
+    return page.evaluate("""() => {
+        const width = window.innerWidth;
+        const out = [];
+        if (document.documentElement.scrollWidth > width) out.push(`page ${document.documentElement.scrollWidth}px`);
+        for (const node of document.querySelectorAll("button, input, textarea, label.button, .bubble, th, td, h1, p")) {
+            const box = node.getBoundingClientRect();
+            if (!box.width || getComputedStyle(node).visibility === "hidden") continue;
+            if (node.closest(".visually-hidden, dialog:not([open])")) continue;
+            if (box.left < -0.5 || box.right > width + 0.5) {
+                const name = `${node.tagName.toLowerCase()}#${node.id}.${node.className}`;
+                out.push(`${name} ${Math.round(box.left)}..${Math.round(box.right)}`);
+            }
+        }
+        return out;
+    }""")
+
+
+def tap_targets(page, scope: str = "body") -> int:
+    """Every visible button (and file-picker label, link) under `scope` takes a touch tap: in
+    view after scrolling, enabled, and not covered by anything (Playwright's actionability
+    checks, without the tap's effect). Returns how many were checked."""
+    targets = page.locator(scope).locator(TAPPABLE)
+    count = targets.count()
+    for i in range(count):
+        target = targets.nth(i)
+        if target.is_disabled():
+            continue
+        target.tap(trial=True, timeout=5_000)
+    return count
+
+
+def drawer_settled(page, is_open: bool) -> None:
+    """Wait for the conversation drawer's slide to end (it is hidden only once it is out of view)."""
+    page.wait_for_function("""(open) => {
+        const drawer = document.getElementById("history");
+        const box = drawer.getBoundingClientRect();
+        return open ? box.left >= 0 : getComputedStyle(drawer).visibility === "hidden";
+    }""", arg=is_open)
+
+
+def _history_for(server: str, email: str, questions: tuple[str, ...]) -> None:
+    headers = {"Authorization": f"Bearer {api_login(server, email)['token']}"}
+    for question in questions:
+        response = httpx.post(f"{server}/api/chat", json={"message": question}, headers=headers, timeout=60)
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_every_width_fits_and_every_button_takes_a_tap(open_page, server, practice, member, width) -> None:
+    company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
+    admin = member(company, "admin")
+    _history_for(server, admin.email, ("how long does it take to get used to varifocals?", LONG_QUESTION))
+    narrow = width <= 720
+    page = open_page(server, width=width, touch=True)
+
+    page.goto("/app")
+    page.wait_for_selector("#view-signin:not([hidden])")
+    assert overflowing(page) == [], "sign-in"
+    assert tap_targets(page) >= 1
+    page.get_by_label("Email").fill(admin.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").tap()
+    page.wait_for_selector(CHAT_READY)
+
+    # chat with history: on a phone the list is a drawer, closed until asked for
+    assert overflowing(page) == [], "chat with history"
+    history = page.locator("#history")
+    if narrow:
+        assert not history.is_visible() or history.bounding_box()["x"] + history.bounding_box()["width"] <= 0
+        toggle = page.get_by_role("button", name="Conversations")
+        assert toggle.get_attribute("aria-expanded") == "false"
+        toggle.tap()
+        drawer_settled(page, True)
+        assert toggle.get_attribute("aria-expanded") == "true"
+        assert overflowing(page) == [], "open drawer"
+        assert tap_targets(page, "#history") >= 5  # new chat, close, two conversations with their delete buttons
+        if width == 390:
+            save_screenshot(page, "conversations-phone.png")
+        page.get_by_role("button", name="Close the conversation list").tap()
+        drawer_settled(page, False)
+        assert page.evaluate("() => document.activeElement.id") == "history-toggle"
+        toggle.tap()
+        drawer_settled(page, True)
+    else:
+        assert page.locator("#history-toggle").is_hidden() and history.is_visible()
+    opener = page.locator(".history-open", has_text="brightsight-optical-premium")
+    opener.tap()
+    page.locator(".message.assistant[data-done]").first.wait_for()
+    if narrow:
+        drawer_settled(page, False)  # choosing a conversation closes the drawer
+    assert overflowing(page) == [], "reopened conversation with a long title"
+
+    # a long answer with citations, asked by tapping Ask
+    page.get_by_label("Your question").fill("what do progressive lenses cost and how long does adapting to them take?")
+    ask_button = page.get_by_role("button", name="Ask", exact=True)
+    with page.expect_response(lambda r: r.url.endswith("/api/chat") and r.status == 200):
+        ask_button.tap()
+    answer = page.locator(".message.assistant[data-done]").last
+    answer.wait_for()
+    assert answer.locator("button.cite").count() >= 2
+    assert overflowing(page) == [], "long answer with citations"
+    assert tap_targets(page, "#view-chat") >= 4
+    assert tap_targets(page, ".topbar") >= 3  # chat, documents, sign out
+    citation = answer.locator("button.cite").last
+    citation.tap()
+    dialog = page.locator("#passage")
+    dialog.wait_for(state="visible")
+    box = dialog.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width, box
+    assert tap_targets(page, "#passage") == 1
+    page.get_by_role("button", name="Close").tap()
+    dialog.wait_for(state="hidden")
+    if width == 390:
+        page.evaluate("() => window.scrollTo(0, 0)")
+        save_screenshot(page, "chat-phone.png", full_page=True)
+
+    # documents
+    documents_tab = page.get_by_role("button", name="Documents")
+    documents_tab.tap()
+    page.wait_for_selector('#view-documents:not([hidden])[aria-busy="false"]')
+    assert page.locator("#documents-body tr").count() == len(BRIGHTSIGHT_SUBSET)
+    assert overflowing(page) == [], "documents"
+    assert tap_targets(page, "#view-documents") >= 1 + 2 * len(BRIGHTSIGHT_SUBSET)
+    if width == 390:
+        save_screenshot(page, "documents-phone.png", full_page=True)
+
+
+def test_reload_returns_to_the_open_conversation_with_its_labels(page, practice, member) -> None:
+    company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
+    staff = member(company, "staff")
+    sign_in(page, staff.email)
+    ask(page, "what do progressive lenses cost?")
+    ask(page, "how long does it take to get used to varifocals?")
+    address = page.evaluate("() => location.hash")
+    assert re.fullmatch(r"#chat/[A-Za-z0-9_-]+", address), address
+
+    def check_labels() -> None:
+        answers = page.locator(".message.assistant[data-done]")
+        assert answers.count() == 2
+        for i in range(2):
+            text = answers.nth(i).inner_text()
+            # the label once, and no answer line repeating it
+            assert text.count("Offline answer") == 1 and "no language model" not in text, text
+            assert answers.nth(i).locator("button.cite").count() >= 1
+        assert "£189" in answers.nth(0).inner_text()
+
+    check_labels()
+    page.reload()
+    page.wait_for_selector(CHAT_READY)
+    page.wait_for_function("() => document.querySelectorAll('.message.assistant[data-done]').length === 2")
+    assert page.evaluate("() => location.hash") == address
+    assert page.locator("#messages .message.user").count() == 2
+    check_labels()
+    assert page.locator('.history-open[aria-current="true"]').inner_text().startswith("what do progressive")
+
+    # New chat forgets it, and a reload then shows an empty conversation
+    page.get_by_role("button", name="New chat").click()
+    assert page.evaluate("() => location.hash") == "#chat"
+    page.reload()
+    page.wait_for_selector(CHAT_READY)
+    assert page.locator("#messages li").count() == 0
+
+
+def test_a_normal_visit_logs_no_console_error(open_page, server, practice, member) -> None:
+    company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
+    admin = member(company, "admin")
+    page = open_page(server)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url.split(server, 1)[-1]))
+    sign_in(page, admin.email)  # a first visit: no refresh cookie, so no refresh is tried
+    assert "/api/auth/refresh" not in requests
+    _, answer = ask(page, "what do progressive lenses cost?")
+    answer.locator("button.cite").first.click()
+    page.locator("#passage").wait_for(state="visible")
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="Documents").click()
+    page.wait_for_selector('#view-documents:not([hidden])[aria-busy="false"]')
+    page.reload()  # the cookie restores the session
+    page.wait_for_selector('#view-documents:not([hidden])[aria-busy="false"]')
+    assert requests.count("/api/auth/refresh") == 1
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_selector("#view-signin:not([hidden])")
+    page.reload()  # signed out: back to the form without a refused refresh
+    page.wait_for_selector("#view-signin:not([hidden])")
+    assert requests.count("/api/auth/refresh") == 1
+    assert console_errors(page) == []
+    # headless Chromium fetches no icon by itself: the two the page names (and browsers' default) must exist
+    icon = httpx.get(f"{server}/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert icon.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    svg = httpx.get(f"{server}/app/static/favicon.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+
+
+def _text_before(page, button) -> str:
+    """What a citation stands after on its line of the answer (markers and bullet removed)."""
+    raw = button.evaluate("""(button) => {
+        let text = "";
+        for (let node = button.previousSibling; node; node = node.previousSibling) {
+            const part = node.textContent;
+            const newline = part.lastIndexOf("\\n");
+            if (newline !== -1) return part.slice(newline + 1) + text;
+            text = part + text;
+        }
+        return text;
+    }""")
+    raw = re.sub(r"\[\d+\]", "", raw)
+    raw = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s+", "", raw)
+    return " ".join(raw.split())
+
+
+def test_every_citation_opens_its_passage_with_the_cited_sentence_marked(page, practice, member) -> None:
+    company = practice("brightsight-optical", BRIGHTSIGHT_SUBSET)
+    staff = member(company, "staff")
+    sign_in(page, staff.email)
+    checked = 0
+    for question in ("what do progressive lenses cost?", "how long does it take to adapt to progressive lenses?",
+                     "what lens types do we offer?", "how much is an eye test?"):
+        _, answer = ask(page, question)
+        citations = answer.locator("button.cite")
+        assert citations.count() >= 1, question
+        for i in range(citations.count()):
+            citation = citations.nth(i)
+            cited = _text_before(page, citation)
+            citation.click()
+            page.locator("#passage").wait_for(state="visible")
+            marks = page.locator("#passage-text mark")
+            assert marks.count() >= 1, (question, cited)
+            current = page.locator("#passage-text mark.current")
+            assert " ".join(current.inner_text().split()) == cited, (question, cited)
+            # scrolled into view inside the passage box
+            mark_box, text_box = current.bounding_box(), page.locator("#passage-text").bounding_box()
+            assert text_box["y"] <= mark_box["y"] and mark_box["y"] + mark_box["height"] <= text_box["y"] + text_box[
+                "height"] + 1, (mark_box, text_box)
+            page.keyboard.press("Escape")
+            page.locator("#passage").wait_for(state="hidden")
+            checked += 1
+    assert checked >= 6

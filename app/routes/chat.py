@@ -41,12 +41,19 @@ class ChatRequest(RequestModel):
     conversation_id: str | None = Field(default=None, max_length=64, alias="conversationId")
 
 
+class Quote(BaseModel):
+    start: int = Field(description="Offset of the quoted sentence's first character in `passage`.")
+    end: int = Field(description="Offset just past its last character: passage[start:end] is the sentence.")
+
+
 class ChatSource(BaseModel):
     citation: int = Field(description="The [n] the answer cites this source by.")
     document_id: str | None
     filename: str | None
     snippet: str
     similarity: float
+    passage: str = Field(default="", description="The whole passage as shown to the reader (whitespace-normalised).")
+    quotes: list[Quote] = Field(default_factory=list, description="The answer's sentences citing this source.")
 
 
 class ChatMetadata(BaseModel):
@@ -71,6 +78,8 @@ class MessageOut(BaseModel):
     role: str
     content: str
     sources: list[dict[str, Any]] | None
+    mode: str | None = Field(default=None, description="An answer's mode (as in the chat metadata); null for "
+                                                       "questions and for answers stored before it was kept.")
     created_at: datetime
 
 
@@ -124,7 +133,7 @@ def get_conversation(conversation_id: str, user: CurrentUser = Depends(chat_user
         turns = conversations.history(session, user.company_id, user.id, conversation_id)
         return ConversationDetail(id=row.id, title=row.title, created_at=row.created_at, updated_at=row.updated_at,
                                   message_count=len(turns),
-                                  messages=[MessageOut(role=t.role, content=t.content, sources=t.sources,
+                                  messages=[MessageOut(role=t.role, content=t.content, sources=t.sources, mode=t.mode,
                                                        created_at=t.created_at) for t in turns])
 
 
