@@ -207,7 +207,7 @@ def _load_client(session: Session, client_id: str) -> ServiceClient | None:
     return session.get(ServiceClient, client_id)
 
 
-def _choose_company(session: Session, client: ServiceClient, company_id: str | None) -> str:
+def _choose_company(client: ServiceClient, company_id: str | None) -> str:
     if not company_id:
         if client.all_companies or len(client.companies) != 1:
             raise ServiceError("company_id is required: this client may act for more than one company",
@@ -215,9 +215,6 @@ def _choose_company(session: Session, client: ServiceClient, company_id: str | N
         company_id = client.companies[0]
     if not client.may_act_for(company_id):
         raise Forbidden("this client may not act for that company", code="COMPANY_NOT_ALLOWED")
-    company = session.get(Company, company_id)
-    if company is None or not company.is_active:
-        raise ServiceError("no active company has that id", code="UNKNOWN_COMPANY", status_code=400)
     return company_id
 
 
@@ -245,14 +242,19 @@ def exchange(client_id: str, client_secret: str, *, company_id: str | None = Non
         extra = [s for s in granted if s not in client.scopes]
         if extra:
             raise Forbidden(f"this client was not granted {', '.join(extra)}", code="INVALID_SCOPE")
-        chosen = _choose_company(session, client, company_id)
+        chosen = _choose_company(client, company_id)
         name, cid = client.name, client.id
 
-    token, lifetime = issue_access_token(user_id=cid, company_id=chosen, email="", role=SERVICE_ROLE,
-                                         permissions=granted, settings=settings, extra_claims={"client_id": cid})
+    # The service role sees a company's row only inside that company's tenant; the audit row is
+    # written in the same transaction, so no token leaves without its audit row.
     with tenant(chosen), session_scope() as session:
+        company = session.get(Company, chosen)
+        if company is None or not company.is_active:
+            raise ServiceError("no active company has that id", code="UNKNOWN_COMPANY", status_code=400)
         audit.record(session, chosen, cid, CLIENT_TOKEN, target=name,
                      details={"client": name, "scopes": granted}, client_ip=client_ip)
+        token, lifetime = issue_access_token(user_id=cid, company_id=chosen, email="", role=SERVICE_ROLE,
+                                             permissions=granted, settings=settings, extra_claims={"client_id": cid})
     return ClientToken(access_token=token, expires_in=lifetime, scopes=tuple(granted), company_id=chosen,
                        client_name=name)
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from jose import ExpiredSignatureError, JOSEError, jwk, jwt
 
+from auth.permissions import Permission, platform_role_permissions
 from core.errors import ConfigurationError, Unauthorized
 from core.settings import PLACEHOLDER_SECRET, Settings, get_settings
 
@@ -148,6 +149,11 @@ def _construct_key(pem: str, algorithm: str, name: str) -> None:
 def check_auth_configuration(settings: Settings | None = None) -> None:
     """Start-up check: everything token signing and verification needs, or a one-line error."""
     settings = settings or get_settings()
+    known = {p.value for p in Permission}
+    for role, names in settings.platform_role_permissions.items():
+        if unknown := [name for name in names if name not in known]:
+            raise ConfigurationError(f"PLATFORM_ROLE_PERMISSIONS[{role!r}] names unknown permissions "
+                                     f"{', '.join(unknown)}; known: {', '.join(sorted(known))}.")
     if settings.jwt_algorithm not in ALLOWED_ALGORITHMS:  # pragma: no cover - Literal in Settings
         raise ConfigurationError(f"JWT_ALGORITHM must be one of {', '.join(sorted(ALLOWED_ALGORITHMS))}.")
     if _configured_secret(settings) == PLACEHOLDER_SECRET:
@@ -298,6 +304,8 @@ def decode_access_token(token: str, settings: Settings | None = None) -> TokenCl
     email, role, jti = claims.get("email", ""), claims.get("role", ""), claims.get("jti")
     if not isinstance(email, str) or not isinstance(role, str) or not (jti is None or isinstance(jti, str)):
         raise _invalid("bad email, role or jti claim")
+    if "permissions" not in claims and role:  # a role alone: the documented mapping (docs/platform.md)
+        permissions = platform_role_permissions(role, settings.platform_role_permissions)
     client_id = claims.get("client_id")
     if client_id is not None and not (isinstance(client_id, str) and client_id):
         raise _invalid("bad client_id claim")

@@ -18,19 +18,32 @@ from core.errors import Conflict, NotFound, ServiceError
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+COMPANY_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def create_company(session: Session, slug: str, name: str) -> Company:
+def check_company_id(company_id: str) -> str:
+    """A company id given by an operator (the ILS platform's own id, so its tokens' `companyId`
+    resolves as is): what tokens, the docstore namespace and per-company index names can carry."""
+    if not COMPANY_ID_RE.match(company_id):
+        raise ServiceError(f"company id {company_id!r} must be 1-64 letters, digits or dashes (a UUID or a number)",
+                           code="VALIDATION_ERROR", status_code=422)
+    return company_id
+
+
+def create_company(session: Session, slug: str, name: str, company_id: str | None = None) -> Company:
+    """`company_id`: the platform's id for this practice; default a new UUID."""
     if not SLUG_RE.match(slug):
         raise ServiceError(f"company slug {slug!r} must be 2-63 lowercase letters, digits or dashes",
                            code="VALIDATION_ERROR", status_code=422)
     if session.scalar(select(Company).where(Company.slug == slug)):
         raise Conflict(f"company {slug!r} already exists", code="COMPANY_EXISTS")
-    company = Company(id=new_id(), slug=slug, name=name, is_active=True)
+    if company_id is not None and session.get(Company, check_company_id(company_id)) is not None:
+        raise Conflict(f"a company with id {company_id!r} already exists", code="COMPANY_EXISTS")
+    company = Company(id=company_id or new_id(), slug=slug, name=name, is_active=True)
     session.add(company)
     session.flush()
     return company

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     jwt_issuer: str = Field(default="ils-platform", description="Required `iss` (the platform's contract).")
     jwt_audience: str = Field(default="ils-api", description="Required `aud` (the platform's contract).")
     access_token_minutes: int = Field(default=15, description="Access-token lifetime.")
+    platform_role_permissions: dict[str, list[str]] = Field(
+        default_factory=dict, description="JSON object role -> permissions for platform tokens that carry a "
+                                          "`role` but no `permissions` claim; extends (and may override) the "
+                                          "default admin/staff mapping, e.g. {\"optometrist\": [\"knowledge:read\", "
+                                          "\"chat:use\"]}.")
     refresh_token_days: int = Field(default=14, ge=1, description="Refresh-token lifetime.")
     login_max_failures_per_account: int = Field(default=5, description="Failed logins per email per window.")
     login_max_failures_per_address: int = Field(default=30, description="Failed logins per client IP per window.")
