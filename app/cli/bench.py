@@ -1,4 +1,4 @@
-"""`ils-rag bench ...`: entry points of the benchmarks (search, ingest, soak); the
+"""`ils-rag bench ...`: entry points of the benchmarks (search, ingest, soak, auth); the
 measurements themselves live in their own modules."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from rich.table import Table
 
 from app.cli.common import bench_app, console, fail, prepared
 from benchmarks import RESULTS_DIR
+from core.settings import Settings
 
 
 @bench_app.command("ingest")
@@ -32,6 +33,71 @@ def bench_ingest(
     verdict = "meets" if result["ratio"] >= result["target_ratio"] else "misses"
     console.print(f"pipeline/bare ratio {result['ratio']:.2f} ({verdict} the {result['target_ratio']} target); "
                   f"written to {output}", highlight=False)
+
+
+class _AuthService:
+    """The app as `ils-rag bench auth` measures it: built per settings, with the per-request
+    revocation check switchable (the benchmark's "without" side)."""
+
+    def __init__(self) -> None:
+        import app.deps
+
+        self._deps = app.deps
+        self._real = app.deps.check_token_authority
+
+    def client(self, settings: Settings) -> object:
+        from fastapi.testclient import TestClient
+
+        from app.main import create_app
+
+        return TestClient(create_app(settings, prepare=False))
+
+    def use_check(self, enabled: bool) -> None:
+        self._deps.check_token_authority = self._real if enabled else (lambda **_: None)
+
+
+@bench_app.command("auth")
+def bench_auth(
+    output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = RESULTS_DIR / "auth.json",
+    requests: Annotated[int, typer.Option(min=20, help="Timed calls of each kind.")] = 200,
+) -> None:
+    """Cost of the per-request revocation check: alone, and on /api/rag/search with vs without it."""
+    from benchmarks.auth import run_auth_bench
+
+    prepared()
+    result = run_auth_bench(_AuthService(), output, requests=requests)
+    table = Table("measure", "p50 ms", "p95 ms")
+    for label, key in (("check alone", "check_alone_ms"), ("search with the check", "search_with_check_ms"),
+                       ("search without it", "search_without_check_ms")):
+        table.add_row(label, f"{result[key]['p50']:.3f}", f"{result[key]['p95']:.3f}")
+    console.print(table)
+    verdict = "within" if result["added_p50_ms"] <= result["budget_p50_ms"] else "over"
+    console.print(f"added per request (median of paired differences): {result['added_p50_ms']:.3f} ms ({verdict} "
+                  f"the {result['budget_p50_ms']} ms budget; difference of medians "
+                  f"{result['difference_of_medians_ms']:.3f} ms); written to {output}", highlight=False)
+
+
+@bench_app.command("tenant-context")
+def bench_tenant_context(
+    output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = RESULTS_DIR / "tenant-context.json",
+    requests: Annotated[int, typer.Option(min=20, help="Timed calls of each kind.")] = 300,
+) -> None:
+    """Cost of the signed tenant claim and the row-level security that verifies it."""
+    from benchmarks.tenant_context import run_tenant_context_bench
+
+    prepared()
+    result = run_tenant_context_bench(output, requests=requests)
+    table = Table("measure", "p50 ms", "p95 ms")
+    for label, key in (("transaction with the claim", "transaction_with_claim_ms"),
+                       ("transaction without a tenant", "transaction_without_claim_ms"),
+                       ("search query behind the wall", "search_query_behind_wall_ms"),
+                       ("search query as the owner (no RLS)", "search_query_as_owner_ms")):
+        table.add_row(label, f"{result[key]['p50']:.3f}", f"{result[key]['p95']:.3f}")
+    console.print(table)
+    verdict = "within" if result["wall_added_p50_ms"] <= result["budget_p50_ms"] else "over"
+    console.print(f"claim set-up adds {result['claim_added_p50_ms']:.3f} ms p50; the whole wall adds "
+                  f"{result['wall_added_p50_ms']:.3f} ms p50 to a search's query ({verdict} the "
+                  f"{result['budget_p50_ms']} ms budget); written to {output}", highlight=False)
 
 
 @bench_app.command("search")
