@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.search_modes import SearchMode, describe_modes
+
 PLACEHOLDER_SECRET = "your-secret-key-change-in-production"  # the seed's default, always refused
 
 
@@ -87,8 +89,7 @@ class Settings(BaseSettings):
         default=8192, description="Context window assumed for OpenAI-compatible models OpenAI does not list.")
 
     # Retrieval
-    search_mode: Literal["vector", "text", "hybrid"] = Field(
-        default="hybrid", description="Default retrieval mode: vector, text, or hybrid (RRF of both).")
+    search_mode: SearchMode = Field(default="hybrid", description=f"Default retrieval mode ({describe_modes()}).")
     search_threshold: float = Field(
         default=0.25, ge=-1.0, le=1.0,
         description="Default minimum cosine similarity of a returned chunk (same meaning in every mode).")

@@ -28,6 +28,7 @@ from auth.models import Company
 from auth.users import create_company
 from core.database import admin_session_scope, get_engine, tenant
 from core.embeddings import embedding_runtime, get_embed_model
+from core.search_modes import MODE_NAMES
 from core.settings import get_settings
 from core.tenant_indexes import sync_tenant_indexes
 from evals.beir import Dataset, Query, load_dataset
@@ -35,10 +36,11 @@ from evals.embedding_cache import CachedEmbedding
 from evals.jaccard import jaccard_search
 from evals.metrics import METRICS, average, percentile, query_metrics
 from evals.report import EvalReport, RetrieverResult
-from indexing.pipeline import Source, content_hash, index_sources
+from indexing.pipeline import index_sources
 from indexing.readers import Part
+from indexing.sources import Source, content_hash
 
-RETRIEVERS = ("jaccard", "text", "vector", "hybrid")
+RETRIEVERS = ("jaccard", *MODE_NAMES)
 DOC_DEPTH = 100  # documents ranked per query (recall@100)
 CHUNK_DEPTH = 200  # chunks fetched to fill DOC_DEPTH documents
 INDEX_BATCH = 128

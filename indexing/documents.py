@@ -17,18 +17,10 @@ from sqlalchemy import func, select, text
 
 from core.database import get_admin_engine, get_engine, session_scope, tenant
 from core.errors import Conflict, NotFound, ServiceError
+from indexing.chunk_rows import purge_document, set_chunk_metadata
+from indexing.document_state import document_lock_key, document_locks, mark_failed
 from indexing.models import Document
-from indexing.pipeline import (
-    UPLOAD_PREFIX,
-    Source,
-    content_hash,
-    document_lock_key,
-    document_locks,
-    index_sources,
-    mark_failed,
-    purge_document,
-    set_chunk_metadata,
-)
+from indexing.pipeline import index_sources
 from indexing.readers import (
     IngestError,
     check_container,
@@ -37,6 +29,7 @@ from indexing.readers import (
     read_parts,
     safe_source_key,
 )
+from indexing.sources import UPLOAD_PREFIX, Source, content_hash
 
 logger = logging.getLogger(__name__)
 

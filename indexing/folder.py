@@ -24,17 +24,11 @@ from sqlalchemy import select
 from core.database import get_engine, session_scope, tenant
 from core.errors import NotFound, ServiceError
 from core.settings import get_settings
+from indexing.chunk_rows import purge_document, set_chunk_metadata
 from indexing.models import Document
-from indexing.pipeline import (
-    RESERVED_PREFIXES,
-    Outcome,
-    Source,
-    content_hash,
-    index_sources,
-    purge_document,
-    set_chunk_metadata,
-)
+from indexing.pipeline import index_sources
 from indexing.readers import IngestError, check_extension, read_parts, safe_source_key
+from indexing.sources import RESERVED_PREFIXES, Outcome, Source, content_hash
 
 
 @dataclass
@@ -73,7 +67,8 @@ class IngestReport:
 
 
 def company_exists(company_id: str) -> bool:
-    with get_engine().connect() as connection:
+    # as that company: row-level security shows the service role its own company row only
+    with tenant(company_id), get_engine().connect() as connection:
         found = connection.execute(sa.text("SELECT 1 FROM companies WHERE id = :c"), {"c": company_id}).first()
         return found is not None
 

@@ -32,8 +32,9 @@ from core.database import get_admin_engine, session_scope, tenant
 from core.embeddings import configured_dimensions
 from core.errors import ConfigurationError, ServiceError
 from indexing.models import Document
-from indexing.pipeline import LEGACY_PREFIX, Source, _splitter, content_hash, index_sources
+from indexing.pipeline import chunk_splitter, index_sources
 from indexing.readers import Part, check_extension, safe_source_key
+from indexing.sources import LEGACY_PREFIX, Source, content_hash
 
 LEGACY_COLUMNS = ("id, company_id, uploaded_by, filename, content, embeddings, category, is_active, "
                   "created_at, updated_at")
@@ -152,7 +153,7 @@ def migrate_row(row: sa.Row) -> LegacyRow:
         note = "re-embedded (no legacy vector)"
     elif len(vector) != dims:
         note = f"re-embedded (legacy vector has {len(vector)} dims, model has {dims})"
-    elif len(_splitter().get_nodes_from_documents([LIDocument(text=content)])) != 1:
+    elif len(chunk_splitter().get_nodes_from_documents([LIDocument(text=content)])) != 1:
         note = "re-embedded (content spans several chunks; the legacy vector covers the whole text)"
     else:
         keep, note = vector, "legacy vector kept"

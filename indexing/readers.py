@@ -13,15 +13,13 @@ import io
 import posixpath
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import ServiceError
 from core.settings import Settings, get_settings
 
-TEXT_TYPES = {".md", ".markdown", ".txt", ".html", ".htm", ".csv"}
-BINARY_TYPES = {".pdf", ".docx"}
-SUPPORTED_EXTENSIONS = tuple(sorted(TEXT_TYPES | BINARY_TYPES))
 MAX_NAME_LENGTH = 512
 MAX_ZIP_MEMBERS = 10_000  # a real .docx has a few dozen; thousands of entries is a bomb's trick
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -132,7 +130,7 @@ def safe_source_key(name: str) -> str:
 
 def check_extension(name: str) -> str:
     suffix = Path(name).suffix.lower()
-    if suffix not in TEXT_TYPES and suffix not in BINARY_TYPES:
+    if suffix not in READERS:
         raise IngestError(
             f"{Path(name).name!r}: unsupported file type {suffix or '(none)'}; "
             f"supported: {', '.join(SUPPORTED_EXTENSIONS)}.",
@@ -258,20 +256,7 @@ def read_parts(name: str, data: bytes, limits: ExtractionLimits | None = None) -
     limits = limits or ExtractionLimits.of()
     if not data or not data.strip():
         raise IngestError(f"{label!r} is empty.", code="EMPTY_FILE")
-    if suffix == ".pdf":
-        parts = _pdf_parts(label, data, limits)
-    elif suffix == ".docx":
-        parts = _docx_parts(label, data, limits)
-    else:
-        text = decode_text(label, data)
-        if suffix in (".md", ".markdown"):
-            parts = _markdown_parts(text)
-        elif suffix == ".csv":
-            parts = _csv_parts(text)
-        elif suffix in (".html", ".htm"):
-            parts = _html_parts(text)
-        else:
-            parts = [Part(text)]
+    parts = READERS[suffix](label, data, limits)
     # PDF/DOCX extraction can yield NUL characters, which Postgres text cannot store.
     parts = [Part(p.text.replace("\x00", "").strip(), p.metadata) for p in parts
              if p.text and p.text.replace("\x00", "").strip()]
@@ -279,3 +264,27 @@ def read_parts(name: str, data: bytes, limits: ExtractionLimits | None = None) -
         raise IngestError(f"{label!r} contains no extractable text (a scanned PDF needs OCR first).",
                           code="NO_TEXT")
     return parts
+
+
+# -- the formats ------------------------------------------------------------------------------
+Reader = Callable[[str, bytes, ExtractionLimits], list[Part]]  # (file name, bytes, limits) -> parts
+
+
+def _decoded(parse: Callable[[str], list[Part]]) -> Reader:
+    """A reader of a UTF-8 text format: the bytes are checked and decoded (decode_text) first."""
+    return lambda name, data, limits: parse(decode_text(name, data))
+
+
+# Every supported file type, by suffix: a new format is one entry here (help texts and the
+# unsupported-type error list what is here).
+READERS: dict[str, Reader] = {
+    ".md": _decoded(_markdown_parts),
+    ".markdown": _decoded(_markdown_parts),
+    ".txt": _decoded(lambda text: [Part(text)]),
+    ".html": _decoded(_html_parts),
+    ".htm": _decoded(_html_parts),
+    ".csv": _decoded(_csv_parts),
+    ".pdf": _pdf_parts,
+    ".docx": _docx_parts,
+}
+SUPPORTED_EXTENSIONS = tuple(sorted(READERS))

@@ -3,7 +3,8 @@
 It cannot be built without a company id, and every store query it issues carries the
 filters `company_id = <id> AND is_active = 'true'` built by `core.vector_store.company_filter`
 (the guarded store refuses anything else); it runs inside `core.database.tenant(company_id)`,
-so row-level security applies as a second wall. Three modes:
+so row-level security applies as a second wall. The modes (named in core.search_modes, one
+ranker each in RANKERS below):
 
 - `vector`: cosine top-k, exact for small companies and through an HNSW index for large ones
   (the store picks the plan per company, see core.vector_store);
@@ -26,6 +27,7 @@ how they come back:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,15 +44,14 @@ from llama_index.core.vector_stores.types import (
 
 from core.database import get_engine, tenant
 from core.embeddings import get_embed_model
+from core.search_modes import MODE_NAMES, SearchMode
 from core.settings import get_settings
 from core.vector_store import UnscopedQueryError, company_filter, get_vector_store
 from retrieval.bm25 import bm25_search
 from retrieval.fusion import Fusion, fuse
 
-SearchMode = Literal["vector", "text", "hybrid"]
 ResultOrder = Literal["similarity", "rank"]
 TextRanking = Literal["bm25", "ts_rank"]
-MODES: tuple[str, ...] = ("vector", "text", "hybrid")
 ORDERS: tuple[str, ...] = ("similarity", "rank")
 
 # Fusion only helps when each side contributes more than the final k candidates.
@@ -78,8 +79,8 @@ class TenantRetriever(BaseRetriever):
             raise UnscopedQueryError("TenantRetriever needs the caller's company id")
         settings = get_settings()
         mode = mode or settings.search_mode
-        if mode not in MODES:
-            raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        if mode not in RANKERS:
+            raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(RANKERS)}")
         if order not in ORDERS:
             raise ValueError(f"unknown result order {order!r}; use one of {', '.join(ORDERS)}")
         if top_k < 1:
@@ -108,14 +109,7 @@ class TenantRetriever(BaseRetriever):
         embedding = self.query_embedding(query_bundle)
         pool = max(self.top_k, FUSION_CANDIDATES)
         with tenant(self.company_id):
-            if self.mode == "vector":
-                # The store over-fetches and re-sorts where its plan needs it (a filtered HNSW walk's
-                # relaxed order); exact scans and a company's own index return the top k in order.
-                ranked = self._vector(embedding, self.top_k)
-            elif self.mode == "text":
-                ranked = self._text(query_bundle.query_str, pool, embedding)
-            else:
-                ranked = self._hybrid(query_bundle, embedding, pool)
+            ranked = RANKERS[self.mode](self, query_bundle, embedding, pool)
         chosen = [NodeWithScore(node=c.node, score=c.cosine) for c in ranked if c.cosine >= self.threshold]
         chosen = chosen[: self.top_k]
         if self.order == "similarity":
@@ -183,6 +177,21 @@ class Candidate:
     node: BaseNode
     native: float
     cosine: float
+
+
+# One ranker per search mode: (retriever, query, query embedding, candidate pool) -> candidates
+# in the mode's own order. A mode named in core.search_modes without a ranker here stops the
+# import, so the two can never disagree.
+Ranker = Callable[[TenantRetriever, QueryBundle, list[float], int], list[Candidate]]
+RANKERS: dict[str, Ranker] = {
+    # The store over-fetches and re-sorts where its plan needs it (a filtered HNSW walk's
+    # relaxed order); exact scans and a company's own index return the top k in order.
+    "vector": lambda retriever, query, embedding, pool: retriever._vector(embedding, retriever.top_k),
+    "text": lambda retriever, query, embedding, pool: retriever._text(query.query_str, pool, embedding),
+    "hybrid": lambda retriever, query, embedding, pool: retriever._hybrid(query, embedding, pool),
+}
+if tuple(RANKERS) != MODE_NAMES:
+    raise ImportError(f"search modes {MODE_NAMES} and rankers {tuple(RANKERS)} differ (core.search_modes)")
 
 
 def search(company_id: str, query: str, *, limit: int = 5, threshold: float | None = None,

@@ -13,6 +13,8 @@ import ast
 from functools import cache
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("app", "auth", "core", "indexing", "retrieval", "evals", "benchmarks")
 INNER_LAYERS = ("auth", "core", "indexing", "retrieval", "evals", "benchmarks")
@@ -126,3 +128,30 @@ def test_nothing_below_app_imports_it() -> None:
     offenders = {name: sorted(m for m in deps if m == "app" or m.startswith("app."))
                  for name, deps in import_graph().items() if name.split(".")[0] in INNER_LAYERS}
     assert {name: deps for name, deps in offenders.items() if deps} == {}
+
+
+def test_search_modes_are_named_once() -> None:
+    from typing import get_args
+
+    from app.routes.search import SearchRequest
+    from core.search_modes import MODE_NAMES
+    from core.settings import Settings
+    from evals.runner import RETRIEVERS
+    from retrieval.retriever import RANKERS
+
+    assert tuple(RANKERS) == MODE_NAMES
+    assert get_args(Settings.model_fields["search_mode"].annotation) == MODE_NAMES
+    schema = SearchRequest.model_json_schema()["properties"]["mode"]["anyOf"]
+    assert next(s for s in schema if "enum" in s)["enum"] == list(MODE_NAMES)
+    assert set(MODE_NAMES) <= set(RETRIEVERS)
+
+
+def test_every_document_format_has_one_reader() -> None:
+    from indexing.readers import READERS, SUPPORTED_EXTENSIONS, IngestError, check_extension
+
+    assert tuple(sorted(READERS)) == SUPPORTED_EXTENSIONS
+    for suffix in READERS:
+        assert check_extension(f"notes{suffix.upper()}") == suffix
+    with pytest.raises(IngestError) as refused:
+        check_extension("notes.xlsx")
+    assert all(suffix in refused.value.message for suffix in READERS)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 def _stuck_upload(company_id: str, name: str, status: str) -> str:
     from core.database import session_scope, tenant
     from indexing.models import Document
-    from indexing.pipeline import UPLOAD_PREFIX
+    from indexing.sources import UPLOAD_PREFIX
 
     document_id = str(uuid.uuid4())
     with tenant(company_id), session_scope() as session:
@@ -24,8 +24,9 @@ def _stuck_upload(company_id: str, name: str, status: str) -> str:
 
 def test_interrupted_uploads_fail_with_a_reason_and_can_be_uploaded_again(client, company, make_user) -> None:
     from core.database import get_engine
+    from indexing.document_state import document_lock_key
     from indexing.documents import recover_interrupted_uploads
-    from indexing.pipeline import UPLOAD_PREFIX, document_lock_key
+    from indexing.sources import UPLOAD_PREFIX
 
     _, admin = make_user(company, "admin")
     queued = _stuck_upload(company.id, "queued.txt", "queued")

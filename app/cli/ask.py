@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from app.cli.common import app, console, prepared
+from core.search_modes import SearchMode, describe_modes
 
 CLI_USER = "cli"
 
@@ -16,7 +17,7 @@ CLI_USER = "cli"
 def ask(
     question: Annotated[str, typer.Argument(help="The question, in quotes.")],
     company: Annotated[str, typer.Option(help="Company slug.")],
-    mode: Annotated[str | None, typer.Option(help="vector, text or hybrid (default: SEARCH_MODE).")] = None,
+    mode: Annotated[SearchMode | None, typer.Option(help=f"{describe_modes()} (default: SEARCH_MODE).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Minimum cosine similarity.")] = None,
 ) -> None:
     """Answer a question from one company's documents and list the cited sources."""

@@ -10,11 +10,12 @@ import typer
 from rich.table import Table
 
 from app.cli.common import app, console, fail, prepared, sync_tenant_indexes_verbose
+from indexing.readers import SUPPORTED_EXTENSIONS
 
 
 @app.command("ingest")
 def ingest(
-    folder: Annotated[Path, typer.Argument(help="Folder of .md .txt .pdf .docx .html .csv files.")],
+    folder: Annotated[Path, typer.Argument(help=f"Folder of {' '.join(SUPPORTED_EXTENSIONS)} files.")],
     company: Annotated[str, typer.Option(help="Company slug.")],
     category: Annotated[str | None, typer.Option(help="Category for new/updated files.")] = None,
     sync: Annotated[bool, typer.Option("--sync", help="Remove documents whose files are gone.")] = False,

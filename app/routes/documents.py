@@ -22,6 +22,7 @@ from core.database import session_scope, tenant
 from core.errors import ServiceError
 from indexing import documents as service
 from indexing.models import Document
+from indexing.readers import SUPPORTED_EXTENSIONS
 
 router = APIRouter(tags=["documents"])
 # Printable text only: Postgres text and jsonb cannot hold NUL, and control characters in a
@@ -104,7 +105,7 @@ def _audit(request: Request, user: CurrentUser, action: str, target: str, detail
 def upload_documents(
     request: Request,
     response: Response,
-    files: list[UploadFile] = File(..., description="One or more files (.md .txt .pdf .docx .html .csv)"),
+    files: list[UploadFile] = File(..., description=f"One or more files ({' '.join(SUPPORTED_EXTENSIONS)})"),
     category: str | None = Form(default=None, max_length=100, pattern=CATEGORY_PATTERN),
     user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE)),
 ) -> UploadResponse | JSONResponse:

@@ -14,6 +14,7 @@ from app.request_models import RequestModel
 from auth.permissions import Permission
 from core.embeddings import embedding_info, get_embed_model
 from core.errors import ServiceError
+from core.search_modes import SearchMode, describe_modes
 from core.settings import Settings
 from retrieval.calibration import current_calibration
 from retrieval.retriever import search
@@ -48,7 +49,7 @@ class SearchRequest(RequestModel):
         description="Minimum calibrated `score` (probability that a passage is relevant, 0-1; 0 or less = no "
                     "floor), as in the ILS plan's `threshold: 0.7`. Omitted: SEARCH_THRESHOLD, a cosine floor. "
                     "Without a calibration for the configured model, a minimum cosine similarity.")
-    mode: Literal["vector", "text", "hybrid"] | None = Field(default=None, description="Default SEARCH_MODE.")
+    mode: SearchMode | None = Field(default=None, description=f"{describe_modes()}. Default SEARCH_MODE.")
     company_id: str | None = Field(default=None, max_length=64, description="Optional; must be your own company.")
 
 
