@@ -11,6 +11,13 @@ check with one primary-key read (auth.revocation):
   password change add one to `users.auth_epoch`, so every token issued before is refused
   (also after a reactivation, which must not bring old tokens back).
 
+The per-request read is `ils_token_state(company, user, sid)`, a SECURITY DEFINER function
+(owned by the owner, so it sees every company) that only the sign-in role `ils_auth` may
+execute: auth.revocation calls it on that role's connection as one autocommit statement (no
+transaction, no tenant claim to prove: two round trips fewer than a tenant transaction, which
+keeps the check well under 1 ms). The request role cannot call it, so SQL running as that role
+learns nothing about another company's users or sign-ins through it.
+
 Migration 0004 replaced the request role's SELECT on `users` by a column list (everything
 but `password_hash`); the new column is added to that list here.
 
@@ -25,6 +32,7 @@ branch_labels = None
 depends_on = None
 
 APP_ROLE = "ils_app"
+AUTH_ROLE = "ils_auth"
 
 
 def upgrade() -> None:
@@ -39,7 +47,33 @@ def upgrade() -> None:
         END
         $$
     """)
+    op.execute("""
+        CREATE FUNCTION ils_token_state(p_company_id text, p_user_id text, p_session_id text)
+        RETURNS TABLE (company_active boolean, user_found boolean, user_active boolean, role varchar,
+                       auth_epoch integer, session_live boolean)
+        LANGUAGE sql STABLE SECURITY DEFINER
+        SET search_path = public, pg_temp
+        AS $$
+            SELECT c.is_active, u.id IS NOT NULL, u.is_active, u.role, u.auth_epoch,
+                   p_session_id IS NULL OR EXISTS (
+                       SELECT 1 FROM refresh_tokens r
+                       WHERE r.company_id = p_company_id AND r.family_id = p_session_id AND r.revoked_at IS NULL)
+            FROM companies c LEFT JOIN users u ON u.company_id = c.id AND u.id = p_user_id
+            WHERE c.id = p_company_id
+        $$
+    """)
+    op.execute("REVOKE ALL ON FUNCTION ils_token_state(text, text, text) FROM PUBLIC")
+    op.execute(f"""
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{AUTH_ROLE}') THEN
+                EXECUTE 'GRANT EXECUTE ON FUNCTION ils_token_state(text, text, text) TO {AUTH_ROLE}';
+            END IF;
+        END
+        $$
+    """)
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION IF EXISTS ils_token_state(text, text, text)")
     op.execute("ALTER TABLE users DROP COLUMN auth_epoch")
