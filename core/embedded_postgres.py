@@ -68,7 +68,7 @@ def start_embedded_postgres(pgdata: Path, shared_buffers: int = 1024) -> str:
         if _needs_tuning(uri, shared_buffers_mb(shared_buffers)):
             # the registered processes (ours is among them): only ours means nobody else is connected
             if server.global_process_id_list.get_and_add(os.getpid()) == [os.getpid()]:
-                logger.info("restarting the embedded Postgres once to apply its shared_buffers")
+                logger.debug("restarting the embedded Postgres once to apply its shared_buffers")
                 server.stop()
                 server.start()
                 uri = server.get_uri(driver="psycopg2")

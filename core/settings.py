@@ -27,9 +27,10 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `ils-rag serve` binds.")
     port: int = Field(default=8000, description="Port `ils-rag serve` listens on.")
     log_level: str = Field(default="INFO", description="Log level of the JSON logs.")
-    log_format: Literal["json", "text"] = Field(
-        default="json", description="Service logs: one JSON object per line (request id, user id, company id), "
-                                    "or text; secrets are redacted from both.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="Service logs: one JSON object per line (request id, user id, company id), "
+                                    "or text; `auto` = text on a terminal, JSON otherwise; secrets are redacted "
+                                    "from both.")
 
     # Database
     database_url: str | None = Field(default=None, description="Postgres with pgvector; unset = embedded server.")

@@ -22,6 +22,22 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@app.callback()
+def configure_cli_logging() -> None:
+    """Every command logs like the service (LOG_LEVEL, LOG_FORMAT: text on a terminal), with
+    the libraries' own narration at DEBUG. Settings that do not validate are the command's to
+    report: logging then keeps its defaults."""
+    from app.logs import configure_logging
+    from core.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValueError:  # a ValidationError: reported by the command that needs the settings
+        configure_logging()
+        return
+    configure_logging(settings.log_level, settings.log_format)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one red line on stderr and hand back the exit to raise: bad input ends a command
     with a message, never a traceback."""

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import signal
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.cli.common import app, console, prepared
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 
 @app.command()
@@ -25,14 +29,16 @@ def serve(
     from core.settings import get_settings
 
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)  # JSON lines with request/user/company ids
+    configure_logging(settings.log_level, settings.log_format)  # text on a terminal, else JSON lines
     log_config = logging_config(settings.log_level, settings.log_format)
+    console.print(starting_line(settings), highlight=False)
     prepare_runtime(settings)
     if load_samples:
         from app.samples import load_samples as _load
 
         _load(console)
-    console.print(f"ILS RAG listening on http://{host or settings.host}:{port or settings.port}")
+    for line in address_lines(settings, host or settings.host, port or settings.port):
+        console.print(line, highlight=False)
     # uvicorn re-raises SIGTERM once it has shut down gracefully; its default action would end the
     # process before the exit hooks run, leaving the embedded Postgres running (and this process
     # registered with it). Exiting normally instead lets the last process stop it.
@@ -46,6 +52,29 @@ def serve(
     else:
         uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
                     log_level=settings.log_level.lower(), log_config=log_config, proxy_headers=False)
+
+
+def starting_line(settings: Settings) -> str:
+    """What starts and where its data lives: the first line of a start."""
+    from core import __version__
+
+    if settings.database_url:
+        database = "the Postgres at DATABASE_URL"
+    else:
+        database = f"embedded Postgres in {Path(settings.data_dir) / 'pg'}"
+    return f"ILS RAG {__version__} starting: {database}"
+
+
+def address_lines(settings: Settings, host: str, port: int) -> list[str]:
+    """Where to go once it listens: the page first, since that is what a person opens."""
+    shown = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):
+        shown = "127.0.0.1"  # listening everywhere: this machine's own address works for its user
+    base = f"http://{shown}:{port}"
+    lines = [f"ILS RAG listening on {base} (Ctrl+C stops it)", f"  web page  {base}/app"]
+    if settings.api_docs_enabled:
+        lines.append(f"  API docs  {base}/docs")
+    return lines
 
 
 def _exit_normally(signum: int, frame: object) -> None:
