@@ -38,11 +38,14 @@ def ensure_sample_company(slug: str) -> Company:
 
 
 def load_samples(console: Console) -> None:
+    from core.embeddings import get_embed_model
     from indexing.folder import ingest_folder
+    from retrieval.statements import precompute
 
     for slug in SAMPLE_COMPANIES:
         company = ensure_sample_company(slug)
         report = ingest_folder(SAMPLES_DIR / slug, company_id=company.id, sync=True, show_progress=True)
+        precompute(company.id, get_embed_model())  # statement vectors: no offline answer embeds them
         console.print(f"[bold]{SAMPLE_COMPANIES[slug]}[/] ({slug}): {report.summary()}")
     console.print(f"\nSample sign-ins (password for all: [bold]{SAMPLE_PASSWORD}[/]):")
     for slug in SAMPLE_COMPANIES:

@@ -380,7 +380,9 @@ def prepare_practices(companies: Iterable[str], samples: Path = SAMPLES_DIR,
     from auth.tokens import issue_access_token
     from auth.users import create_company, create_user, find_user_in_company
     from core.database import admin_session_scope, session_scope, tenant
+    from core.embeddings import get_embed_model
     from indexing.folder import ingest_folder
+    from retrieval.statements import precompute
 
     headers: dict[str, dict[str, str]] = {}
     for name in companies:
@@ -396,7 +398,9 @@ def prepare_practices(companies: Iterable[str], samples: Path = SAMPLES_DIR,
             if user is None:
                 user = create_user(session, company_id, email, "answer-evaluation-only", "staff")
             user_id = user.id
-        ingest_folder(samples / name, company_id=company_id, sync=True)
+        with tenant(company_id):
+            ingest_folder(samples / name, company_id=company_id, sync=True)
+        precompute(company_id, get_embed_model())
         token, _ = issue_access_token(user_id=user_id, company_id=company_id, email=email, role="staff",
                                       permissions=permissions_for("staff"))
         headers[name] = {"Authorization": f"Bearer {token}"}

@@ -131,24 +131,6 @@ class ChatResult:
     def confidence(self) -> float:
         return round(max((s["similarity"] for s in self.sources), default=0.0), 4)
 
-    def body(self) -> dict[str, Any]:
-        """The seed's response shape."""
-        return {
-            "answer": self.answer,
-            "conversationId": self.conversation_id,
-            "sources": self.sources,
-            "toolsUsed": ["vector_search", "knowledge_base"] + (["llm"] if self.used_external_ai else []),
-            "confidence": self.confidence,
-            "isRelevant": self.is_relevant,
-            "metadata": {
-                "responseTime": int((time.perf_counter() - self.started) * 1000),
-                "queryType": "knowledge" if self.is_relevant else "no_results",
-                "usedExternalAI": self.used_external_ai,
-                "mode": self.mode,
-                "retrievalQuery": self.retrieval_query,
-            },
-        }
-
 
 def _snippet(node: NodeWithScore) -> str:
     text = node.node.get_content()
@@ -238,7 +220,7 @@ class ChatService:
         if not nodes:
             return self._nothing(query, conversation_id, started)
         questions = [query] if query == message else [query, message]
-        found: Answer = answer(questions, nodes, self.embed_model)
+        found: Answer = answer(self.company_id, questions, nodes, self.embed_model)
         if not found.lines or found.best_cosine < ABSTAIN_BELOW:
             return self._nothing(query, conversation_id, started)
         return ChatResult(answer=found.text, conversation_id=conversation_id or "",
@@ -303,7 +285,7 @@ class ChatService:
         return result
 
     def stream(self, message: str, conversation_id: str | None = None) -> Iterator[tuple[str, Any]]:
-        """("token", text) events, then one ("sources", body) event. An LLM failure before the
+        """("token", text) events, then one ("sources", ChatResult) event. An LLM failure before the
         first token raises a ServiceError (so the route can still answer 502/504); a failure
         after it ends the stream with an ("error", {...}) event."""
         started = time.perf_counter()
@@ -352,7 +334,7 @@ class ChatService:
                             sources=llm_source_list(text, streaming.source_nodes), is_relevant=True, mode="llm",
                             used_external_ai=True, retrieval_query=str(query), started=started)
         self._store(message, result, conversation_id)
-        yield "sources", result.body()
+        yield "sources", result
 
     def _stream_done(self, message: str, conversation_id: str | None,
                      result: ChatResult) -> Iterator[tuple[str, Any]]:
@@ -360,4 +342,4 @@ class ChatService:
         # No LLM: send the prepared answer line by line so clients handle one stream shape.
         for line in result.answer.splitlines(keepends=True):
             yield "token", line
-        yield "sources", result.body()
+        yield "sources", result

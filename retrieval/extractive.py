@@ -12,15 +12,13 @@ A follow-up is ranked against both the condensed question (the subject) and the 
 alone (what is new). The same fact quoted by the price list, the FAQ and the lens guide
 becomes one line carrying every citation.
 
-Statement vectors are kept in a process-wide cache keyed by the text they embed: a chunk's
-statements are embedded once, by the first chat that retrieves it, not on every chat.
+Statement vectors come from `chunk_statements` (retrieval/statements.py): computed once per
+chunk at ingestion, so an answer embeds only the question.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +26,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.schema import NodeWithScore
 
+from retrieval import statements
 from retrieval.passages import Rendered, passage_of
 
 MAX_LINES = 3
@@ -35,7 +34,6 @@ ABSTAIN_BELOW = 0.35  # best statement's cosine to the question: below it, nothi
 KEEP_WITHIN = 0.2  # further lines must score within this much of the best one
 LEXICAL_WEIGHT = 0.15
 DUPLICATE_OVERLAP = 0.8
-VECTOR_CACHE_SIZE = 50_000
 
 _WORD = re.compile(r"[a-z0-9£%]+(?:['’][a-z]+)?")
 _CITATION = re.compile(r"\[\d+\]")
@@ -93,35 +91,6 @@ def is_duplicate(a: str, b: str) -> bool:
     return min(len(content_words(a)), len(content_words(b))) >= 3 and overlap(a, b) >= DUPLICATE_OVERLAP
 
 
-class VectorCache:
-    """Statement text -> unit vector, least recently used dropped first; shared by all threads."""
-
-    def __init__(self, size: int = VECTOR_CACHE_SIZE) -> None:
-        self.size = size
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def vectors(self, texts: Sequence[str], embed_model: BaseEmbedding) -> np.ndarray:
-        with self._lock:
-            found = {t: self._items[t] for t in texts if t in self._items}
-            for t in found:
-                self._items.move_to_end(t)
-        missing = list(dict.fromkeys(t for t in texts if t not in found))
-        if missing:
-            fresh = np.asarray(embed_model.get_text_embedding_batch(missing), dtype=np.float32)
-            fresh /= np.linalg.norm(fresh, axis=1, keepdims=True) + 1e-9
-            with self._lock:
-                for text, vector in zip(missing, fresh, strict=True):
-                    self._items[text] = vector
-                    found[text] = vector
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
-        return np.stack([found[t] for t in texts]) if texts else np.zeros((0, 1), dtype=np.float32)
-
-
-STATEMENT_VECTORS = VectorCache()
-
-
 def passages(nodes: Sequence[NodeWithScore]) -> list[Rendered]:
     """Each retrieved chunk read into statements (see retrieval.passages)."""
     out = []
@@ -165,10 +134,11 @@ class Answer:
         return out
 
 
-def answer(questions: list[str], nodes: Sequence[NodeWithScore], embed_model: BaseEmbedding,
+def answer(company_id: str, questions: list[str], nodes: Sequence[NodeWithScore], embed_model: BaseEmbedding,
            limit: int = MAX_LINES) -> Answer:
     """The best `limit` statements for `questions` (all weigh the same), near-duplicates merged."""
     rendered = passages(nodes)
+    stored = statements.vectors_for(company_id, [n.node.node_id for n in nodes], rendered, embed_model)
     candidates: list[tuple[int, int]] = []
     for number, passage in enumerate(rendered, start=1):
         candidates += [(number, index) for index, unit in enumerate(passage.units) if unit.answerable]
@@ -176,7 +146,7 @@ def answer(questions: list[str], nodes: Sequence[NodeWithScore], embed_model: Ba
         return Answer([], rendered, 0.0)
     unit = lambda c: rendered[c[0] - 1].units[c[1]]  # noqa: E731 - local shorthand
     texts = [unit(c).embed_text for c in candidates]
-    vectors = STATEMENT_VECTORS.vectors(texts, embed_model)
+    vectors = np.concatenate([m for m in stored if len(m)], axis=0)  # the candidates' order
     queries = np.asarray([embed_model.get_query_embedding(q) for q in questions], dtype=np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True) + 1e-9
     cosine = (vectors @ queries.T).mean(axis=1)

@@ -37,7 +37,8 @@ _TEXT_RULE = re.compile(r"^\s*-{3,}(\s{2,}-{3,})+\s*$")  # fixed-width table rul
 _BULLET = re.compile(r"^(\s*)(?:[-*•+]|\d+[.)]|\d+\.\d+[.)]?|[a-z][.)])\s+(?=\S)")
 _NUMBERED = re.compile(r"^\s*(?:\d+[.)]|\d+\.\d+[.)]?)\s+")
 _KEY_VALUE = re.compile(r"^[A-Z][\w'’ ()-]{1,30}: \S")
-_CSV_ROW = re.compile(r"^([A-Za-z_][\w ]{0,30}): [^;]*(; [A-Za-z_][\w ]{0,30}: ?[^;]*)+;?$")
+_CSV_ROW = re.compile(r"^([A-Za-z_][\w ]{0,30}): [^;]*(; [A-Za-z_][\w ]{0,30}: ?[^;]*)+.*$")
+_CSV_CELL = re.compile(r";\s+(?=[a-z_][a-z0-9_ ]{0,30}:)")  # "; notes: ..." starts a cell, "; £20 credited" does not
 _AMOUNT = r"\+?£\s?\d[\d,.]*"
 _PRICE_ROW = re.compile(rf"^(?P<label>[A-Z].*?\S)\s+"
                         rf"(?P<value>(?:from\s+)?{_AMOUNT}(?:\s*[-–/]\s*(?:from\s+)?{_AMOUNT})?"
@@ -45,6 +46,8 @@ _PRICE_ROW = re.compile(rf"^(?P<label>[A-Z].*?\S)\s+"
 _LABEL = re.compile(r"^(?:Price|Cost|Fee|Charge|Length|Duration|Time|Interval|Frequency|Validity|Valid|"
                     r"Available|Who|When|Where)s?(?: [\w'’-]+)?: .{1,60}$", re.IGNORECASE)  # "Price: £60 per pair"
 _BOLD_LINE = re.compile(r"^\s*\*\*([^*]{2,80})\*\*")
+_PRICE_KEY = re.compile(r"price|cost|fee|gbp", re.IGNORECASE)
+_AMOUNT_IN = re.compile(r"£\s?\d")
 _TERMINAL = re.compile(r"[.!?…]['\")\]]*$")
 _EMPHASIS = re.compile(r"\*\*|__|`")
 _ABBREVIATION = re.compile(r"(?:\b(?:Dr|Mr|Mrs|Ms|Prof|St|approx|No|vs|etc)|\b(?:e\.g|i\.e))\.\s*$", re.IGNORECASE)
@@ -103,6 +106,22 @@ def _ends_sentence(text: str) -> bool:
 def _is_caps_heading(text: str) -> bool:
     letters = [c for c in text if c.isalpha()]
     return len(letters) >= 4 and sum(c.isupper() for c in letters) / len(letters) > 0.8
+
+
+def _csv_statement(row: str) -> str:
+    """"item: Anti-reflective coating; category: Coatings; price_gbp: 45.00; notes: Per pair" ->
+    "Anti-reflective coating: £45; category: Coatings; notes: Per pair": the first column names
+    the thing, a price column reads as a price."""
+    cells = [cell.partition(": ") for cell in _CSV_CELL.split(row.rstrip(";"))]
+    subject, rest = cells[0][2].strip(), []
+    for key, _, value in cells[1:]:
+        value = value.strip()
+        if _PRICE_KEY.search(key) and re.fullmatch(r"\d+(?:\.\d+)?", value):
+            amount = value[:-3] if value.endswith(".00") else value
+            rest.insert(0, f"£{amount}")
+        elif value:
+            rest.append(f"{key.strip()}: {value}")
+    return f"{subject}: {'; '.join(rest)}" if rest else subject
 
 
 def _row_statement(cells: list[str], header: list[str] | None) -> str:
@@ -264,6 +283,9 @@ def units(text: str, section: str | None = None, *, starts_document: bool = Fals
             continue
         if block.kind == "heading":
             context, question = block.text, ""
+            if _AMOUNT_IN.search(block.text):  # "Photochromic lenses — £79": a heading that states a price
+                out.append(Unit(block.text, ROW))
+                continue
             out.append(Unit(block.text, HEADING))
             continue
         if block.kind == "question":
@@ -274,7 +296,8 @@ def units(text: str, section: str | None = None, *, starts_document: bool = Fals
             is_csv = bool(_CSV_ROW.match(block.text))
             broken = is_csv and (not block.text.startswith(f"{csv_first}:") or block.text.endswith(";"))
             broken = broken or (first and not starts_document and not block.text[:1].isupper() and not is_csv)
-            out.append(Unit(block.text, FRAGMENT if broken else ROW, context))
+            text = _csv_statement(block.text) if is_csv and not broken else block.text
+            out.append(Unit(text, FRAGMENT if broken else ROW, context))
             continue
         if block.kind == "item" and block.text.endswith("?"):  # "3. Are there new flashes ...?"
             out.append(Unit(block.text, QUESTION, context))
