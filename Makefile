@@ -35,7 +35,7 @@ bench: install  ## search benchmark at 100k chunks (results under benchmarks/res
 	$(BIN)/ils-rag bench search $(if $(SCIFACT),--scifact $(SCIFACT))
 
 eval: install  ## retrieval evaluation on the bundled optical set (report under evals/reports/)
-	$(BIN)/ils-rag eval --dataset evals/datasets/optical --retrievers jaccard,text,vector,hybrid
+	$(BIN)/ils-rag eval --dataset evals/datasets/optical --retrievers jaccard,ts_rank,text,vector,hybrid
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -40,7 +40,9 @@ from indexing.pipeline import index_sources
 from indexing.readers import Part
 from indexing.sources import Source, content_hash
 
-RETRIEVERS = ("jaccard", *MODE_NAMES)
+# jaccard: the legacy word-overlap floor; ts_rank: the text ranking before BM25 (PGVectorStore's
+# TEXT_SEARCH, Postgres ts_rank), kept beside `text` (BM25) for comparison.
+RETRIEVERS = ("jaccard", "ts_rank", *MODE_NAMES)
 DOC_DEPTH = 100  # documents ranked per query (recall@100)
 CHUNK_DEPTH = 200  # chunks fetched to fill DOC_DEPTH documents
 INDEX_BATCH = 128
@@ -163,8 +165,12 @@ def service_retriever(mode: str, company_id: str) -> Callable[[str], list[NodeWi
     from retrieval.retriever import TenantRetriever
 
     # threshold -1: every candidate is ranked; the threshold is studied separately below
-    retriever = TenantRetriever(company_id, mode=mode, top_k=CHUNK_DEPTH, threshold=-1.0,  # type: ignore[arg-type]
-                                order="rank")
+    if mode == "ts_rank":
+        retriever = TenantRetriever(company_id, mode="text", top_k=CHUNK_DEPTH, threshold=-1.0, order="rank",
+                                    text_ranking="ts_rank")
+    else:
+        retriever = TenantRetriever(company_id, mode=mode, top_k=CHUNK_DEPTH,  # type: ignore[arg-type]
+                                    threshold=-1.0, order="rank")
     return retriever.retrieve
 
 

@@ -2,11 +2,10 @@
 
 Postgres's own `ts_rank` has no inverse document frequency and no length normalisation, so
 the common words of a long question weigh as much as its rare, telling ones. This module
-scores the chunks the GIN index matches with Okapi BM25 in Lucene's form (the variant
-published BM25 baselines use):
+scores chunks with Okapi BM25 in Lucene's form (the variant published BM25 baselines use):
 
     score(chunk) = Σ over query lexemes t in chunk:
-        ln(1 + (N - df_t + 0.5) / (df_t + 0.5)) · tf / (tf + k1 · (1 - b + b · len / avglen))
+        idf_t · tf / (tf + k1 · (1 - b + b · len / avglen)),   idf_t = ln(1 + (N - df_t + 0.5) / (df_t + 0.5))
 
 - tokens are the lexemes of the `english` text-search configuration, on both sides (the
   chunk's stored tsvector, the query's `to_tsvector`): stemming and stop words as before;
@@ -17,16 +16,29 @@ published BM25 baselines use):
 - k1 and b come from settings (BM25_K1, BM25_B);
 - ties are broken by chunk id, so a ranking never changes between runs.
 
-The query is one bound-parameter statement run inside the caller's tenant scope, so
-row-level security applies to the chunks and the statistics alike. The OR-query of the
-question's lexemes is assembled in SQL from the lexemes the company's statistics know
-(each one quoted as a tsquery literal), never from Python text, and only those lexemes
-are looked up at all. With a query embedding, each row also carries its cosine
-similarity, so the retriever needs no second round trip for it.
+Exact top-k without scoring every chunk that shares a common word (MaxScore): a lexeme adds
+less than its idf to any chunk's score (tf / (tf + x) < 1 for x > 0). So the GIN index is
+first asked only for the chunks holding the query's rarer lexemes (until their document
+frequencies reach POSTING_BUDGET); those are scored on every query lexeme, and if even a
+chunk holding *all* the remaining common lexemes, and none of the rare ones, would score
+below the k-th score found (Σ of their idf < it), no other chunk can enter the top k and the
+answer is exact. Otherwise the next rarest lexeme joins the match and the statement runs
+again, up to the whole query. "Can I swim in my contact lenses?" then reads the chunks with
+"swim", not every chunk with "lens".
+
+Two statements, both bound-parameter only and run inside the caller's tenant scope, so
+row-level security applies to the chunks and the statistics alike: one reads the query's
+lexemes with their statistics, the other scores. The GIN match itself goes through
+`ils_bm25_matches` (migration 0006: row-level security would otherwise keep the index from
+evaluating `@@`), which returns only the verified tenant's chunk ids; its tsquery is a bound
+value (the lexemes Postgres itself returned, each one quoted as a tsquery literal). With a
+query embedding, each row also carries its cosine similarity, so the retriever needs no
+second round trip for it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -36,47 +48,49 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from core.database import get_engine
 from core.settings import get_settings
 
-# The quoted-literal form tsquery's input function reads: backslashes and quotes escaped.
-_QUOTED_LEXEME = r"'''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || ''''"
+# Document frequencies the first match may add up to: the chunks scored before the bound check.
+POSTING_BUDGET = 1000
+# Score comparisons of the bound check allow for float rounding between Python and Postgres.
+_EPSILON = 1e-9
 
-_BM25_CTES = f"""
-WITH corpus AS (
-    SELECT chunks, total_length::float8 / greatest(chunks, 1) AS avglen
-    FROM bm25_corpus WHERE company_id = :company AND chunks > 0
-), terms AS (
-    SELECT t.lexeme, ln(1 + (corpus.chunks - t.df + 0.5) / (t.df + 0.5)) AS idf
-    FROM bm25_terms t, corpus
-    WHERE t.company_id = :company AND t.df > 0
-      AND t.lexeme = ANY(tsvector_to_array(to_tsvector('english', CAST(:query AS text))))
-), matcher AS (
-    SELECT CAST(string_agg({_QUOTED_LEXEME}, ' | ') AS tsquery) AS tsq, array_agg(t.lexeme) AS lexemes FROM terms t
+_TERMS = sa.text("""
+SELECT t.lexeme, t.df, c.chunks, c.total_length
+FROM bm25_corpus c JOIN bm25_terms t ON t.company_id = c.company_id
+WHERE c.company_id = :company AND c.chunks > 0 AND t.df > 0
+  AND t.lexeme = ANY(tsvector_to_array(to_tsvector('english', CAST(:query AS text))))
+ORDER BY t.df, t.lexeme
+""")
+
+_SCORED = """
+WITH terms AS (
+    SELECT * FROM unnest(CAST(:lexemes AS text[]), CAST(:idfs AS float8[])) AS t(lexeme, idf)
 ), scored AS (
     SELECT ch.id,
-           sum(terms.idf * u.tf / (u.tf + :k1 * (1 - :b + :b * ch.text_search_length / corpus.avglen))) AS score
-    FROM data_chunks ch
-    CROSS JOIN matcher
-    CROSS JOIN corpus
+           sum(terms.idf * u.tf / (u.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
+               + CAST(:b AS float8) * ch.text_search_length / CAST(:avglen AS float8)))) AS score
+    FROM ils_bm25_matches(CAST(:match AS tsquery)) AS m
+    JOIN data_chunks ch ON ch.company_id = :company AND ch.id = m.id
     CROSS JOIN LATERAL (
         -- only the query's lexemes: delete the others, then read what is left
-        SELECT lexeme, cardinality(positions) AS tf
+        SELECT lexeme, cardinality(positions)::float8 AS tf
         FROM unnest(ts_delete(ch.text_search_tsv,
-                              tsvector_to_array(ts_delete(ch.text_search_tsv, matcher.lexemes))))
+                              tsvector_to_array(ts_delete(ch.text_search_tsv, CAST(:lexemes AS text[])))))
     ) AS u
     JOIN terms ON terms.lexeme = u.lexeme
-    WHERE ch.company_id = :company AND ch.is_active IS TRUE AND ch.text_search_tsv @@ matcher.tsq
+    WHERE ch.is_active IS TRUE
     GROUP BY ch.id
     ORDER BY score DESC, ch.id
     LIMIT :k
 )
 """
 
-BM25_STATEMENT = sa.text(_BM25_CTES + """
+BM25_STATEMENT = sa.text(_SCORED + """
 SELECT d.id, d.node_id, d.text, d.metadata_, s.score, NULL::float8 AS similarity
 FROM scored s JOIN data_chunks d ON d.company_id = :company AND d.id = s.id
 ORDER BY s.score DESC, s.id
 """)
 
-BM25_WITH_COSINE_STATEMENT = sa.text(_BM25_CTES + """
+BM25_WITH_COSINE_STATEMENT = sa.text(_SCORED + """
 SELECT d.id, d.node_id, d.text, d.metadata_, s.score,
        1 - (d.embedding <=> CAST(:embedding AS vector)) AS similarity
 FROM scored s JOIN data_chunks d ON d.company_id = :company AND d.id = s.id
@@ -91,6 +105,48 @@ class BM25Hit:
     similarity: float | None  # cosine to the query embedding, when one was given
 
 
+@dataclass(frozen=True)
+class _Term:
+    lexeme: str
+    df: int
+    idf: float
+
+
+def idf(chunks: int, df: int) -> float:
+    return math.log(1 + (chunks - df + 0.5) / (df + 0.5))
+
+
+def tsquery_literal(lexemes: list[str]) -> str:
+    """An OR of lexemes in tsquery's input syntax, each one quoted (a bound value, never SQL text)."""
+    quoted = ("'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'" for lexeme in lexemes)
+    return " | ".join(quoted)
+
+
+def _next_match(terms: list[_Term], matched: int, scores: list[float], k: int) -> int | None:
+    """None when the top k of the chunks matching terms[:matched] is the exact top k; else how
+    many of the rarest terms the next match needs.
+
+    A chunk holding none of terms[:matched] scores less than Σ idf of the others; once that
+    sum is below the k-th score found, no such chunk can enter the top k (nor tie it)."""
+    if matched == len(terms):
+        return None
+    if len(scores) == k:
+        theta = scores[-1]
+        if sum(t.idf for t in terms[matched:]) < theta - _EPSILON:
+            return None
+        # the k-th score can only rise as the match widens: skip straight to where the bound could hold
+        needed = matched + 1
+        while needed < len(terms) and sum(t.idf for t in terms[needed:]) >= theta - _EPSILON:
+            needed += 1
+        return needed
+    # fewer than k chunks hold the rare terms: widen the match to about twice the postings
+    target = 2 * sum(t.df for t in terms[:matched])
+    needed = matched + 1
+    while needed < len(terms) and sum(t.df for t in terms[: needed + 1]) <= target:
+        needed += 1
+    return needed
+
+
 def _node(row: sa.Row) -> TextNode:
     try:
         node = metadata_dict_to_node(row.metadata_)
@@ -101,16 +157,33 @@ def _node(row: sa.Row) -> TextNode:
 
 
 def bm25_search(company_id: str, query: str, k: int, *, embedding: list[float] | None = None,
-                k1: float | None = None, b: float | None = None) -> list[BM25Hit]:
+                k1: float | None = None, b: float | None = None,
+                posting_budget: int = POSTING_BUDGET) -> list[BM25Hit]:
     """The company's top-k active chunks by BM25 (ties by chunk id). Call inside `tenant(company_id)`."""
     settings = get_settings()
-    params = {"company": company_id, "query": query, "k": int(k),
-              "k1": float(settings.bm25_k1 if k1 is None else k1), "b": float(settings.bm25_b if b is None else b)}
+    params: dict[str, object] = {"company": company_id, "k": int(k),
+                                 "k1": float(settings.bm25_k1 if k1 is None else k1),
+                                 "b": float(settings.bm25_b if b is None else b)}
     statement = BM25_STATEMENT
     if embedding is not None:
         statement = BM25_WITH_COSINE_STATEMENT
         params["embedding"] = str([float(x) for x in embedding])
     with get_engine().connect() as connection:
-        rows = connection.execute(statement, params).all()
+        rows = connection.execute(_TERMS, {"company": company_id, "query": query}).all()
+        if not rows:
+            return []
+        chunks, total_length = int(rows[0].chunks), int(rows[0].total_length)
+        terms = [_Term(row.lexeme, int(row.df), idf(chunks, int(row.df))) for row in rows]  # rarest first
+        params.update(lexemes=[t.lexeme for t in terms], idfs=[t.idf for t in terms],
+                      avglen=max(total_length / chunks, 1e-9))
+        matched = 1
+        while matched < len(terms) and sum(t.df for t in terms[: matched + 1]) <= posting_budget:
+            matched += 1
+        while True:
+            found = connection.execute(statement, {
+                **params, "match": tsquery_literal([t.lexeme for t in terms[:matched]])}).all()
+            matched = _next_match(terms, matched, [float(row.score) for row in found], k)
+            if matched is None:
+                break
     return [BM25Hit(node=_node(row), bm25=float(row.score),
-                    similarity=None if row.similarity is None else float(row.similarity)) for row in rows]
+                    similarity=None if row.similarity is None else float(row.similarity)) for row in found]

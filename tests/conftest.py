@@ -251,3 +251,18 @@ def llm_client(app, fake_openai):
         return TestClient(create_app(Settings(**values), prepare=False))
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def brightsight(database: str, embed_model, samples_dir: Path):
+    """The brightsight-optical sample practice, ingested once per session into its own company
+    (read-only for the tests that use it)."""
+    from auth.users import create_company
+    from core.database import admin_session_scope, tenant
+    from indexing.folder import ingest_folder
+
+    with admin_session_scope() as session:
+        company = create_company(session, f"t-{uuid.uuid4().hex[:12]}", "brightsight-optical")
+    with tenant(company.id):
+        ingest_folder(samples_dir / "brightsight-optical", company_id=company.id, sync=True)
+    return company

@@ -129,6 +129,26 @@ def test_ties_are_broken_by_chunk_id_and_unknown_words_match_nothing(company, in
     assert [h.node.node_id for h in first] == order
 
 
+def test_pruned_top_k_equals_scoring_every_match(company, index_texts) -> None:
+    """The MaxScore shortcut (score the rare words' chunks first, stop once the common words
+    cannot catch up) returns exactly what scoring every matching chunk returns."""
+    from core.database import tenant
+    from retrieval.bm25 import bm25_search
+
+    common = "Lenses and frames for every patient; lenses checked at collection."
+    texts = [(f"c{n}.txt", f"{common} Note {n}: " + " ".join(["lens"] * (n % 4)), None) for n in range(40)]
+    texts += [("swim.txt", "Never swim in contact lenses: remove your lenses before swimming.", None),
+              ("goggles.txt", "Prescription swimming goggles are available to order.", None)]
+    index_texts(company, texts)
+    with tenant(company.id):
+        for query in ("can I swim in my contact lenses?", "lenses frames patient", "goggles lens note 7"):
+            for k in (1, 3, 10):
+                pruned = bm25_search(company.id, query, k, posting_budget=1)
+                full = bm25_search(company.id, query, k, posting_budget=10**9)
+                assert [(h.node.node_id, round(h.bm25, 9)) for h in pruned] == \
+                    [(h.node.node_id, round(h.bm25, 9)) for h in full], (query, k)
+
+
 def test_query_text_is_a_bound_parameter(company, index_texts, statements) -> None:
     from core.database import tenant
     from retrieval.bm25 import bm25_search
@@ -269,8 +289,10 @@ def test_statistics_after_killed_folder_ingest_and_rerun(make_company, samples_d
         while time.monotonic() < deadline and proc.poll() is None and _stats(company.id)[0][0] < 10:
             time.sleep(0.02)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr.read().decode()[-2000:])
     time.sleep(0.5)
     _assert_in_step(company.id)
     ingest_folder(folder, company.id)

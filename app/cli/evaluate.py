@@ -28,8 +28,8 @@ def use_runtime(runtime: str) -> None:
 def evaluate(
     dataset: Annotated[Path, typer.Option(help="BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/).")] = Path(
         "evals/datasets/optical"),
-    retrievers: Annotated[str, typer.Option(help="Comma-separated: jaccard,text,vector,hybrid.")] = (
-        "jaccard,text,vector,hybrid"),
+    retrievers: Annotated[str, typer.Option(help="Comma-separated: jaccard,ts_rank,text,vector,hybrid.")] = (
+        "jaccard,ts_rank,text,vector,hybrid"),
     limit_queries: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N queries.")] = None,
     output: Annotated[Path | None, typer.Option(help="Report folder (default evals/reports/).")] = None,
     runtime: Annotated[Runtime | None, typer.Option(

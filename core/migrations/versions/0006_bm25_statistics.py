@@ -25,6 +25,15 @@ Both tables carry row-level security with the very policy `data_chunks` has when
 revision runs (its expression is copied from the catalog), so the statistics sit behind
 the same tenant wall as the chunks: a company's scope never reads or changes another's.
 
+`ils_bm25_matches(tsquery)` returns the ids of the active chunks of the caller's verified
+tenant that match a tsquery. Row-level security keeps an index from evaluating a
+non-leakproof operator before the policy, and the text-search match `@@` is not leakproof,
+so under the service role every text search read the whole company's rows instead of
+asking the GIN index (~16 us a chunk: 160 ms for a 10k-chunk company). The function runs as
+the owner (SECURITY DEFINER) and filters on the tenant predicate of `data_chunks`' policy,
+copied here like the statistics' policies, so it returns nothing another tenant's scope
+could not see; the caller then reads the rows themselves under its own row-level security.
+
 Revision ID: 0006
 """
 
@@ -36,6 +45,7 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
+APP_ROLE = "ils_app"
 STAT_TABLES = ("bm25_corpus", "bm25_terms")
 
 TOKEN_COUNT_FUNCTION = """
@@ -143,6 +153,28 @@ def _chunk_policy() -> tuple[str, str]:
     return row.qual, row.with_check or row.qual
 
 
+def _matches_function(using: str) -> str:
+    """The candidate lookup, with the policy's tenant predicate as its filter. The statement is
+    constant text (planned with the tsquery's value on every call, so the GIN index's estimate
+    sees it); the tsquery is its only parameter."""
+    statement = ("SELECT id FROM data_chunks WHERE (" + using + ") AND is_active IS TRUE "
+                 "AND text_search_tsv @@ $1")
+    return f"""
+        CREATE FUNCTION ils_bm25_matches(p_match tsquery) RETURNS TABLE (id bigint)
+        LANGUAGE plpgsql STABLE SECURITY DEFINER
+        SET search_path = public, pg_temp
+        AS $fn$
+        BEGIN
+            RETURN QUERY EXECUTE {_sql_literal(statement)} USING p_match;
+        END
+        $fn$
+    """
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def upgrade() -> None:
     op.execute(TOKEN_COUNT_FUNCTION)
     op.execute("ALTER TABLE data_chunks ADD COLUMN text_search_length integer "
@@ -170,6 +202,18 @@ def upgrade() -> None:
         op.execute(f"CREATE POLICY tenant_isolation ON {table} USING ({using}) WITH CHECK ({check})")
         op.execute(f"CREATE POLICY owner_maintenance ON {table} TO CURRENT_USER USING (true) WITH CHECK (true)")
 
+    op.execute(_matches_function(using))
+    op.execute("REVOKE ALL ON FUNCTION ils_bm25_matches(tsquery) FROM PUBLIC")
+    op.execute(f"""
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                EXECUTE 'GRANT EXECUTE ON FUNCTION ils_bm25_matches(tsquery) TO {APP_ROLE}';
+            END IF;
+        END
+        $$
+    """)
+
     op.execute(BACKFILL)
     op.execute(TRIGGER_FUNCTION)
     for event, referencing in TRIGGERS.items():
@@ -181,6 +225,7 @@ def downgrade() -> None:
     for event in TRIGGERS:
         op.execute(f"DROP TRIGGER IF EXISTS bm25_chunks_{event.lower()} ON data_chunks")
     op.execute("DROP FUNCTION IF EXISTS ils_bm25_chunks_changed()")
+    op.execute("DROP FUNCTION IF EXISTS ils_bm25_matches(tsquery)")
     for table in STAT_TABLES:
         op.execute(f"DROP TABLE IF EXISTS {table}")
     op.execute("ALTER TABLE data_chunks DROP COLUMN IF EXISTS text_search_length")
