@@ -21,6 +21,7 @@ def ask(
     threshold: Annotated[float | None, typer.Option(help="Minimum cosine similarity.")] = None,
 ) -> None:
     """Answer a question from one company's documents and list the cited sources."""
+    from app.responses import chat_body
     from auth.users import get_company_by_slug
     from core.database import session_scope
     from core.settings import get_settings
@@ -33,7 +34,7 @@ def ask(
     settings = get_settings().model_copy(update=updates)
     result = ChatService(company_id, CLI_USER, settings, store=False).ask(question)
     console.print(result.answer, highlight=False, soft_wrap=True)
-    body = result.body()
+    body = chat_body(result)
     console.print(f"\n[dim]mode {body['metadata']['mode']}, confidence {body['confidence']}, "
                   f"{body['metadata']['responseTime']} ms[/]")
     if result.sources:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.deps import CurrentUser, get_app_settings, require
 from app.limits import rate_limited
 from app.request_models import RequestModel
+from app.responses import chat_body
 from app.routes.search import HARD_MAX_CHARS, check_text
 from auth.permissions import Permission
 from core.database import session_scope, tenant
@@ -101,7 +102,7 @@ class ConversationDetail(ConversationOut):
 
 def _sse(events: Iterator[tuple[str, Any]]) -> Iterator[bytes]:
     for name, data in events:
-        payload = {"delta": data} if name == "token" else data
+        payload = {"delta": data} if name == "token" else chat_body(data) if name == "sources" else data
         yield format_sse_event(event=name, data_str=json.dumps(payload, ensure_ascii=False))
 
 
@@ -114,7 +115,7 @@ def chat(body: ChatRequest, request: Request, user: CurrentUser = Depends(chat_l
     if "text/event-stream" in request.headers.get("accept", ""):
         events = service.stream(message, body.conversation_id)  # LLM errors before the first token raise here
         return EventSourceResponse(_sse(events), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return ChatResponse.model_validate(service.ask(message, body.conversation_id).body())
+    return ChatResponse.model_validate(chat_body(service.ask(message, body.conversation_id)))
 
 
 @router.get("/api/conversations", response_model=ConversationList, responses=_ERRORS)
