@@ -7,7 +7,6 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from core.database import check_app_role, get_admin_engine
 
@@ -29,7 +28,3 @@ def upgrade(revision: str = "head") -> None:
 def current_revision() -> str | None:
     with get_admin_engine().connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
-
-
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -11,7 +11,6 @@ re-joined splits tokenizing differently at their seams.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -64,12 +63,6 @@ def embed_tokenizer(model: BaseEmbedding | None = None) -> ModelTokenizer | None
         return None
     tokenizer = _hf_tokenizer(model)
     return ModelTokenizer(tokenizer) if tokenizer is not None else None
-
-
-@lru_cache
-def get_splitter() -> SentenceSplitter:
-    """The one splitter configuration; its chunk ids are set per run (see pipeline)."""
-    return build_splitter()
 
 
 def build_splitter(model: BaseEmbedding | None = None, id_func: Any = None) -> SentenceSplitter:
