@@ -3,12 +3,11 @@ TENANT_INDEX_MIN_CHUNKS chunks.
 
 Why: a filtered walk of the one shared HNSW index visits every company's vectors and drops
 the other tenants' rows one by one, so a tenant holding a few percent of the table costs
-several times a small one, and its recall suffers (pitfall 1). A partial index
-`WHERE company_id = '<id>'` is a graph of that tenant's chunks alone: nothing is filtered
-out, and the planner picks it by itself for that tenant's queries. Measured with
-`ils-rag bench search` (100k chunks, 200 tenants): the store query for a 9.5k-chunk tenant
-went from 6-8 ms at recall@10 0.97 (shared index) to ~2.5 ms at 0.99; a 1.5k-chunk tenant
-from a 3 ms exact scan to 1.8 ms. This is pgvector's own advice for filtering on a column
+several times a small one, and its recall suffers: the walk may end before it has found k
+rows of the tenant. A partial index `WHERE company_id = '<id>'` is a graph of that tenant's
+chunks alone: nothing is filtered out, and the planner picks it by itself for that tenant's
+queries (`ils-rag bench search` measures both; README, *Performance*, has the figures).
+This is pgvector's own advice for filtering on a column
 with few, large values; smaller tenants keep the exact scan (core.vector_store), which is
 exact and as fast at their size. The shared index stays: it serves a tenant that grew past
 the threshold until its own index is built.

@@ -22,22 +22,20 @@ from core.tenant_plans import tenant_plan
 CHUNK_TABLE = "chunks"  # PGVectorStore prefixes it: the SQL table is data_chunks
 TEXT_SEARCH_CONFIG = "english"
 
-# Filtered vector search: the plan is chosen here, by tenant, not left to the planner.
-# Measured with `ils-rag bench search` (100k chunks, 200 tenants, Zipf sizes):
+# Filtered vector search: the plan is chosen here, by tenant, not left to the planner
+# (`ils-rag bench search` measures each plan; README, *Performance*, has the figures):
 # - a tenant with its own HNSW index (core.tenant_indexes, from TENANT_INDEX_MIN_CHUNKS on)
-#   walks it: ~2-2.5 ms, recall@10 ≥ 0.99 with ef_search 100 and no over-fetch (nothing is
-#   filtered out of its graph, so the first ef_search candidates come back in order; a
-#   larger k widens ef_search to k);
+#   walks it with ef_search 100 and no over-fetch: nothing is filtered out of its graph, so
+#   the first ef_search candidates come back in order (a larger k widens ef_search to k);
 # - otherwise, below HNSW_MIN_TENANT_CHUNKS, an exact scan of the tenant's rows (its
-#   (company_id, id) b-tree, then a top-k sort) costs ~0.6 us per chunk once vectors are
-#   stored inline (migration 0003): exact, and the fastest plan at that size. Left alone,
-#   the planner would walk the shared HNSW index from ~3k chunks with the connection's
-#   default candidate list: slower than the scan there, and it misses some of the top 10;
+#   (company_id, id) b-tree, then a top-k sort): exact, and the fastest plan at that size
+#   once vectors are stored inline (migration 0003). Left alone, the planner would walk the
+#   shared HNSW index well before that size with the connection's default candidate list:
+#   slower than the scan there, and it misses some of the top 10;
 # - a large tenant whose own index is not built yet walks the shared index (iterative scan,
 #   see core.database) with a wider candidate list, fetching HNSW_OVERFETCH times the rows
 #   asked for (at least HNSW_MIN_CANDIDATES) and keeping the nearest: relaxed-order
-#   iterations return rows slightly out of order, so a bare LIMIT could cut a true top-k row
-#   (recall@10 0.96-0.98 with the over-fetch, 0.93-0.96 without).
+#   iterations return rows slightly out of order, so a bare LIMIT could cut a true top-k row.
 HNSW_MIN_TENANT_CHUNKS = 5_000
 HNSW_EF_SEARCH = 200
 HNSW_OVERFETCH = 2

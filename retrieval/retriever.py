@@ -61,7 +61,8 @@ DEFAULT_FUSION = Fusion(method="relative", vector_weight=0.5)
 
 
 def tenant_filters(company_id: str) -> MetadataFilters:
-    """company_id AND is_active: the string "true" (numeric-looking values become floats, pitfall 3)."""
+    """company_id AND is_active: the string "true", since LlamaIndex turns a numeric-looking
+    filter value into a float, which would never equal the stored JSON text."""
     return company_filter(company_id, MetadataFilter(key="is_active", value="true"))
 
 

@@ -175,7 +175,7 @@ def staff_headers(company, make_user) -> dict[str, str]:
     return make_user(company, "staff")[1]
 
 
-# --- retrieval and chat (issue 5) -------------------------------------------------------------
+# --- retrieval and chat ----------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The web page's server side: the page and its assets with a strict CSP, `/` for browsers,
-and the refresh-token cookie on login, refresh and logout (issue 9)."""
+and the refresh-token cookie on login, refresh and logout."""
 
 from __future__ import annotations
 
