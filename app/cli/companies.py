@@ -11,14 +11,17 @@ from app.cli.common import companies_app, console, prepared
 
 
 @companies_app.command("create")
-def companies_create(slug: str, name: Annotated[str | None, typer.Option(help="Display name.")] = None) -> None:
+def companies_create(slug: str, name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+                     company_id: Annotated[str | None, typer.Option(
+                         "--id", help="The ILS platform's id for this practice (its tokens' companyId); "
+                                      "default a new UUID.")] = None) -> None:
     """Create a company (tenant)."""
     from auth.users import create_company
     from core.database import admin_session_scope
 
     prepared()
     with admin_session_scope() as session:
-        company = create_company(session, slug, name or slug.replace("-", " ").title())
+        company = create_company(session, slug, name or slug.replace("-", " ").title(), company_id=company_id)
         console.print(f"created company {company.slug} ({company.id})")
 
 
