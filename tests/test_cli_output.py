@@ -75,3 +75,26 @@ def test_the_banner_names_the_page_and_where_the_data_lives() -> None:
     production = Settings(environment="production", jwt_secret="x" * 40)
     assert all("/docs" not in line for line in address_lines(production, "10.0.0.5", 8000))
     assert "Postgres at DATABASE_URL" in starting_line(Settings(database_url="postgresql://u:p@db/ils"))
+
+
+def test_every_command_is_in_the_readme() -> None:
+    """The README's command list names every `ils-rag` command (`users create|list|deactivate`)."""
+    import re
+
+    import typer.main
+
+    from app.cli import app
+    from tests.servers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    listed: dict[str, set[str]] = {}
+    for group, names in re.findall(r"`([a-z-]+) ([a-z|-]+)`", readme):
+        listed.setdefault(group, set()).update(names.split("|"))
+    missing = []
+    root = typer.main.get_command(app)
+    for name, command in root.commands.items():
+        if hasattr(command, "commands"):
+            missing += [f"{name} {sub}" for sub in command.commands if sub not in listed.get(name, set())]
+        elif f"`{name}`" not in readme:
+            missing.append(name)
+    assert missing == []

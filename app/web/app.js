@@ -12,6 +12,7 @@ const isAdmin = () => Boolean(me && (me.role === "admin" || me.permissions.inclu
 
 function showView(name) {
   for (const view of ["signin", "chat", "documents"]) $(`view-${view}`).hidden = view !== name;
+  announce(""); // the last view's news ("Answer ready, 5 sources.") is not this one's
   const signedIn = name !== "signin";
   $("nav").hidden = !signedIn;
   $("account").hidden = !signedIn;
