@@ -155,3 +155,19 @@ def test_every_document_format_has_one_reader() -> None:
     with pytest.raises(IngestError) as refused:
         check_extension("notes.xlsx")
     assert all(suffix in refused.value.message for suffix in READERS)
+
+
+def test_the_architecture_page_names_only_paths_that_exist() -> None:
+    import re
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    named = {token for token in re.findall(r"`([^`\s]+)`", page)
+             if "/" in token and not token.startswith(("POST", "GET", "/api", "/"))}
+    named |= set(re.findall(r"^(\w+/)\s", page, flags=re.MULTILINE))  # the layer diagram
+    assert len(named) > 30  # the page really names files
+    missing = sorted(path for path in named if not (ROOT / path.rstrip("/")).exists())
+    # a module named without its folder (`factory.py`) must exist in one of the packages
+    modules_named = {token for token in re.findall(r"`([\w.]+\.py)`", page) if "/" not in token}
+    missing += sorted(name for name in modules_named
+                      if not any(any((ROOT / package).rglob(name)) for package in PACKAGES))
+    assert missing == []
