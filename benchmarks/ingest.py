@@ -16,11 +16,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from llama_index.core import Document as LIDocument
 
 from benchmarks import RESULTS_DIR
-from core.database import get_admin_engine
+from benchmarks.throwaway import drop_company
 from core.embeddings import embedding_info, get_embed_model
 from indexing.chunking import build_splitter, chunk_plan
 from indexing.folder import ingest_folder, list_files
@@ -37,14 +36,6 @@ def _chunk_texts(folders: list[Path]) -> list[str]:
     docs = [LIDocument(text=p.text) for folder in folders for f in list_files(folder)
             for p in read_parts(f.name, f.read_bytes())]
     return [n.get_content() for n in splitter.get_nodes_from_documents(docs)]
-
-
-def _drop_company(company_id: str) -> None:
-    # cross-table cleanup of a throwaway company, including the companies row: the owner's job
-    with get_admin_engine().begin() as connection:
-        for table in ("data_chunks", "data_docstore", "documents"):
-            connection.execute(sa.text(f"DELETE FROM {table} WHERE company_id = :c"), {"c": company_id})
-        connection.execute(sa.text("DELETE FROM companies WHERE id = :c"), {"c": company_id})
 
 
 def run_ingest_bench(output: Path = RESULT, repeat: int = 1, folders: list[Path] | None = None) -> dict[str, Any]:
@@ -72,7 +63,7 @@ def run_ingest_bench(output: Path = RESULT, repeat: int = 1, folders: list[Path]
                 chunks += report.chunks_embedded
             elapsed = time.perf_counter() - started
         finally:
-            _drop_company(company_id)
+            drop_company(company_id)
         if elapsed < pipe_best:
             pipe_best, pipe_chunks = elapsed, chunks
 

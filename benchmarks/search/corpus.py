@@ -133,6 +133,19 @@ def company_id(number: int) -> str:
     return f"bench-{number:04d}-0000-4000-8000-000000000000"  # uuid-shaped, never numeric-looking
 
 
+def company_number(company: str) -> int:
+    return int(company[6:10])
+
+
+def user_id(number: int) -> str:
+    """The one staff user of bench company `number` (the HTTP phase searches as them)."""
+    return f"bench-user-{number:04d}"
+
+
+def user_email(number: int) -> str:
+    return f"bench+{number:04d}@example.com"
+
+
 def build_store(cache_dir: Path, chunks: int, companies: int, base_count: int, embed_model: Any,
                 scifact: Path | None, log: Any = print) -> tuple[Store, bool]:
     """Load the cached store arrays, or embed the base texts and derive them (returns cached?)."""

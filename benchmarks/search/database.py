@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.search.corpus import Store, company_id
+from benchmarks.search.corpus import Store, company_id, user_email, user_id
 from core.sql_text import quoted_identifier
 
 BENCH_DATABASE = "ils_bench"
@@ -165,6 +165,21 @@ def load_store(store: Store, log: Any = print) -> tuple[bool, float]:
         raw.close()
     _build_hnsw(engine, indexdef or HNSW_DDL, log)
     return False, time.perf_counter() - started
+
+
+def ensure_users(companies: int) -> None:
+    """One staff user per bench company: the service honours only tokens of users that exist.
+    Their password hash is no hash at all, so nobody can sign in as them; the benchmark issues
+    their tokens itself. Run after every load (reloading the companies drops their users)."""
+    import sqlalchemy as sa
+
+    from core.database import get_admin_engine
+
+    with get_admin_engine().begin() as connection:  # the owner: rows of every bench tenant at once
+        connection.execute(sa.text(
+            "INSERT INTO users (company_id, id, email, password_hash, role, is_active) "
+            "VALUES (:c, :id, :email, '!', 'staff', true) ON CONFLICT DO NOTHING"),
+            [{"c": company_id(n), "id": user_id(n), "email": user_email(n)} for n in range(companies)])
 
 
 def store_size() -> dict[str, float]:

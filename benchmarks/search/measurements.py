@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.search.corpus import OPTICAL_DIR, REPO_ROOT, Store, company_id
+from benchmarks.search.corpus import OPTICAL_DIR, REPO_ROOT, Store, company_id, company_number, user_email, user_id
 from evals.metrics import percentile
 
 TOP_K = 10
@@ -234,9 +234,9 @@ def _token(company: str) -> str:
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
 
-    token, _ = issue_access_token(user_id=f"bench-user-{company[6:10]}", company_id=company,
-                                  email=f"bench+{company[6:10]}@example.com", role="staff",
-                                  permissions=permissions_for("staff"))
+    number = company_number(company)  # its user exists (database.ensure_users)
+    token, _ = issue_access_token(user_id=user_id(number), company_id=company, email=user_email(number),
+                                  role="staff", permissions=permissions_for("staff"))
     return token
 
 

@@ -38,6 +38,7 @@ from benchmarks.search.database import (
     STANDARD_CHUNKS,
     STANDARD_COMPANIES,
     bench_database_name,
+    ensure_users,
     load_store,
     store_size,
     use_bench_database,
@@ -146,6 +147,7 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
     store, cached = build_store(settings.data_dir.resolve() / "bench", options.chunks, options.companies,
                                 options.base_texts, model, options.scifact, log)
     reused, load_seconds = load_store(store, log)
+    ensure_users(len(store.sizes))
     log(f"store: {store.chunks} chunks, {len(store.sizes)} companies (arrays {'cached' if cached else 'built'}, "
         f"table {'reused' if reused else f'loaded in {load_seconds:.0f}s'})")
     indexes = sync_tenant_indexes(on_build=lambda company, chunks: log(f"  tenant HNSW index: {chunks} chunks"))
