@@ -166,6 +166,9 @@ def _upload(_: World) -> dict[str, Any]:
 
 REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", "/api/auth/me"): lambda w: {},
+    # a wrong current password: the right one would end every session of A's admin mid-run
+    ("POST", "/api/auth/password"): lambda w: {"json": {"current_password": "not the password",
+                                                        "new_password": "another long password"}},
     ("GET", "/api/users"): lambda w: {},
     ("POST", "/api/users"): lambda w: {"json": {"email": f"new-{uuid.uuid4().hex[:8]}@example.com",
                                                 "password": PASSWORD, "role": "staff"}},
