@@ -66,11 +66,11 @@ def users_deactivate(
 ) -> None:
     """Deactivate a user (sign-in and refresh stop at once), or re-enable one with --reactivate."""
     from auth.users import find_user_in_company, get_company_by_slug, update_user
-    from core.database import session_scope, tenant
+    from core.database import admin_session_scope, session_scope, tenant
     from core.errors import NotFound
 
     prepared()
-    with session_scope() as session:
+    with admin_session_scope() as session:  # the company directory is the operator's to read
         company_id = get_company_by_slug(session, company).id
     with tenant(company_id), session_scope() as session:
         user = find_user_in_company(session, company_id, email)
