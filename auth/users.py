@@ -25,11 +25,11 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def check_company_id(company_id: str) -> str:
-    """A company id given by an operator (the ILS platform's own id, so its tokens' `companyId`
-    resolves as is): what tokens, the docstore namespace and per-company index names can carry."""
+def check_company_id(company_id: str, what: str = "company id") -> str:
+    """An id given by an operator (the ILS platform's own, so its tokens' `companyId` / `userId`
+    resolve as they are): what tokens, the docstore namespace and per-company index names can carry."""
     if not COMPANY_ID_RE.match(company_id):
-        raise ServiceError(f"company id {company_id!r} must be 1-64 letters, digits or dashes (a UUID or a number)",
+        raise ServiceError(f"{what} {company_id!r} must be 1-64 letters, digits or dashes (a UUID or a number)",
                            code="VALIDATION_ERROR", status_code=422)
     return company_id
 
@@ -61,7 +61,8 @@ def list_companies(session: Session) -> list[Company]:
 
 
 def create_user(session: Session, company_id: str, email: str, password: str, role: str,
-                full_name: str | None = None) -> User:
+                full_name: str | None = None, user_id: str | None = None) -> User:
+    """`user_id`: the ILS platform's id for this person (what its tokens' userId says); default a new UUID."""
     email = email.strip().lower()
     if not EMAIL_RE.match(email):
         raise ServiceError(f"{email!r} is not an email address", code="VALIDATION_ERROR", status_code=422)
@@ -72,7 +73,9 @@ def create_user(session: Session, company_id: str, email: str, password: str, ro
                            code="VALIDATION_ERROR", status_code=422)
     if find_user_in_company(session, company_id, email):
         raise Conflict(f"user {email} already exists in this company", code="USER_EXISTS")
-    user = User(id=new_id(), company_id=company_id, email=email, password_hash=hash_password(password),
+    if user_id is not None and find_user(session, company_id, check_company_id(user_id, "user id")) is not None:
+        raise Conflict(f"a user with id {user_id!r} already exists in this company", code="USER_EXISTS")
+    user = User(id=user_id or new_id(), company_id=company_id, email=email, password_hash=hash_password(password),
                 role=role, full_name=full_name, is_active=True)
     session.add(user)
     session.flush()

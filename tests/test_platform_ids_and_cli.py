@@ -138,3 +138,24 @@ def test_clients_commands(client, company) -> None:
     assert name not in _invoke("clients", "list") and name in _invoke("clients", "list", "--all")
 
     assert "--all-companies" in _refused("clients", "create", "--name", "x", "--scopes", "knowledge:read")
+
+
+def test_users_create_with_the_platforms_id(client, company) -> None:
+    import os
+    import time
+
+    from jose import jwt
+
+    platform_user = f"platform-user-{uuid.uuid4().hex[:8]}"
+    result = runner.invoke(cli_app, ["users", "create", "--company", company.slug, "--email",
+                                     f"{platform_user}@example.com", "--id", platform_user],
+                           input="correct horse battery\n")
+    assert result.exit_code == 0, result.output
+    now = int(time.time())
+    token = jwt.encode({"userId": platform_user, "companyId": company.id, "email": f"{platform_user}@example.com",
+                        "role": "staff", "permissions": ["knowledge:read"], "iat": now, "exp": now + 600,
+                        "iss": "ils-platform", "aud": "ils-api"}, os.environ["JWT_SECRET"], algorithm="HS256")
+    assert _search(client, {"Authorization": f"Bearer {token}"}) == []
+    assert "letters, digits or dashes" in str(runner.invoke(cli_app, [
+        "users", "create", "--company", company.slug, "--email", "x@example.com", "--id", "a b"],
+        input="correct horse battery\n").exception)

@@ -28,6 +28,8 @@ def users_create(
     email: Annotated[str, typer.Option(help="Login email.")],
     role: Annotated[str, typer.Option(help="admin or staff.")] = "staff",
     full_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    user_id: Annotated[str | None, typer.Option(
+        "--id", help="The ILS platform's id for this user (its tokens' userId); default a new UUID.")] = None,
 ) -> None:
     """Create a user; the password is prompted for, or read from standard input."""
     from auth.users import create_user, get_company_by_slug
@@ -37,7 +39,7 @@ def users_create(
     password = _read_password()
     with admin_session_scope() as session:
         company_row = get_company_by_slug(session, company)
-        user = create_user(session, company_row.id, email, password, role, full_name)
+        user = create_user(session, company_row.id, email, password, role, full_name, user_id=user_id)
         console.print(f"created {user.role} {user.email} in {company_row.slug}")
 
 
