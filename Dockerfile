@@ -12,6 +12,8 @@ COPY core core
 COPY indexing indexing
 COPY retrieval retrieval
 COPY evals evals
+# The `ils-rag bench` commands live here; their results (benchmarks/results/) stay out of the package.
+COPY benchmarks benchmarks
 COPY samples samples
 RUN pip install .
 RUN useradd --system --home /data ils && mkdir -p /data && chown ils /data

@@ -171,3 +171,15 @@ def test_the_architecture_page_names_only_paths_that_exist() -> None:
     missing += sorted(name for name in modules_named
                       if not any(any((ROOT / package).rglob(name)) for package in PACKAGES))
     assert missing == []
+
+
+def test_the_image_copies_every_package_the_wheel_holds() -> None:
+    """`pip install .` in the Dockerfile builds from what was copied: a package left out would
+    make `ils-rag` fail at import inside the image only."""
+    import re
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {pattern.rstrip("*") for pattern in config["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\w+) \1$", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE))
+    assert packages == set(PACKAGES) and packages <= copied
