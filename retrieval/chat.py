@@ -35,7 +35,7 @@ from core.embeddings import get_embed_model
 from core.errors import ServiceError
 from core.settings import Settings, get_settings
 from retrieval import conversations, prompts
-from retrieval.extractive import ABSTAIN_BELOW, Answer, answer, llm_quotes, passages
+from retrieval.extractive import Answer, answer, llm_quotes, passages
 from retrieval.llm import LLMBadResponse, LLMError, build_llm, translate_llm_error
 from retrieval.passages import Rendered
 from retrieval.retriever import TenantRetriever
@@ -186,8 +186,8 @@ class ChatService:
     # -- pieces ---------------------------------------------------------------------------
     def _retriever(self) -> TenantRetriever:
         # "rank": the passages reach the answering step in the mode's own ranking (RRF by default).
-        return TenantRetriever(self.company_id, mode=self.settings.search_mode, top_k=self.settings.chat_top_k,
-                               threshold=self.settings.search_threshold, order="rank", embed_model=self.embed_model)
+        return TenantRetriever(self.company_id, top_k=self.settings.chat_top_k, order="rank",
+                               embed_model=self.embed_model, settings=self.settings)
 
     def _history(self, conversation_id: str | None) -> list[conversations.Turn]:
         if not conversation_id:
@@ -221,7 +221,7 @@ class ChatService:
             return self._nothing(query, conversation_id, started)
         questions = [query] if query == message else [query, message]
         found: Answer = answer(self.company_id, questions, nodes, self.embed_model)
-        if not found.lines or found.best_cosine < ABSTAIN_BELOW:
+        if found.found_nothing:
             return self._nothing(query, conversation_id, started)
         return ChatResult(answer=found.text, conversation_id=conversation_id or "",
                           sources=source_list(nodes, found.passages, found.quotes()), is_relevant=True,
