@@ -37,7 +37,7 @@ from auth import audit
 from auth.models import Company
 from auth.permissions import Permission
 from auth.rate_limit import RateLimited, SlidingWindowLimiter
-from auth.tokens import issue_access_token
+from auth.tokens import can_issue_tokens, issue_access_token
 from core.database import Base, session_scope, tenant
 from core.errors import Conflict, Forbidden, NotFound, ServiceError, Unauthorized
 from core.settings import Settings, get_settings
@@ -223,6 +223,10 @@ def exchange(client_id: str, client_secret: str, *, company_id: str | None = Non
     """Client credentials -> an access token for one company; raises 401 INVALID_CLIENT,
     429 when throttled, 400/403 for a company or scope the client may not have."""
     settings = settings or get_settings()
+    if not can_issue_tokens(settings):
+        raise ServiceError("This service only verifies platform-issued tokens (JWT_ALGORITHM="
+                           f"{settings.jwt_algorithm} without JWT_PRIVATE_KEY), so it cannot issue client tokens.",
+                           code="TOKEN_ISSUING_UNAVAILABLE", status_code=503)
     limiters = client_limiters(settings)
     client_key, address_key = f"client:{client_id}", f"address:{client_ip or 'unknown'}"
     wait = max(limiters.client.retry_after(client_key), limiters.address.retry_after(address_key))

@@ -208,3 +208,18 @@ def test_create_refuses_bad_input(database: str, company):
                        {"name": "ok", "scopes": "knowledge:read", "companies": ["no-such-company"]}):
             with pytest.raises(ServiceError):
                 clients.create_client(session, **kwargs)
+
+
+def test_a_verify_only_service_cannot_issue_client_tokens(company, make_client) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from core.errors import ServiceError
+    from core.settings import Settings
+
+    public = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    created = make_client("knowledge:read", [company.id])
+    with pytest.raises(ServiceError) as refused:
+        clients.exchange(created.id, created.secret, settings=Settings(jwt_algorithm="ES256", jwt_public_key=public))
+    assert (refused.value.status_code, refused.value.code) == (503, "TOKEN_ISSUING_UNAVAILABLE")
