@@ -184,11 +184,11 @@ def answer(company_id: str, questions: list[str], nodes: Sequence[NodeWithScore]
 def llm_quotes(answer_text: str, rendered: list[Rendered]) -> list[list[dict[str, int]]]:
     """Quotes for an LLM answer: for each answer sentence citing [n], the statement of passage n
     that shares most of its words (the LLM paraphrases, so exact matching would find nothing)."""
-    from retrieval.passages import _sentences
+    from retrieval.passages import split_sentences
 
     out: list[list[dict[str, int]]] = [[] for _ in rendered]
     for line in answer_text.splitlines():
-        for sentence in _sentences(line) if line.strip() else []:
+        for sentence in split_sentences(line) if line.strip() else []:
             for number in {int(n) for n in re.findall(r"\[(\d+)\]", sentence)}:
                 if not 1 <= number <= len(rendered):
                     continue

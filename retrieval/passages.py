@@ -85,7 +85,7 @@ def _clean(line: str) -> str:
     return " ".join(_EMPHASIS.sub("", line).split())
 
 
-def _sentences(paragraph: str) -> list[str]:
+def split_sentences(paragraph: str) -> list[str]:
     """LlamaIndex's (punkt) sentence tokenizer, with splits after "Dr." or "e.g." mended."""
     out: list[str] = []
     for piece in _sentence_splitter()(paragraph):
@@ -251,7 +251,7 @@ def _blocks(text: str, section: str | None, starts_document: bool) -> list[_Bloc
     out: list[_Block] = []
     for i, block in enumerate(blocks):  # a wrapped "... if both are taken:" leading a list
         if block.kind == "para" and block.text.endswith(":") and i + 1 < len(blocks) and blocks[i + 1].kind == "item":
-            *before, last = _sentences(block.text)  # only the paragraph's last sentence leads the list
+            *before, last = split_sentences(block.text)  # only the paragraph's last sentence leads the list
             if before:
                 out.append(_Block("para", " ".join(before), block.indent))
             out.append(_Block("lead-in", last[:-1]))
@@ -307,7 +307,7 @@ def units(text: str, section: str | None = None, *, starts_document: bool = Fals
             text = f"{lead_in}: {block.text}" if lead_in else block.text
             out.append(Unit(text, FRAGMENT if broken else ITEM, context))
             continue
-        pieces = _sentences(block.text)
+        pieces = split_sentences(block.text)
         for position, sentence in enumerate(pieces):
             kind = SENTENCE
             if sentence.endswith("?"):

@@ -240,3 +240,27 @@ def test_answer_evaluation_scores_an_llm_the_same_way(llm_client, sample_headers
     assert report.mode == "llm"
     assert report.metrics["fact_recall"] == 1.0 and report.metrics["citation_precision"] == 1.0
     assert report.metrics["fragment_rate"] is None  # an LLM writes its own sentences
+
+
+def test_statement_vectors_are_stored_once_per_chunk_behind_the_tenant_wall(client, lens_practice, make_company,
+                                                                            statements):
+    import sqlalchemy as sa
+
+    from core.database import get_admin_engine, get_engine, tenant
+
+    company, headers = lens_practice
+    count = sa.text("SELECT count(*) FROM chunk_statements WHERE company_id = :c")
+    assert client.post("/api/chat", json={"message": "How much is a premium varifocal?"},
+                       headers=headers).status_code == 200
+    with get_admin_engine().connect() as connection:
+        stored = connection.execute(count, {"c": company.id}).scalar()
+    assert stored and stored >= 2  # written through by the first answer that read the chunks
+    statements.clear()
+    assert client.post("/api/chat", json={"message": "How much is a premium varifocal?"},
+                       headers=headers).status_code == 200
+    assert not any(s.lstrip().startswith("INSERT INTO chunk_statements") for s in statements)  # read, not redone
+    other = make_company("Other practice")
+    with tenant(other.id), get_engine().connect() as connection:
+        assert connection.execute(count, {"c": company.id}).scalar() == 0  # another company sees none of them
+    with tenant(company.id), get_engine().connect() as connection:
+        assert connection.execute(count, {"c": company.id}).scalar() == stored
