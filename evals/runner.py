@@ -21,7 +21,6 @@ from typing import Any
 import sqlalchemy as sa
 from llama_index.core.schema import NodeWithScore
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
 
 from auth.models import Company
@@ -31,6 +30,7 @@ from core.embeddings import embedding_runtime, get_embed_model
 from core.search_modes import MODE_NAMES
 from core.settings import get_settings
 from core.tenant_indexes import sync_tenant_indexes
+from core.terminal import progress
 from evals.beir import Dataset, Query, load_dataset
 from evals.embedding_cache import CachedEmbedding
 from evals.jaccard import jaccard_search
@@ -136,19 +136,16 @@ def index_corpus(dataset: Dataset, embedder: CachedEmbedding, console: Console,
 
         index_batch = partial(_index_batch, company_id, docs, hashes, embedder)
         batches = [todo[start:start + INDEX_BATCH] for start in range(0, len(todo), INDEX_BATCH)]
-        with _progress(console) as progress, ThreadPoolExecutor(max_workers=workers) as pool:
-            task = progress.add_task(f"indexing {company or dataset.name}", total=len(todo))
+        title = f"indexing {company or dataset.name}"
+        with progress(title, not console.quiet, transient=True) as bar, ThreadPoolExecutor(max_workers=workers) as pool:
+            task = bar.add_task("documents", total=len(todo))
             for done, failed in pool.map(index_batch, batches):
                 if failed:
                     console.print(f"[yellow]{len(failed)} documents failed to index, e.g. "
                                   f"{failed[0].source_key}: {failed[0].reason}")
-                progress.advance(task, done)
+                bar.advance(task, done)
     return companies
 
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
 
 
 def _dedupe(nodes: Iterable[tuple[str, float]], depth: int) -> tuple[list[str], list[float]]:
@@ -215,11 +212,12 @@ def run_queries(name: str, queries: list[Query], companies: dict[str | None, str
 
     _fresh_query_vectors()
     ranked: dict[str, Ranked] = {}
-    with _progress(console) as progress, ThreadPoolExecutor(max_workers=workers) as pool:
-        task = progress.add_task(f"{name:8}", total=len(queries))
+    with (progress(f"retrieving with {name}", not console.quiet, transient=True) as bar,
+          ThreadPoolExecutor(max_workers=workers) as pool):
+        task = bar.add_task("queries", total=len(queries))
         for query_id, result in pool.map(one, queries):
             ranked[query_id] = result
-            progress.advance(task)
+            bar.advance(task)
     return ranked
 
 

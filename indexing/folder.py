@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
 
 from core.database import get_engine, session_scope, tenant
 from core.errors import NotFound, ServiceError
 from core.settings import get_settings
+from core.terminal import plural, progress
 from indexing.chunk_rows import purge_document, set_chunk_metadata
 from indexing.models import Document
 from indexing.pipeline import index_sources
@@ -48,12 +48,21 @@ class IngestReport:
     removed: list[str] = field(default_factory=list)
     failed: list[FileFailure] = field(default_factory=list)
     chunks_embedded: int = 0
+    chunks_written: int = 0  # the chunks of the files indexed or updated by this run
     seconds: float = 0.0
 
     def summary(self) -> str:
-        line = (f"{len(self.indexed)} indexed, {len(self.unchanged)} unchanged, {len(self.updated)} updated, "
-                f"{len(self.removed)} removed, {len(self.failed)} failed; "
-                f"{self.chunks_embedded} chunks embedded in {self.seconds:.1f}s")
+        """One line (plus one per failed file). Chunks written and chunks embedded differ after
+        an interrupted run: its embeddings are kept and reused, so a rerun writes the files'
+        chunks without embedding them again."""
+        if self.chunks_embedded == self.chunks_written:
+            chunks = f"{plural(self.chunks_written, 'chunk')} embedded and written"
+        else:
+            chunks = (f"{plural(self.chunks_written, 'chunk')} written, {self.chunks_embedded:,} of them embedded "
+                      "by this run (the others' vectors were kept from an earlier run)")
+        line = (f"{plural(len(self.indexed), 'file')} indexed, {len(self.unchanged):,} unchanged, "
+                f"{len(self.updated):,} updated, {len(self.removed):,} removed, {len(self.failed):,} failed; "
+                f"{chunks} in {self.seconds:.1f} s")
         for failure in self.failed:
             line += f"\n  failed {failure.source_key}: [{failure.code}] {failure.reason}"
         return line
@@ -64,6 +73,8 @@ class IngestReport:
         else:
             getattr(self, outcome.action).append(outcome.source_key)
             self.chunks_embedded += outcome.chunks_embedded
+            if outcome.action in ("indexed", "updated"):
+                self.chunks_written += outcome.chunk_count
 
 
 def company_exists(company_id: str) -> bool:
@@ -150,21 +161,18 @@ def ingest_folder(path: Path, company_id: str, *, category: str | None = None, s
             continue
         todo.append((file, key, data))
 
-    progress = _progress(show_progress)
-    with progress:
-        files_task = progress.add_task("files", total=len(todo))
-        chunks_task = progress.add_task("chunks embedded", total=None)
+    with progress("ingest", show_progress and bool(todo)) as bar:  # nothing to do: no "files 0/0"
+        files_task = bar.add_task("files", total=len(todo))
 
         def done(outcome: Outcome) -> None:
-            progress.advance(files_task)
-            progress.advance(chunks_task, outcome.chunks_embedded)
+            bar.advance(files_task, chunk=outcome.chunk_count if outcome.action != "failed" else 0)
 
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ingest-read") as pool:
             parsed = pool.map(lambda item: _parse(item[0], item[1], item[2], category, uploaded_by), todo)
             for batch in _batches(parsed, report):
                 for outcome in index_sources(company_id, batch, on_done=done):
                     report.add(outcome)
-        progress.update(files_task, completed=len(todo))
+        bar.update(files_task, completed=len(todo))
 
     if sync:
         for key, row in sorted(rows.items()):
@@ -181,7 +189,3 @@ def _recategorise(company_id: str, document_id: str, category: str) -> None:
                            {"cat": category, "c": company_id, "d": document_id})
         set_chunk_metadata(connection, company_id, document_id, "category", category)
 
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=False)

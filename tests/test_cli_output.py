@@ -98,3 +98,69 @@ def test_every_command_is_in_the_readme() -> None:
         elif f"`{name}`" not in readme:
             missing.append(name)
     assert missing == []
+
+
+def test_counts_read_as_words() -> None:
+    from core.terminal import plural
+
+    assert [plural(n, "chunk") for n in (0, 1, 2, 1500)] == ["0 chunks", "1 chunk", "2 chunks", "1,500 chunks"]
+    assert plural(1, "query", "queries") == "1 query" and plural(3, "query", "queries") == "3 queries"
+
+
+def test_progress_off_a_terminal_is_periodic_lines_with_totals_and_time_left() -> None:
+    from core.terminal import progress
+
+    sink = io.StringIO()  # not a terminal, like a CI log
+    with progress("ingest", stream=sink, interval=0) as bar:
+        files = bar.add_task("files", total=4)
+        for _ in range(4):
+            bar.advance(files, chunk=3)
+    lines = sink.getvalue().splitlines()
+    assert len(lines) == 5  # one per step (interval 0) and the closing one
+    assert lines[1].startswith("ingest: files 2/4 (50%), 6 chunks, 0:00:00 elapsed")
+    assert "left" in lines[1]  # a known total gives a time left
+    assert lines[-1].startswith("ingest: files 4/4 (100%), 12 chunks") and "left" not in lines[-1]
+    assert "\x1b[" not in sink.getvalue()  # no terminal control codes in a log
+
+    sink = io.StringIO()
+    with progress("ingest", stream=sink) as bar:  # the default interval: only the closing line
+        bar.advance(bar.add_task("files", total=1), chunk=1)
+    assert sink.getvalue() == "ingest: files 1/1 (100%), 1 chunk, 0:00:00 elapsed\n"
+    with progress("ingest", enabled=False, stream=sink) as bar:
+        bar.advance(bar.add_task("files", total=1))
+    assert sink.getvalue().count("\n") == 1
+
+
+def test_ingest_off_a_terminal_prints_progress_and_a_summary_in_words(company, tmp_path, embed_model) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "repairs.md").write_text("# Frame repairs\n\nA frame repair costs £18 and takes five working days.\n")
+    result = CliRunner().invoke(app, ["ingest", str(folder), "--company", company.slug, "--no-sync"])
+    assert result.exit_code == 0, result.output
+    assert "ingest: files 1/1 (100%), 1 chunk," in result.stderr  # the closing progress line
+    assert "1 file indexed" in result.stdout and "1 chunk embedded and written" in result.stdout
+    again = CliRunner().invoke(app, ["ingest", str(folder), "--company", company.slug, "--sync"])
+    assert again.exit_code == 0, again.output
+    assert "0 files indexed, 1 unchanged" in again.stdout and "files 0/0" not in again.output
+    assert again.stderr == ""  # nothing to do: no progress at all
+
+
+def test_every_yes_no_option_has_both_forms() -> None:
+    """`--sync/--no-sync`: a lone `--flag` reads as if it took a value (`--sync true` then fails)."""
+    import click
+    import typer.main
+
+    from app.cli import app
+
+    def walk(command: click.Command, path: str) -> list[str]:
+        if isinstance(command, click.Group):
+            return [found for name, sub in command.commands.items() for found in walk(sub, f"{path} {name}")]
+        return [f"{path} {param.opts[0]}" for param in command.params
+                if isinstance(param, click.Option) and param.is_flag and not param.secondary_opts
+                and param.opts[0] != "--help"]
+
+    assert walk(typer.main.get_command(app), "ils-rag") == []

@@ -23,12 +23,12 @@ def ask(
     """Answer a question from one company's documents and list the cited sources."""
     from app.responses import chat_body
     from auth.users import get_company_by_slug
-    from core.database import session_scope
+    from core.database import admin_session_scope
     from core.settings import get_settings
     from retrieval.chat import ChatService
 
     prepared()
-    with session_scope() as session:
+    with admin_session_scope() as session:  # the company directory: row-level security shows it to the owner
         company_id = get_company_by_slug(session, company).id
     updates = {k: v for k, v in {"search_mode": mode, "search_threshold": threshold}.items() if v is not None}
     settings = get_settings().model_copy(update=updates)

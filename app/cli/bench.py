@@ -107,13 +107,15 @@ def bench_search(
     queries_per_bucket: Annotated[int, typer.Option(help="Store-search queries per tenant-size bucket.")] = 100,
     jaccard_queries: Annotated[int, typer.Option(help="Legacy Jaccard queries per bucket.")] = 15,
     duration: Annotated[float, typer.Option(help="Seconds per concurrency level.")] = 10.0,
-    skip_http: Annotated[bool, typer.Option("--skip-http", help="No end-to-end HTTP part.")] = False,
+    skip_http: Annotated[bool, typer.Option("--skip-http/--with-http", help="No end-to-end HTTP part.")] = False,
     http_requests: Annotated[int, typer.Option(help="Requests for the 1-client HTTP latency.")] = 200,
     embed_chunks: Annotated[int, typer.Option(help="~200-word chunks per embedding-throughput round.")] = 128,
     embed_rounds: Annotated[int, typer.Option(help="Interleaved embedding rounds per runtime.")] = 3,
-    skip_embedding: Annotated[bool, typer.Option("--skip-embedding", help="No embedding-runtime part.")] = False,
+    skip_embedding: Annotated[bool, typer.Option("--skip-embedding/--with-embedding",
+                                                 help="No embedding-runtime part.")] = False,
     skip_quality: Annotated[bool, typer.Option(
-        "--skip-quality", help="No optical nDCG@10 per runtime (runs `ils-rag eval` once per runtime).")] = False,
+        "--skip-quality/--with-quality",
+        help="No optical nDCG@10 per runtime (runs `ils-rag eval` once per runtime).")] = False,
     scifact: Annotated[Path | None, typer.Option(
         help="A BEIR SciFact folder (corpus.jsonl, queries.jsonl): its abstracts and claims join the "
              "repository's texts, as in the published figures. Without it, only the repository is used.")] = None,

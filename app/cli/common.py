@@ -4,6 +4,8 @@ import cycle; `app.cli` imports every command module once, which registers its c
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.console import Console
 
@@ -18,8 +20,11 @@ app.add_typer(companies_app, name="companies")
 app.add_typer(users_app, name="users")
 app.add_typer(bench_app, name="bench")
 
-console = Console()
-err_console = Console(stderr=True)
+# Not a terminal (a file, a pipe, a CI log): no width to fit, so tables and ids are printed
+# whole instead of being squeezed into rich's default 80 columns ("ret…", "0.5…").
+UNBOUNDED_WIDTH = 1000
+console = Console(width=None if sys.stdout.isatty() else UNBOUNDED_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else UNBOUNDED_WIDTH)
 
 
 @app.callback()

@@ -18,19 +18,19 @@ def ingest(
     folder: Annotated[Path, typer.Argument(help=f"Folder of {' '.join(SUPPORTED_EXTENSIONS)} files.")],
     company: Annotated[str, typer.Option(help="Company slug.")],
     category: Annotated[str | None, typer.Option(help="Category for new/updated files.")] = None,
-    sync: Annotated[bool, typer.Option("--sync", help="Remove documents whose files are gone.")] = False,
+    sync: Annotated[bool, typer.Option("--sync/--no-sync", help="Remove documents whose files are gone.")] = False,
     workers: Annotated[int, typer.Option(min=1, max=32, help="Threads reading and parsing files.")] = 1,
 ) -> None:
     """Index a folder into a company's knowledge base (incremental and idempotent)."""
     from auth.users import get_company_by_slug
-    from core.database import session_scope
+    from core.database import admin_session_scope
     from core.settings import get_settings
     from indexing.folder import ingest_folder
 
     if not folder.is_dir():
         raise fail(f"folder {str(folder)!r} does not exist or is not a directory")
     prepared()
-    with session_scope() as session:
+    with admin_session_scope() as session:  # the company directory: row-level security shows it to the owner
         company_id = get_company_by_slug(session, company).id
     report = ingest_folder(folder, company_id, category=category, sync=sync, workers=workers,
                            show_progress=True)

@@ -43,7 +43,8 @@ def clients_create(
 
 
 @clients_app.command("list")
-def clients_list(include_revoked: Annotated[bool, typer.Option("--all", help="Include revoked clients.")] = False,
+def clients_list(include_revoked: Annotated[bool, typer.Option("--all/--active",
+                                                               help="Include revoked clients.")] = False,
                  ) -> None:
     """List service clients (never their secrets)."""
     from auth.clients import list_clients

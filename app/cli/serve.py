@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: HOST setting).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: PORT setting).")] = None,
-    load_samples: Annotated[bool, typer.Option("--load-samples", help="Create the sample practices first.")] = False,
+    load_samples: Annotated[bool, typer.Option("--load-samples/--no-load-samples",
+                                               help="Create the sample practices first.")] = False,
     workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
 ) -> None:
     """Start the HTTP service (migrations are applied at start)."""

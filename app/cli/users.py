@@ -64,7 +64,7 @@ def users_list(company: Annotated[str | None, typer.Option(help="Company slug.")
 def users_deactivate(
     company: Annotated[str, typer.Option(help="Company slug.")],
     email: Annotated[str, typer.Option(help="Login email.")],
-    reactivate: Annotated[bool, typer.Option("--reactivate", help="Re-enable the user instead.")] = False,
+    reactivate: Annotated[bool, typer.Option("--reactivate/--deactivate", help="Re-enable the user instead.")] = False,
 ) -> None:
     """Deactivate a user (sign-in and refresh stop at once), or re-enable one with --reactivate."""
     from auth.users import find_user_in_company, get_company_by_slug, update_user
