@@ -1,13 +1,19 @@
-"""FastAPI dependencies: the current user and company (from the token, never the body)
-and per-route permission checks."""
+"""FastAPI dependencies: the app's settings, the current user and company (from the token,
+never the body), per-route permission checks, and the caller's tenant session.
+
+The composition root: `create_app` builds the settings once and keeps them on the app;
+routes take them as `settings: AppSettings` and hand them down as arguments."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import contextmanager_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from app.logs import bind_log_context
 from app.request_models import NUL_ERROR, holds_nul
@@ -15,6 +21,7 @@ from auth.clients import check_client_token
 from auth.permissions import Permission
 from auth.revocation import check_token_authority
 from auth.tokens import decode_access_token
+from core.database import session_scope, tenant
 from core.errors import Forbidden, ServiceError, Unauthorized
 from core.settings import Settings, get_settings
 
@@ -105,3 +112,23 @@ def check_company(user: CurrentUser, company_id: str | None) -> str:
     if company_id is not None and company_id != user.company_id:
         raise Forbidden("company_id does not match your token's company", code="FORBIDDEN")
     return user.company_id
+
+
+AppSettings = Annotated[Settings, Depends(get_app_settings)]
+
+
+async def tenant_session(user: CurrentUser = Depends(get_current_user)) -> AsyncIterator[Session]:
+    """The caller's company as the tenant of one database session, committed when the route
+    returns and rolled back when it raises.
+
+    Async on purpose: the tenant is a context variable, and one set here, in the request's own
+    context, is what the route's worker thread inherits (a sync dependency would set it in a
+    thread of its own). The session's opening and closing run in the thread pool."""
+    with tenant(user.company_id):
+        async with contextmanager_in_threadpool(session_scope()) as session:
+            yield session
+
+
+# scope="function": the commit happens before the response is sent, so a client never sees a
+# success whose data did not commit.
+TenantSession = Annotated[Session, Depends(tenant_session, scope="function")]

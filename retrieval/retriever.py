@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -45,7 +45,7 @@ from llama_index.core.vector_stores.types import (
 from core.database import get_engine, tenant
 from core.embeddings import get_embed_model
 from core.search_modes import MODE_NAMES, SearchMode
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 from core.vector_store import UnscopedQueryError, company_filter, get_vector_store
 from retrieval.bm25 import bm25_search
 from retrieval.fusion import Fusion, fuse
@@ -72,13 +72,14 @@ class TenantRetriever(BaseRetriever):
     def __init__(self, company_id: str, *, mode: SearchMode | None = None, top_k: int = 5,
                  threshold: float | None = None, order: ResultOrder = "similarity",
                  embed_model: BaseEmbedding | None = None, fusion: Fusion | None = None,
-                 text_ranking: TextRanking = "bm25") -> None:
+                 text_ranking: TextRanking = "bm25", settings: Settings | None = None) -> None:
         """`mode` defaults to SEARCH_MODE and `threshold` (minimum cosine similarity) to
-        SEARCH_THRESHOLD; `order` is "similarity" (cosine, highest first) or "rank" (the
-        mode's own ranking); `fusion` (hybrid) defaults to DEFAULT_FUSION."""
+        SEARCH_THRESHOLD, both from `settings` (the caller's; the process's when omitted);
+        `order` is "similarity" (cosine, highest first) or "rank" (the mode's own ranking);
+        `fusion` (hybrid) defaults to DEFAULT_FUSION."""
         if not isinstance(company_id, str) or not company_id.strip():
             raise UnscopedQueryError("TenantRetriever needs the caller's company id")
-        settings = get_settings()
+        settings = settings or get_settings()
         mode = mode or settings.search_mode
         if mode not in RANKERS:
             raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(RANKERS)}")
@@ -193,10 +194,3 @@ RANKERS: dict[str, Ranker] = {
 }
 if tuple(RANKERS) != MODE_NAMES:
     raise ImportError(f"search modes {MODE_NAMES} and rankers {tuple(RANKERS)} differ (core.search_modes)")
-
-
-def search(company_id: str, query: str, *, limit: int = 5, threshold: float | None = None,
-           mode: SearchMode | None = None, order: ResultOrder = "similarity", **kwargs: Any) -> list[NodeWithScore]:
-    """One call for the search endpoint: by default the seed's order, highest similarity first."""
-    return TenantRetriever(company_id, mode=mode, top_k=limit, threshold=threshold, order=order,
-                           **kwargs).retrieve(query)

@@ -6,11 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CurrentUser, client_ip, get_app_settings, get_current_user
+from app.deps import CurrentUser, TenantSession, client_ip, get_app_settings, get_current_user
 from app.request_models import RequestModel
 from auth import sessions
 from auth.users import find_user
-from core.database import session_scope, tenant
 from core.errors import Unauthorized
 from core.settings import Settings
 
@@ -171,10 +170,9 @@ def change_password(body: PasswordChangeRequest, request: Request, response: Res
 
 
 @router.get("/me", response_model=MeResponse, responses={401: {"description": "NOT_AUTHENTICATED etc."}})
-def me(user: CurrentUser = Depends(get_current_user)) -> MeResponse:
+def me(session: TenantSession, user: CurrentUser = Depends(get_current_user)) -> MeResponse:
     """The token's identity; full_name when the user is one of ours (platform tokens may not be)."""
-    with tenant(user.company_id), session_scope() as session:
-        row = find_user(session, user.company_id, user.id)
-        full_name = row.full_name if row else None
+    row = find_user(session, user.company_id, user.id)
+    full_name = row.full_name if row else None
     return MeResponse(id=user.id, email=user.email, role=user.role, companyId=user.company_id,
                       permissions=sorted(user.permissions), full_name=full_name)

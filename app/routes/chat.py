@@ -14,13 +14,12 @@ from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CurrentUser, get_app_settings, require
+from app.deps import AppSettings, CurrentUser, TenantSession, require
 from app.limits import rate_limited
 from app.request_models import RequestModel
 from app.responses import chat_body
 from app.routes.search import HARD_MAX_CHARS, check_text
 from auth.permissions import Permission
-from core.database import session_scope, tenant
 from retrieval import conversations
 from retrieval.chat import ChatService
 
@@ -108,8 +107,8 @@ def _sse(events: Iterator[tuple[str, Any]]) -> Iterator[bytes]:
 
 @router.post("/api/chat", response_model=ChatResponse, responses={**_ERRORS, **_LLM_ERRORS, 200: {
     "content": {"text/event-stream": {"description": "token events, then one sources event (the JSON body)"}}}})
-def chat(body: ChatRequest, request: Request, user: CurrentUser = Depends(chat_limited)) -> Any:
-    settings = get_app_settings(request)
+def chat(body: ChatRequest, request: Request, settings: AppSettings,
+         user: CurrentUser = Depends(chat_limited)) -> Any:
     message = check_text(body.message, settings, what="message")
     service = ChatService(user.company_id, user.id, settings)
     if "text/event-stream" in request.headers.get("accept", ""):
@@ -119,27 +118,26 @@ def chat(body: ChatRequest, request: Request, user: CurrentUser = Depends(chat_l
 
 
 @router.get("/api/conversations", response_model=ConversationList, responses=_ERRORS)
-def list_conversations(user: CurrentUser = Depends(chat_user)) -> ConversationList:
-    with tenant(user.company_id), session_scope() as session:
-        rows = conversations.list_conversations(session, user.company_id, user.id)
-        return ConversationList(conversations=[
-            ConversationOut(id=c.id, title=c.title, created_at=c.created_at, updated_at=c.updated_at,
-                            message_count=n) for c, n in rows])
+def list_conversations(session: TenantSession, user: CurrentUser = Depends(chat_user)) -> ConversationList:
+    rows = conversations.list_conversations(session, user.company_id, user.id)
+    return ConversationList(conversations=[
+        ConversationOut(id=c.id, title=c.title, created_at=c.created_at, updated_at=c.updated_at,
+                        message_count=n) for c, n in rows])
 
 
 @router.get("/api/conversations/{conversation_id}", response_model=ConversationDetail, responses=_ERRORS)
-def get_conversation(conversation_id: str, user: CurrentUser = Depends(chat_user)) -> ConversationDetail:
-    with tenant(user.company_id), session_scope() as session:
-        row = conversations.get_conversation(session, user.company_id, user.id, conversation_id)
-        turns = conversations.history(session, user.company_id, user.id, conversation_id)
-        return ConversationDetail(id=row.id, title=row.title, created_at=row.created_at, updated_at=row.updated_at,
-                                  message_count=len(turns),
-                                  messages=[MessageOut(role=t.role, content=t.content, sources=t.sources, mode=t.mode,
-                                                       created_at=t.created_at) for t in turns])
+def get_conversation(conversation_id: str, session: TenantSession,
+                     user: CurrentUser = Depends(chat_user)) -> ConversationDetail:
+    row = conversations.get_conversation(session, user.company_id, user.id, conversation_id)
+    turns = conversations.history(session, user.company_id, user.id, conversation_id)
+    return ConversationDetail(id=row.id, title=row.title, created_at=row.created_at, updated_at=row.updated_at,
+                              message_count=len(turns),
+                              messages=[MessageOut(role=t.role, content=t.content, sources=t.sources, mode=t.mode,
+                                                   created_at=t.created_at) for t in turns])
 
 
 @router.delete("/api/conversations/{conversation_id}", status_code=204, response_class=Response, responses=_ERRORS)
-def delete_conversation(conversation_id: str, user: CurrentUser = Depends(chat_user)) -> Response:
-    with tenant(user.company_id), session_scope() as session:
-        conversations.delete_conversation(session, user.company_id, user.id, conversation_id)
+def delete_conversation(conversation_id: str, session: TenantSession,
+                        user: CurrentUser = Depends(chat_user)) -> Response:
+    conversations.delete_conversation(session, user.company_id, user.id, conversation_id)
     return Response(status_code=204)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CurrentUser, check_company, get_app_settings
+from app.deps import AppSettings, CurrentUser, check_company
 from app.limits import rate_limited
 from app.request_models import RequestModel
 from auth.permissions import Permission
@@ -17,7 +17,7 @@ from core.errors import ServiceError
 from core.search_modes import SearchMode, describe_modes
 from core.settings import Settings
 from retrieval.calibration import current_calibration
-from retrieval.retriever import search
+from retrieval.retriever import TenantRetriever
 
 router = APIRouter(tags=["search"])
 read = rate_limited(Permission.KNOWLEDGE_READ, "search")  # permission, then SEARCH_RATE_PER_MINUTE
@@ -89,11 +89,9 @@ class EmbeddingResponse(BaseModel):
 
 
 @router.post("/api/rag/search", response_model=SearchResponse, responses=_ERRORS)
-def rag_search(body: SearchRequest, request: Request, user: CurrentUser = Depends(read)) -> SearchResponse:
-    settings = get_app_settings(request)
+def rag_search(body: SearchRequest, settings: AppSettings, user: CurrentUser = Depends(read)) -> SearchResponse:
     company_id = check_company(user, body.company_id)
     query = check_text(body.query, settings)
-    mode = body.mode or settings.search_mode
     calibration = current_calibration()
     if body.threshold is None or calibration is None:
         threshold = settings.search_threshold if body.threshold is None else body.threshold
@@ -101,7 +99,11 @@ def rag_search(body: SearchRequest, request: Request, user: CurrentUser = Depend
     else:  # the calibrated score is monotone in the cosine: the store still filters on a cosine floor
         threshold, applies_to = body.threshold, "score"
         floor = calibration.min_similarity(threshold) if threshold > 0 else -1.0
-    nodes = search(company_id, query, limit=body.limit, threshold=min(floor, 1.0), mode=mode, order="similarity")
+    # The retriever resolves the mode (body, else SEARCH_MODE) from the same settings; the
+    # response reports the one it used.
+    retriever = TenantRetriever(company_id, mode=body.mode, top_k=body.limit, threshold=min(floor, 1.0),
+                                order="similarity", settings=settings)
+    nodes = retriever.retrieve(query)
     results = []
     for n in nodes:
         similarity = float(n.score or 0.0)
@@ -112,14 +114,15 @@ def rag_search(body: SearchRequest, request: Request, user: CurrentUser = Depend
                                     filename=n.node.metadata.get("filename"), category=n.node.metadata.get("category"),
                                     similarity=round(similarity, 6), score=score,
                                     document_id=n.node.metadata.get("source_document_id")))
-    return SearchResponse(query=query, results=results, total_found=len(results), mode=mode, threshold=threshold,
+    return SearchResponse(query=query, results=results, total_found=len(results), mode=retriever.mode,
+                          threshold=threshold,
                           threshold_applies_to=applies_to, min_similarity=round(floor, 6))
 
 
 @router.post("/api/embeddings/generate", response_model=EmbeddingResponse, responses=_ERRORS)
-def generate_embedding(body: EmbeddingRequest, request: Request,
+def generate_embedding(body: EmbeddingRequest, settings: AppSettings,
                        user: CurrentUser = Depends(read)) -> EmbeddingResponse:
-    text = check_text(body.text, get_app_settings(request), what="text")
+    text = check_text(body.text, settings, what="text")
     model = get_embed_model()
     info = embedding_info(model)
     vector = model.get_text_embedding(text)

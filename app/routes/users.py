@@ -9,13 +9,12 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CurrentUser, check_company, client_ip, require
+from app.deps import CurrentUser, TenantSession, check_company, client_ip, require
 from app.request_models import RequestModel
 from auth import audit
 from auth.models import User
 from auth.permissions import Permission
 from auth.users import create_user, get_user, list_users, update_user
-from core.database import session_scope, tenant
 
 router = APIRouter(prefix="/api/users", tags=["users"])
 manage = require(Permission.USERS_MANAGE)
@@ -63,37 +62,34 @@ class UpdateUserRequest(RequestModel):
 
 
 @router.get("", response_model=UserList, responses=_ERRORS)
-def list_company_users(company_id: str | None = Query(default=None, max_length=64),
+def list_company_users(session: TenantSession, company_id: str | None = Query(default=None, max_length=64),
                        user: CurrentUser = Depends(manage)) -> UserList:
     company = check_company(user, company_id)
-    with tenant(company), session_scope() as session:
-        return UserList(users=[UserOut.of(u) for u in list_users(session, company)])
+    return UserList(users=[UserOut.of(u) for u in list_users(session, company)])
 
 
 @router.post("", response_model=UserOut, status_code=201,
              responses={**_ERRORS, 409: {"description": "USER_EXISTS"}})
-def create_company_user(body: CreateUserRequest, request: Request, user: CurrentUser = Depends(manage)) -> UserOut:
+def create_company_user(body: CreateUserRequest, request: Request, session: TenantSession,
+                        user: CurrentUser = Depends(manage)) -> UserOut:
     company = check_company(user, body.company_id)
-    with tenant(company), session_scope() as session:
-        created = create_user(session, company, body.email, body.password, body.role, body.full_name)
-        audit.record(session, company, user.id, audit.USER_CREATED, target=created.id,
-                     details={"email": created.email, "role": created.role}, client_ip=client_ip(request))
-        return UserOut.of(created)
+    created = create_user(session, company, body.email, body.password, body.role, body.full_name)
+    audit.record(session, company, user.id, audit.USER_CREATED, target=created.id,
+                 details={"email": created.email, "role": created.role}, client_ip=client_ip(request))
+    return UserOut.of(created)
 
 
 @router.get("/{user_id}", response_model=UserOut, responses={**_ERRORS, 404: {"description": "USER_NOT_FOUND"}})
-def get_company_user(user_id: str, user: CurrentUser = Depends(manage)) -> UserOut:
-    with tenant(user.company_id), session_scope() as session:
-        return UserOut.of(get_user(session, user.company_id, user_id))
+def get_company_user(user_id: str, session: TenantSession, user: CurrentUser = Depends(manage)) -> UserOut:
+    return UserOut.of(get_user(session, user.company_id, user_id))
 
 
 @router.patch("/{user_id}", response_model=UserOut,
               responses={**_ERRORS, 404: {"description": "USER_NOT_FOUND"}, 409: {"description": "LAST_ADMIN"}})
 def update_company_user(user_id: str, body: UpdateUserRequest, request: Request,
-                        user: CurrentUser = Depends(manage)) -> UserOut:
+                        session: TenantSession, user: CurrentUser = Depends(manage)) -> UserOut:
     """Deactivate/reactivate (`is_active`) or change `role`; deactivation ends the user's sessions."""
     company = check_company(user, body.company_id)
-    with tenant(company), session_scope() as session:
-        updated = update_user(session, company, user_id, actor_id=user.id, role=body.role,
-                              is_active=body.is_active, client_ip=client_ip(request))
-        return UserOut.of(updated)
+    updated = update_user(session, company, user_id, actor_id=user.id, role=body.role,
+                          is_active=body.is_active, client_ip=client_ip(request))
+    return UserOut.of(updated)
