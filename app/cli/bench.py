@@ -56,6 +56,14 @@ class _AuthService:
         self._deps.check_token_authority = self._real if enabled else (lambda **_: None)
 
 
+def _print_latencies(result: dict, rows: tuple[tuple[str, str], ...]) -> None:
+    """A p50/p95 table of an in-process benchmark's result: (label, key of a {"p50", "p95"} entry)."""
+    table = Table("measure", "p50 ms", "p95 ms")
+    for label, key in rows:
+        table.add_row(label, f"{result[key]['p50']:.3f}", f"{result[key]['p95']:.3f}")
+    console.print(table)
+
+
 @bench_app.command("auth")
 def bench_auth(
     output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = RESULTS_DIR / "auth.json",
@@ -66,11 +74,8 @@ def bench_auth(
 
     prepared()
     result = run_auth_bench(_AuthService(), output, requests=requests)
-    table = Table("measure", "p50 ms", "p95 ms")
-    for label, key in (("check alone", "check_alone_ms"), ("search with the check", "search_with_check_ms"),
-                       ("search without it", "search_without_check_ms")):
-        table.add_row(label, f"{result[key]['p50']:.3f}", f"{result[key]['p95']:.3f}")
-    console.print(table)
+    _print_latencies(result, (("check alone", "check_alone_ms"), ("search with the check", "search_with_check_ms"),
+                              ("search without it", "search_without_check_ms")))
     verdict = "within" if result["added_p50_ms"] <= result["budget_p50_ms"] else "over"
     console.print(f"added per request (median of paired differences): {result['added_p50_ms']:.3f} ms ({verdict} "
                   f"the {result['budget_p50_ms']} ms budget; difference of medians "
@@ -87,13 +92,10 @@ def bench_tenant_context(
 
     prepared()
     result = run_tenant_context_bench(output, requests=requests)
-    table = Table("measure", "p50 ms", "p95 ms")
-    for label, key in (("transaction with the claim", "transaction_with_claim_ms"),
-                       ("transaction without a tenant", "transaction_without_claim_ms"),
-                       ("search query behind the wall", "search_query_behind_wall_ms"),
-                       ("search query as the owner (no RLS)", "search_query_as_owner_ms")):
-        table.add_row(label, f"{result[key]['p50']:.3f}", f"{result[key]['p95']:.3f}")
-    console.print(table)
+    _print_latencies(result, (("transaction with the claim", "transaction_with_claim_ms"),
+                              ("transaction without a tenant", "transaction_without_claim_ms"),
+                              ("search query behind the wall", "search_query_behind_wall_ms"),
+                              ("search query as the owner (no RLS)", "search_query_as_owner_ms")))
     verdict = "within" if result["wall_added_p50_ms"] <= result["budget_p50_ms"] else "over"
     console.print(f"claim set-up adds {result['claim_added_p50_ms']:.3f} ms p50; the whole wall adds "
                   f"{result['wall_added_p50_ms']:.3f} ms p50 to a search's query ({verdict} the "
