@@ -211,6 +211,10 @@ def _blocks(text: str, section: str | None, starts_document: bool) -> list[_Bloc
                 and len(line) < WRAP_CHARS:
             blocks[-1] = _Block("para", f"{blocks[-1].text}: {line}.")  # "referrals go to:" + "Eye Unit, ..."
             continue
+        if blocks and blocks[-1].kind == "lead-in" and not _BULLET.match(raw) and indent > blocks[-1].indent:
+            # "Central line (01632 960772):" over an indented block: the label belongs to what it labels
+            blocks[-1] = _Block("para", f"{blocks[-1].text}: {line}", indent)
+            continue
         bullet = _BULLET.match(raw)
         previous = blocks[-1] if blocks else None
         continues = (previous is not None and previous.kind in ("para", "item")
@@ -239,7 +243,7 @@ def _blocks(text: str, section: str | None, starts_document: bool) -> list[_Bloc
             blocks.append(_Block("heading", line))
             continue
         if line.endswith(":") and words <= 14:
-            blocks.append(_Block("lead-in", line[:-1]))
+            blocks.append(_Block("lead-in", line[:-1], indent))
             continue
         following = next((other.strip() for other in lines[number + 1:] if other.strip()), "")
         if not _ends_sentence(line) and words <= HEADING_MAX_WORDS and ":" not in line and \

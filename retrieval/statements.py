@@ -38,10 +38,10 @@ _WRITE = sa.text(
     "WHERE EXISTS (SELECT 1 FROM data_chunks WHERE company_id = :company AND node_id = :node) "
     "ON CONFLICT (company_id, node_id) DO UPDATE SET digest = EXCLUDED.digest, dims = EXCLUDED.dims, "
     "vectors = EXCLUDED.vectors")
-_MISSING = sa.text(
-    "SELECT c.node_id, c.text, c.metadata_ FROM data_chunks c "
+_CHUNKS = sa.text(
+    "SELECT c.id, c.node_id, c.text, c.metadata_, s.digest FROM data_chunks c "
     "LEFT JOIN chunk_statements s ON s.company_id = c.company_id AND s.node_id = c.node_id "
-    "WHERE c.company_id = :company AND s.node_id IS NULL ORDER BY c.id LIMIT :limit")
+    "WHERE c.company_id = :company AND c.id > :after ORDER BY c.id LIMIT :limit")
 
 
 def statement_texts(rendered: Rendered) -> list[str]:
@@ -110,26 +110,34 @@ def vectors_for(company_id: str, node_ids: Sequence[str], rendered: Sequence[Ren
 
 
 def precompute(company_id: str, embed_model: BaseEmbedding, batch: int = PRECOMPUTE_BATCH) -> int:
-    """Store the statement vectors of every chunk of `company_id` that has none; returns how many
-    chunks were done. Run after ingestion, so no chat pays for them."""
-    done = 0
+    """Store the statement vectors of every chunk of `company_id` whose row is missing or stale
+    (another normaliser or model); returns how many chunks were (re)computed. Run after
+    ingestion, so no chat pays for them."""
+    done, after = 0, 0
     while True:
         with tenant(company_id), get_engine().connect() as connection:
-            rows = connection.execute(_MISSING, {"company": company_id, "limit": batch}).all()
+            rows = connection.execute(_CHUNKS, {"company": company_id, "after": after, "limit": batch * 8}).all()
         if not rows:
             return done
-        rendered = [passage_of(row.text, (row.metadata_ or {}).get("section"),
-                               starts_document=_starts_document(row.metadata_)) for row in rows]
-        texts = [statement_texts(r) for r in rendered]
-        matrix = embed([t for chunk in texts for t in chunk], embed_model)
-        fresh, start = [], 0
-        for row, chunk in zip(rows, texts, strict=True):
-            # a chunk with no statements stores an empty matrix, so it is not picked up again
-            part = matrix[start:start + len(chunk)] if chunk else np.zeros((0, 1), dtype=np.float32)
-            start += len(chunk)
-            fresh.append((row.node_id, digest(chunk), part))
-        _store(company_id, fresh)
-        done += len(rows)
+        after = rows[-1].id
+        todo = []
+        for row in rows:
+            rendered = passage_of(row.text, (row.metadata_ or {}).get("section"),
+                                  starts_document=_starts_document(row.metadata_))
+            texts = statement_texts(rendered)
+            if row.digest != digest(texts):
+                todo.append((row.node_id, texts))
+        for start in range(0, len(todo), batch):
+            part = todo[start:start + batch]
+            matrix = embed([t for _, texts in part for t in texts], embed_model)
+            fresh, offset = [], 0
+            for node_id, texts in part:
+                # a chunk with no statements stores an empty matrix, so it is not picked up again
+                vectors = matrix[offset:offset + len(texts)] if texts else np.zeros((0, 1), dtype=np.float32)
+                offset += len(texts)
+                fresh.append((node_id, digest(texts), vectors))
+            _store(company_id, fresh)
+            done += len(part)
 
 
 def _starts_document(metadata: dict | None) -> bool:

@@ -243,13 +243,17 @@ def test_answer_evaluation_scores_an_llm_the_same_way(llm_client, sample_headers
 
 
 def test_statement_vectors_are_stored_once_per_chunk_behind_the_tenant_wall(client, lens_practice, make_company,
-                                                                            statements):
+                                                                            statements, embed_model):
     import sqlalchemy as sa
 
     from core.database import get_admin_engine, get_engine, tenant
+    from retrieval.statements import precompute
 
     company, headers = lens_practice
     count = sa.text("SELECT count(*) FROM chunk_statements WHERE company_id = :c")
+    assert precompute(company.id, embed_model) == 3 and precompute(company.id, embed_model) == 0  # once per chunk
+    with get_admin_engine().begin() as connection:
+        connection.execute(sa.text("DELETE FROM chunk_statements WHERE company_id = :c"), {"c": company.id})
     assert client.post("/api/chat", json={"message": "How much is a premium varifocal?"},
                        headers=headers).status_code == 200
     with get_admin_engine().connect() as connection:
