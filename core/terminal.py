@@ -50,13 +50,27 @@ class _Task:
 
 class PlainProgress:
     """One line per interval, and one at the end: `ingest: files 12/23 (52%), 120 chunks,
-    0:00:14 elapsed, about 0:00:12 left`. The ETA comes from the tasks with a known total."""
+    0:00:14 elapsed, about 0:00:12 left`. The ETA comes from the tasks with a known total.
+
+    The lines come from a timer, not from the work: work that advances in bursts (a batch of
+    files finishing together after a minute of embedding) still shows it is alive, and a burst
+    is not reported half-way. `interval=0` writes a line at every step instead."""
 
     def __init__(self, title: str, stream: TextIO, interval: float = PLAIN_INTERVAL_S) -> None:
         self.title, self.stream, self.interval = title, stream, interval
         self.tasks: dict[int, _Task] = {}
-        self.started = self.last = time.monotonic()
+        self.started = time.monotonic()
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._timer = threading.Thread(target=self._tick, name=f"progress-{title}", daemon=True)
+        if interval > 0:
+            self._timer.start()
+
+    def _tick(self) -> None:
+        while not self._stopped.wait(self.interval):
+            with self._lock:
+                if self.tasks:
+                    self._write(time.monotonic())
 
     def add_task(self, description: str, total: int | None = None) -> int:
         with self._lock:
@@ -69,10 +83,8 @@ class PlainProgress:
             state.completed += amount
             for name, value in counters.items():
                 state.counters[name] = state.counters.get(name, 0) + value
-            now = time.monotonic()
-            if now - self.last >= self.interval:
-                self.last = now
-                self._write(now)
+            if self.interval <= 0:
+                self._write(time.monotonic())
 
     def update(self, task: int, *, total: int | None = None, completed: int | None = None) -> None:
         with self._lock:
@@ -104,6 +116,9 @@ class PlainProgress:
         print(self.line(now), file=self.stream, flush=True)
 
     def finish(self) -> None:
+        self._stopped.set()
+        if self._timer.is_alive():
+            self._timer.join()
         with self._lock:
             if self.tasks:
                 self._write(time.monotonic())

@@ -130,6 +130,18 @@ def test_progress_off_a_terminal_is_periodic_lines_with_totals_and_time_left() -
         bar.advance(bar.add_task("files", total=1))
     assert sink.getvalue().count("\n") == 1
 
+    # work that advances in one burst at the end still shows it is alive meanwhile
+    import time
+
+    sink = io.StringIO()
+    with progress("eval indexing", stream=sink, interval=0.05) as bar:
+        task = bar.add_task("documents", total=100)
+        time.sleep(0.3)
+        bar.advance(task, 100)
+    lines = sink.getvalue().splitlines()
+    assert len(lines) >= 3 and lines[0].startswith("eval indexing: documents 0/100 (0%), 0:00:00 elapsed")
+    assert lines[-1].startswith("eval indexing: documents 100/100 (100%)")
+
 
 def test_ingest_off_a_terminal_prints_progress_and_a_summary_in_words(company, tmp_path, embed_model) -> None:
     from typer.testing import CliRunner
