@@ -132,6 +132,15 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(default=20, description="Files per POST /api/documents request.")
     upload_inline_max_kb: int = Field(default=256, description="Uploads above this are indexed in the background.")
     ingest_batch_chars: int = Field(default=200_000, description="Text per pipeline run (~chunks x 1,000).")
+    ingest_in_process_worker: bool = Field(
+        default=True, description="Run one ingestion-queue worker inside each API process (so `make run` is one "
+                                  "command); false when `ils-rag worker` processes consume the queue.")
+    ingest_max_attempts: int = Field(
+        default=3, ge=1, description="Claims of one queued upload before it is failed (a file that crashes or "
+                                     "keeps failing its worker).")
+    ingest_poll_s: float = Field(
+        default=2.0, gt=0, description="Longest a worker sleeps between queue checks (a new job wakes it at once "
+                                       "through LISTEN/NOTIFY).")
     max_body_kb: int = Field(default=256, ge=1, description="Largest JSON/form body (uploads: MAX_UPLOAD_MB).")
     max_upload_request_mb: int = Field(
         default=100, ge=1, description="Largest multipart upload request in total (all its files); "

@@ -1,5 +1,5 @@
-"""The document registry service behind the HTTP API: index an in-memory upload (inline or
-in the background), list, read, patch and delete a company's documents.
+"""The document registry service behind the HTTP API: index an in-memory upload (inline, or
+queued for an ingestion worker: indexing.queue), list, read, patch and delete a company's documents.
 
 Every function takes the company id from the verified token (never from a request body)
 and scopes every statement by it, so another company's document id is simply not found.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +20,7 @@ from indexing.chunk_rows import purge_document, set_chunk_metadata
 from indexing.document_state import document_lock_key, document_locks, mark_failed
 from indexing.models import Document
 from indexing.pipeline import index_sources
+from indexing.queue import enqueue, has_pending_job, wait_until_drained
 from indexing.readers import (
     IngestError,
     check_container,
@@ -32,9 +32,6 @@ from indexing.readers import (
 from indexing.sources import UPLOAD_PREFIX, Source, content_hash
 
 logger = logging.getLogger(__name__)
-
-_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-bg")
-_in_flight: set[tuple[str, str]] = set()  # (company_id, document_id) queued or indexing in this process
 
 
 @dataclass(frozen=True)
@@ -83,17 +80,22 @@ def index_upload(company_id: str, filename: str, data: bytes, *, category: str |
     return get_document(company_id, outcome.document_id or "")
 
 
+def _text_name(filename: str) -> str:
+    return filename if "." in filename.rsplit("/", 1)[-1] else f"{filename}.txt"
+
+
 def index_text(company_id: str, filename: str, content: str, *, category: str | None = None,
                uploaded_by: str | None = None) -> Document:
     """The seed's /api/rag/index-document: text content under a file name (.txt if none)."""
-    name = filename if "." in filename.rsplit("/", 1)[-1] else f"{filename}.txt"
-    return index_upload(company_id, name, content.encode("utf-8"), category=category, uploaded_by=uploaded_by)
+    return index_upload(company_id, _text_name(filename), content.encode("utf-8"), category=category,
+                        uploaded_by=uploaded_by)
 
 
 def queue_upload(company_id: str, filename: str, data: bytes, *, category: str | None = None,
                  uploaded_by: str | None = None, max_bytes: int = 1 << 62) -> Document:
-    """Accept a large upload: the row is 'queued' now, the work happens on a background
-    thread ('indexing' -> 'indexed' | 'failed' with the reason), the client polls GET."""
+    """Accept a large upload: the row is 'queued' and its job is in the ingestion queue, in one
+    transaction; a worker moves it to 'indexing' -> 'indexed' | 'failed' (with the reason), the
+    client polls GET."""
     check = check_upload(filename, data, max_bytes)
     with tenant(company_id), session_scope() as session:
         row = session.scalar(select(Document).where(Document.company_id == company_id,
@@ -111,32 +113,25 @@ def queue_upload(company_id: str, filename: str, data: bytes, *, category: str |
         row.uploaded_by = uploaded_by
         session.flush()
         document_id = row.id
-    _in_flight.add((company_id, document_id))
-    _background.submit(_index_in_background, company_id, document_id, check, data, category, uploaded_by)
+        enqueue(session.connection(), company_id, document_id, check.filename, data, category=category,
+                uploaded_by=uploaded_by)
     return get_document(company_id, document_id)
 
 
-def _index_in_background(company_id: str, document_id: str, check: UploadCheck, data: bytes,
-                         category: str | None, uploaded_by: str | None) -> None:
-    try:
-        source = _source(check, data, category, uploaded_by)
-        index_sources(company_id, [source])
-    except ServiceError as exc:
-        with tenant(company_id):
-            mark_failed(company_id, document_id, exc)
-    except Exception as exc:  # never leave a row 'queued' forever
-        logger.exception("background indexing of %s failed", check.filename)
-        with tenant(company_id):
-            mark_failed(company_id, document_id, exc)
-    finally:
-        _in_flight.discard((company_id, document_id))
+def queue_text(company_id: str, filename: str, content: str, *, category: str | None = None,
+               uploaded_by: str | None = None) -> Document:
+    """The seed's /api/rag/index-document above the inline limit: queued like a large upload."""
+    return queue_upload(company_id, _text_name(filename), content.encode("utf-8"), category=category,
+                        uploaded_by=uploaded_by)
 
 
 def recover_interrupted_uploads() -> int:
-    """Fail uploads a previous process left 'queued' or 'indexing' (it died with them in memory).
+    """Fail uploads left 'queued' or 'indexing' with no job in the ingestion queue to finish them
+    (inline uploads a killed process held in memory, or queued ones whose job is gone).
 
     Their bytes are gone, so they cannot be resumed; without this a client would poll
-    forever and a re-upload would be refused as DOCUMENT_BUSY. Rows being indexed right now
+    forever and a re-upload would be refused as DOCUMENT_BUSY. Uploads with a pending job are
+    the queue's (a dead worker's job is retried, see indexing.queue). Rows being indexed right now
     by another live process hold that document's advisory lock and are left alone. Folder
     ingests are not touched: the next `ils-rag ingest` redoes them (see indexing.pipeline).
     Returns how many uploads were marked failed.
@@ -148,7 +143,7 @@ def recover_interrupted_uploads() -> int:
             {"prefix": f"{UPLOAD_PREFIX}%"}).all()
     recovered = 0
     for company_id, document_id, source_key in rows:
-        if (company_id, document_id) in _in_flight:
+        if has_pending_job(company_id, document_id):
             continue
         with get_engine().connect() as connection:
             free = connection.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"),
@@ -166,9 +161,9 @@ def recover_interrupted_uploads() -> int:
     return recovered
 
 
-def wait_for_background() -> None:
-    """Tests and shutdown: block until queued work is done."""
-    _background.submit(lambda: None).result()
+def wait_for_background(timeout_s: float = 300.0) -> None:
+    """Tests and shutdown: block until the ingestion queue has no pending job."""
+    wait_until_drained(timeout_s=timeout_s)
 
 
 def get_document(company_id: str, document_id: str) -> Document:

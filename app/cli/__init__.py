@@ -8,7 +8,7 @@ command goes in the module of its group, or a new module imported here.
 from __future__ import annotations
 
 # Imported in the order `ils-rag --help` lists them.
-from app.cli import serve, ingest, ask, evaluate, answers, db, companies, users, bench, platform  # noqa: F401  # isort: skip
+from app.cli import serve, worker, ingest, ask, evaluate, answers, db, companies, users, bench, platform  # noqa: F401  # isort: skip
 from app.cli.common import app, err_console
 from core.errors import ConfigurationError, ServiceError
 

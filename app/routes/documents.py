@@ -1,7 +1,7 @@
 """Knowledge-base documents: upload, the seed's index-document call, list, read, patch, delete.
 
 The company always comes from the token. Small uploads are indexed inline; larger ones
-are queued and indexed on a background thread (poll GET /api/documents/{id}).
+are queued for an ingestion worker (indexing.queue; poll GET /api/documents/{id}).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class IndexDocumentRequest(RequestModel):
 
 class IndexDocumentResponse(BaseModel):
     document_id: str
-    status: Literal["indexed"]
+    status: Literal["indexed", "queued"]
 
 
 class DocumentPatch(RequestModel):
@@ -148,14 +148,19 @@ def upload_documents(
     return UploadResponse(results=results, **counts)
 
 
-@router.post("/api/rag/index-document", response_model=IndexDocumentResponse)
-def index_document(body: IndexDocumentRequest, request: Request,
+@router.post("/api/rag/index-document", response_model=IndexDocumentResponse,
+             responses={202: {"model": IndexDocumentResponse, "description": "Queued (above the inline limit)"}})
+def index_document(body: IndexDocumentRequest, request: Request, response: Response,
                    user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> IndexDocumentResponse:
-    row = service.index_text(user.company_id, body.filename, body.content, category=body.category,
-                             uploaded_by=user.id)
-    _audit(request, user, "documents.upload", row.id, {"filename": row.filename, "status": "indexed",
+    queued = len(body.content.encode("utf-8")) > get_app_settings(request).upload_inline_max_kb * 1024
+    index = service.queue_text if queued else service.index_text
+    row = index(user.company_id, body.filename, body.content, category=body.category, uploaded_by=user.id)
+    status: Literal["indexed", "queued"] = "queued" if queued else "indexed"
+    _audit(request, user, "documents.upload", row.id, {"filename": row.filename, "status": status,
                                                          "category": body.category})
-    return IndexDocumentResponse(document_id=row.id, status="indexed")
+    if queued:
+        response.status_code = 202
+    return IndexDocumentResponse(document_id=row.id, status=status)
 
 
 @router.get("/api/documents", response_model=DocumentPage)
