@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import bind_log_context, reset_log_context, start_log_context
+from app.routes.api_docs import DOCS_PAGE_CSP
 from core.settings import Settings
 
 access_logger = logging.getLogger("ils_rag.access")
@@ -160,11 +161,9 @@ class BodySizeLimitMiddleware:
 
 # The API answers JSON only: nothing of it should ever render, frame, or load anything.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from jsDelivr and start them with an
-# inline script; they get a policy that allows exactly that (and are still never framed).
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; "
-            "worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+# /docs and /redoc (app.routes.api_docs) load Swagger UI / ReDoc from this origin and start them
+# with an inline script; the pages set that policy themselves, and their assets get the same one.
+DOCS_CSP = DOCS_PAGE_CSP
 DOCS_PATHS = ("/docs", "/redoc")
 HSTS = "max-age=31536000; includeSubDomains"
 
