@@ -4,9 +4,10 @@
 then counts the call against the user's budget (SEARCH_RATE_PER_MINUTE /
 CHAT_RATE_PER_MINUTE): above it the answer is 429 RATE_LIMITED with Retry-After.
 
-Keyed by user id (from the verified token), so one busy user cannot starve their
-colleagues, and a forged company id buys nothing. The limiters live on the app (each app
-built by tests counts on its own); they are per process, see auth.rate_limit.
+Keyed by company and user id (from the verified token), so one busy user cannot starve their
+colleagues, and a forged company id buys nothing. The counters are in RATE_LIMIT_STORAGE
+(Postgres by default), so every API process and replica spends from the same budget; see
+auth.rate_limit.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fastapi import Depends, FastAPI, Request
 
 from app.deps import CurrentUser, get_app_settings, require
 from auth.permissions import Permission
-from auth.rate_limit import SlidingWindowLimiter
+from auth.rate_limit import RateLimiter, limiter_for
 from core.settings import Settings
 
 Kind = Literal["search", "chat"]
@@ -28,16 +29,17 @@ _SETTING = {"search": "SEARCH_RATE_PER_MINUTE", "chat": "CHAT_RATE_PER_MINUTE"}
 _lock = threading.Lock()
 
 
-def _build(settings: Settings) -> dict[str, SlidingWindowLimiter]:
-    return {"search": SlidingWindowLimiter(settings.search_rate_per_minute, WINDOW_S),
-            "chat": SlidingWindowLimiter(settings.chat_rate_per_minute, WINDOW_S)}
+def _build(settings: Settings) -> dict[str, RateLimiter]:
+    storage = settings.rate_limit_storage
+    return {"search": limiter_for(storage, "search", settings.search_rate_per_minute, WINDOW_S),
+            "chat": limiter_for(storage, "chat", settings.chat_rate_per_minute, WINDOW_S)}
 
 
 def install_rate_limiters(app: FastAPI, settings: Settings) -> None:
     app.state.rate_limiters = _build(settings)
 
 
-def limiter(request: Request, kind: Kind) -> SlidingWindowLimiter:
+def limiter(request: Request, kind: Kind) -> RateLimiter:
     limiters = getattr(request.app.state, "rate_limiters", None)
     if limiters is None:  # an app assembled without create_app
         with _lock:
@@ -52,8 +54,9 @@ def rate_limited(permission: Permission, kind: Kind) -> Callable[..., CurrentUse
 
     def dependency(request: Request, user: CurrentUser = Depends(guard)) -> CurrentUser:
         bucket = limiter(request, kind)
-        bucket.attempt(user.id, f"Too many {kind} requests: the limit is {bucket.limit} per minute per user "
-                                f"({_SETTING[kind]}). Retry after the Retry-After seconds.")
+        bucket.attempt(f"{user.company_id}:{user.id}",
+                       f"Too many {kind} requests: the limit is {bucket.limit} per minute per user "
+                       f"({_SETTING[kind]}). Retry after the Retry-After seconds.")
         return user
 
     return dependency

@@ -4,6 +4,7 @@ embedding model once, so the first request is as fast as the rest."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,7 +26,7 @@ from app.routes import users as users_routes
 from app.routes import web as web_routes
 from app.routes.api_docs import install_api_docs
 from auth.tokens import check_auth_configuration
-from core import SERVICE_NAME, __version__
+from core import SERVICE_NAME, __version__, metrics
 from core.database import check_database
 from core.embeddings import get_embed_model
 from core.errors import ConfigurationError
@@ -104,4 +105,31 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     for router in ROUTERS:
         app.include_router(router)
+    return app
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one `ils-rag serve --workers N` process (a uvicorn factory).
+
+    The serving parent prepared the database once (migrations, interrupted uploads) and runs
+    the deployment's background duties itself (tenant-index upkeep, the in-process ingestion
+    worker): run again in every worker, one worker's start would mark another's live uploads
+    as interrupted. A worker only checks the database (attaching to the parent's embedded
+    server, which outlives it) and loads its own model before it takes traffic.
+    """
+    settings = get_settings()
+    app = create_app(settings, prepare=False)
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_database(settings)
+        get_embed_model()
+        try:
+            async with inner(app):
+                yield
+        finally:
+            metrics.process_exited(os.getpid())  # its live gauges (connections in use) leave with it
+
+    app.router.lifespan_context = lifespan
     return app

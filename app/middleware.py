@@ -18,11 +18,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import bind_log_context, reset_log_context, start_log_context
 from app.routes.api_docs import DOCS_PAGE_CSP
+from core import metrics
 from core.settings import Settings
 
 access_logger = logging.getLogger("ils_rag.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _observe(scope: Scope, status: int, seconds: float) -> None:
+    """One latency sample per request, labelled by the route's template (`/api/documents/{id}`),
+    never the path itself: unmatched paths and unknown methods share one label, so a scanner
+    cannot grow the series count."""
+    method = scope.get("method") or "GET"
+    route = getattr(scope.get("route"), "path", None) or "unmatched"
+    metrics.REQUEST_SECONDS.labels(method if method in _METHODS else "OTHER", route, str(status)).observe(seconds)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -76,9 +87,11 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            _observe(scope, status, elapsed)
             access_logger.info("%s %s %s", scope.get("method"), scope.get("path"), status, extra={
                 "http": {"method": scope.get("method"), "path": scope.get("path"), "status": status,
-                         "duration_ms": round((time.perf_counter() - started) * 1000, 1)}})
+                         "duration_ms": round(elapsed * 1000, 1)}})
             reset_log_context(token)
 
 

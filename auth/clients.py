@@ -36,7 +36,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from auth import audit
 from auth.models import Company
 from auth.permissions import Permission
-from auth.rate_limit import RateLimited, SlidingWindowLimiter
+from auth.rate_limit import RateLimited, RateLimiter, limiter_for
 from auth.tokens import can_issue_tokens, issue_access_token
 from core.database import Base, session_scope, tenant
 from core.errors import Conflict, Forbidden, NotFound, ServiceError, Unauthorized
@@ -181,8 +181,8 @@ def rename_company_in_clients(session: Session, old_id: str, new_id: str) -> int
 
 @dataclass(frozen=True)
 class ClientLimiters:
-    client: SlidingWindowLimiter
-    address: SlidingWindowLimiter
+    client: RateLimiter
+    address: RateLimiter
 
     def reset(self) -> None:
         self.client.reset()
@@ -190,15 +190,16 @@ class ClientLimiters:
 
 
 @lru_cache
-def _limiters(per_client: int, per_address: int, window_s: int) -> ClientLimiters:
-    return ClientLimiters(SlidingWindowLimiter(per_client, window_s), SlidingWindowLimiter(per_address, window_s))
+def _limiters(storage: str, per_client: int, per_address: int, window_s: int) -> ClientLimiters:
+    return ClientLimiters(limiter_for(storage, "client.id", per_client, window_s),
+                          limiter_for(storage, "client.address", per_address, window_s))
 
 
 def client_limiters(settings: Settings | None = None) -> ClientLimiters:
     """Failed exchanges are throttled with the sign-in limits (LOGIN_MAX_FAILURES_*)."""
     settings = settings or get_settings()
-    return _limiters(settings.login_max_failures_per_account, settings.login_max_failures_per_address,
-                     settings.login_failure_window_s)
+    return _limiters(settings.rate_limit_storage, settings.login_max_failures_per_account,
+                     settings.login_max_failures_per_address, settings.login_failure_window_s)
 
 
 def _load_client(session: Session, client_id: str) -> ServiceClient | None:

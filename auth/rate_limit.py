@@ -1,31 +1,44 @@
-"""A small in-process sliding-window rate limiter, keyed by any string.
+"""Sliding-window rate limits keyed by any string, in shared storage or in this process.
 
-Used for failed logins (per account and per client address) and meant for per-user
-search/chat limits too: `SlidingWindowLimiter(limit, window_s).attempt(key)` raises
-RateLimited (429 with Retry-After) once `key` has used its budget in the last `window_s`.
+Used for failed logins (per account and per client address), failed client authentications and
+per-user search/chat limits: `limiter.attempt(key)` raises RateLimited (429 with Retry-After)
+once `key` has used its budget in the last `window_s`.
 
 Failure budgets (sign-in) must be checked and spent in one step, or N requests in flight
 all pass the check before any of them records its failure: `reserve_failures` takes one
 event from every budget at once before the expensive check, and the caller `release()`s it
 when the attempt turns out not to be a failure.
 
-Hand-written rather than a dependency: it is ~60 lines and needs no store. It is
-per process, so with several workers or replicas each one counts on its own (an
-attacker gets up to N times the budget); a multi-replica deployment should move the
-counters to a shared store (Redis, or a Postgres table) behind the same interface, where
-`reserve` must stay one atomic step (a Lua script, or one conditional INSERT).
+Two stores behind one interface (`RateLimiter`), chosen by RATE_LIMIT_STORAGE (`limiter_for`):
+
+- `PostgresSlidingWindowLimiter` (the default): the counters of every API process and replica
+  are one table (migration 0011), so N processes share one budget instead of allowing N of
+  them. Each operation is one autocommit call of a SECURITY DEFINER function on the sign-in
+  role's connection (like the revocation check: one round trip, no tenant transaction);
+  `reserve` is one `INSERT ... ON CONFLICT DO UPDATE ... WHERE count < limit` that locks the
+  key's row, so it stays atomic across processes. Keys are stored as SHA-256 digests.
+- `SlidingWindowLimiter`: in this process only (each of N processes allows the whole budget);
+  for a single process without a database round trip, and for unit tests.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from core.errors import ServiceError
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from core import metrics
+from core.database import get_admin_engine, get_auth_engine, is_unavailable
+from core.errors import DatabaseUnavailable, ServiceError
 
 
 class RateLimited(ServiceError):
@@ -37,13 +50,49 @@ class RateLimited(ServiceError):
         super().__init__(message, code=code, headers={"Retry-After": str(self.retry_after_s)})
 
 
+DEFAULT_MESSAGE = "Too many requests; try again later."
+
+
+class RateLimiter(Protocol):
+    """At most `limit` events per key in any `window_s`-second window."""
+
+    scope: str
+    limit: int
+    window_s: float
+
+    def retry_after(self, key: str) -> float:
+        """Seconds until `key` may act again; 0 when it may act now."""
+
+    def hit(self, key: str) -> None:
+        """Record one event for `key` whatever its budget (a failure that already happened)."""
+
+    def attempt(self, key: str, message: str = DEFAULT_MESSAGE) -> None:
+        """Check and record in one step: raises RateLimited when the budget is used up."""
+
+    def reserve(self, key: str) -> tuple[float, float | None]:
+        """Check and record in one step: (0, the event's stamp), or (seconds to wait, None)."""
+
+    def release(self, key: str, stamp: float) -> None:
+        """Take back one event `reserve` recorded."""
+
+    def reset(self, key: str | None = None) -> None:
+        """Forget `key`, or every key of this limiter."""
+
+
+def _refused(scope: str, message: str, wait_s: float) -> RateLimited:
+    metrics.RATE_LIMIT_REFUSALS.labels(scope).inc()
+    return RateLimited(message, wait_s)
+
+
 class SlidingWindowLimiter:
-    """At most `limit` events per key in any `window_s`-second window (a sliding log)."""
+    """At most `limit` events per key in any `window_s`-second window (a sliding log), in this
+    process only."""
 
     def __init__(self, limit: int, window_s: float, *, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 100_000) -> None:
+                 max_keys: int = 100_000, scope: str = "memory") -> None:
         if limit < 1 or window_s <= 0:
             raise ValueError("limit must be >= 1 and window_s > 0")
+        self.scope = scope
         self.limit = limit
         self.window_s = window_s
         self._clock = clock
@@ -89,13 +138,13 @@ class SlidingWindowLimiter:
                 events = self._events[key] = deque()
             events.append(now)
 
-    def attempt(self, key: str, message: str = "Too many requests; try again later.") -> None:
+    def attempt(self, key: str, message: str = DEFAULT_MESSAGE) -> None:
         """Check and record in one step: raises RateLimited when the budget is used up."""
         with self._lock:
             now = self._clock()
             events = self._prune(key, now)
             if events is not None and len(events) >= self.limit:
-                raise RateLimited(message, events[-self.limit] + self.window_s - now)
+                raise _refused(self.scope, message, events[-self.limit] + self.window_s - now)
             if events is None:
                 if len(self._events) >= self._max_keys:
                     self._sweep(now)
@@ -143,7 +192,7 @@ class SlidingWindowLimiter:
 class Reservation:
     """One event taken from each of several budgets; `release()` gives them all back."""
 
-    taken: list[tuple[SlidingWindowLimiter, str, float]] = field(default_factory=list)
+    taken: list[tuple[RateLimiter, str, float]] = field(default_factory=list)
 
     def release(self) -> None:
         for limiter, key, stamp in self.taken:
@@ -151,15 +200,99 @@ class Reservation:
         self.taken.clear()
 
 
-def reserve_failures(budgets: Sequence[tuple[SlidingWindowLimiter, str]], message: str) -> Reservation:
+def reserve_failures(budgets: Sequence[tuple[RateLimiter, str]], message: str) -> Reservation:
     """Spend one event of every `(limiter, key)` budget, or none: raises RateLimited (429) when any
-    is used up. Each budget is checked and spent under its own lock, so however many attempts
-    run at once, at most `limit` of them get through per window before any has finished."""
+    is used up. Each budget is checked and spent in one atomic step (a lock in this process, a
+    locked row in Postgres), so however many attempts run at once, on however many processes,
+    at most `limit` of them get through per window before any has finished."""
     reservation = Reservation()
     for limiter, key in budgets:
         wait, stamp = limiter.reserve(key)
         if stamp is None:
             reservation.release()
-            raise RateLimited(message, wait)
+            raise _refused(limiter.scope, message, wait)
         reservation.taken.append((limiter, key, stamp))
     return reservation
+
+
+# --- shared storage --------------------------------------------------------------------------
+
+# Migration 0011: SECURITY DEFINER functions only the sign-in role may execute.
+_TAKE = sa.text("SELECT stamp, wait_us FROM ils_rate_take(:scope, :key, :limit, :window_us)")
+_GIVE_BACK = sa.text("SELECT ils_rate_give_back(:scope, :key, :stamp)")
+_WAIT = sa.text("SELECT ils_rate_wait(:scope, :key, :limit, :window_us)")
+_FORGET = sa.text("SELECT ils_rate_forget(:scope, :key)")
+_FORGET_SCOPE = sa.text("DELETE FROM ils_rate_limits WHERE scope = :scope")
+_UNLIMITED = 2**31 - 1
+
+
+class PostgresSlidingWindowLimiter:
+    """The sliding log of `SlidingWindowLimiter`, kept in Postgres for every process at once.
+
+    Stamps are microseconds of the database's clock, so processes on machines whose clocks
+    disagree still agree on the window. A database outage answers 503 (fail closed: an
+    unlimited sign-in would be worse than a refused one)."""
+
+    def __init__(self, scope: str, limit: int, window_s: float) -> None:
+        if limit < 1 or window_s <= 0:
+            raise ValueError("limit must be >= 1 and window_s > 0")
+        self.scope = scope
+        self.limit = limit
+        self.window_s = window_s
+        self._window_us = int(window_s * 1_000_000)
+
+    def _key(self, key: str) -> str:
+        # A digest: the table never holds an email or an address, and any key fits the column.
+        return hashlib.sha256(f"{self.scope}\0{key}".encode()).hexdigest()
+
+    def _call(self, statement: sa.TextClause, **params: object) -> sa.Row | None:
+        try:
+            with get_auth_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                return connection.execute(statement, {"scope": self.scope, **params}).first()
+        except (DBAPIError, PoolTimeoutError) as exc:
+            if is_unavailable(exc):
+                raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+            raise
+
+    def _take(self, key: str, limit: int) -> tuple[float, float | None]:
+        row = self._call(_TAKE, key=self._key(key), limit=limit, window_us=self._window_us)
+        if row is None or row.stamp is None:
+            return (row.wait_us if row is not None else self._window_us) / 1_000_000, None
+        return 0.0, float(row.stamp)
+
+    def retry_after(self, key: str) -> float:
+        row = self._call(_WAIT, key=self._key(key), limit=self.limit, window_us=self._window_us)
+        return (row[0] or 0) / 1_000_000 if row is not None else 0.0
+
+    def hit(self, key: str) -> None:
+        self._take(key, _UNLIMITED)
+
+    def attempt(self, key: str, message: str = DEFAULT_MESSAGE) -> None:
+        wait, stamp = self._take(key, self.limit)
+        if stamp is None:
+            raise _refused(self.scope, message, wait)
+
+    def reserve(self, key: str) -> tuple[float, float | None]:
+        return self._take(key, self.limit)
+
+    def release(self, key: str, stamp: float) -> None:
+        self._call(_GIVE_BACK, key=self._key(key), stamp=int(stamp))
+
+    def reset(self, key: str | None = None) -> None:
+        if key is not None:
+            self._call(_FORGET, key=self._key(key))
+            return
+        # Every key of the scope: an operator's action (tests, a support reset), on the owner's
+        # connection; the service roles can only forget one key they name.
+        with get_admin_engine().begin() as connection:
+            connection.execute(_FORGET_SCOPE, {"scope": self.scope})
+
+
+def limiter_for(storage: str, scope: str, limit: int, window_s: float) -> RateLimiter:
+    """The limiter RATE_LIMIT_STORAGE names for one budget. `scope` names the budget in shared
+    storage, so every process that builds it counts into the same keys."""
+    if storage == "memory":
+        return SlidingWindowLimiter(limit, window_s, scope=scope)
+    if storage == "postgres":
+        return PostgresSlidingWindowLimiter(scope, limit, window_s)
+    raise ValueError(f"unknown RATE_LIMIT_STORAGE {storage!r}: postgres or memory")

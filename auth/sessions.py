@@ -33,7 +33,7 @@ from auth import audit
 from auth.models import Company, RefreshToken, User
 from auth.passwords import MIN_PASSWORD_LENGTH, hash_password, needs_rehash, verify_password
 from auth.permissions import permissions_for
-from auth.rate_limit import Reservation, SlidingWindowLimiter, reserve_failures
+from auth.rate_limit import RateLimiter, Reservation, limiter_for, reserve_failures
 from auth.revocation import bump_auth_epoch
 from auth.tokens import can_issue_tokens, issue_access_token
 from core.database import get_auth_engine, is_unavailable, session_scope, tenant
@@ -78,8 +78,8 @@ class _Candidate:
 
 @dataclass(frozen=True)
 class LoginLimiters:
-    account: SlidingWindowLimiter
-    address: SlidingWindowLimiter
+    account: RateLimiter
+    address: RateLimiter
 
     def reset(self) -> None:
         self.account.reset()
@@ -87,15 +87,17 @@ class LoginLimiters:
 
 
 @lru_cache
-def _limiters(per_account: int, per_address: int, window_s: int) -> LoginLimiters:
-    return LoginLimiters(SlidingWindowLimiter(per_account, window_s), SlidingWindowLimiter(per_address, window_s))
+def _limiters(storage: str, per_account: int, per_address: int, window_s: int) -> LoginLimiters:
+    return LoginLimiters(limiter_for(storage, "login.account", per_account, window_s),
+                         limiter_for(storage, "login.address", per_address, window_s))
 
 
 def login_limiters(settings: Settings | None = None) -> LoginLimiters:
-    """The process-wide failed-login counters for these settings (see auth.rate_limit)."""
+    """The failed-login counters for these settings, shared by every process when
+    RATE_LIMIT_STORAGE is shared (see auth.rate_limit)."""
     settings = settings or get_settings()
-    return _limiters(settings.login_max_failures_per_account, settings.login_max_failures_per_address,
-                     settings.login_failure_window_s)
+    return _limiters(settings.rate_limit_storage, settings.login_max_failures_per_account,
+                     settings.login_max_failures_per_address, settings.login_failure_window_s)
 
 
 def _account_key(email: str) -> str:

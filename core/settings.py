@@ -153,6 +153,14 @@ class Settings(BaseSettings):
                                               "file cannot become an unbounded amount of text to embed.")
     search_rate_per_minute: int = Field(default=120, ge=1, description="Searches per user per minute (429 above).")
     chat_rate_per_minute: int = Field(default=30, ge=1, description="Chat messages per user per minute (429 above).")
+    rate_limit_storage: str = Field(
+        default="postgres", pattern=r"^(postgres|memory)$",
+        description="Where failed-login, search and chat counters live: `postgres` (one table every API "
+                    "process shares) or `memory` (per process: each of N processes allows the whole budget).")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics listener (all worker "
+                                               "processes together); 0 = none.")
+    metrics_host: str = Field(default="127.0.0.1", description="Address the /metrics listener binds to.")
     jwt_previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated old HS256 secrets still accepted for verification "
                                           "during a JWT_SECRET rotation (never used to sign).")

@@ -7,13 +7,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from time import perf_counter
 from typing import Any
 
 import openai
-from llama_index.core.base.llms.types import LLMMetadata
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, ChatResponseGen, LLMMetadata
 from llama_index.llms.openai import OpenAI
 from llama_index.llms.openai.utils import openai_modelname_to_contextsize
 
+from core import metrics
 from core.errors import ServiceError
 from core.settings import Settings
 
@@ -57,6 +60,26 @@ class ServiceOpenAI(OpenAI):
     sdk_max_retries: int = 2
     fallback_context_window: int = 8192
 
+    def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        started = perf_counter()
+        try:
+            response = super()._chat(messages, **kwargs)
+        except Exception as exc:
+            _llm_observed(started, exc)
+            raise
+        _llm_observed(started, None)
+        return response
+
+    def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        # The request is made when the stream is first read: time the whole stream, as read.
+        started = perf_counter()
+        try:
+            yield from super()._stream_chat(messages, **kwargs)
+        except Exception as exc:
+            _llm_observed(started, exc)
+            raise
+        _llm_observed(started, None)
+
     def _get_credential_kwargs(self, is_async: bool = False) -> dict[str, Any]:
         return {**super()._get_credential_kwargs(is_async), "max_retries": self.sdk_max_retries}
 
@@ -68,6 +91,14 @@ class ServiceOpenAI(OpenAI):
         except ValueError:
             return LLMMetadata(context_window=self.fallback_context_window, num_output=self.max_tokens or -1,
                                is_chat_model=True, is_function_calling_model=False, model_name=self.model)
+
+
+def _llm_observed(started: float, error: BaseException | None) -> None:
+    """LLM time by outcome, and failures by the code the caller will see (LLM_TIMEOUT, ...)."""
+    metrics.LLM_SECONDS.labels("ok" if error is None else "error").observe(perf_counter() - started)
+    if error is not None:
+        translated = translate_llm_error(error)
+        metrics.LLM_ERRORS.labels(translated.code if translated is not None else "LLM_BAD_RESPONSE").inc()
 
 
 def llm_configured(settings: Settings) -> bool:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,6 +15,8 @@ import typer
 from app.cli.common import app, console, prepared
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from core.settings import Settings
 
 
@@ -20,7 +26,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: PORT setting).")] = None,
     load_samples: Annotated[bool, typer.Option("--load-samples/--no-load-samples",
                                                help="Create the sample practices first.")] = False,
-    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on one port (uvicorn workers); "
+                                                     "rate limits are shared through RATE_LIMIT_STORAGE.")] = 1,
 ) -> None:
     """Start the HTTP service (migrations are applied at start)."""
     import uvicorn
@@ -33,26 +40,85 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)  # text on a terminal, else JSON lines
     log_config = logging_config(settings.log_level, settings.log_format)
     console.print(starting_line(settings), highlight=False)
+    # Once, here: with --workers the embedded Postgres is started (and tuned) by this process and
+    # outlives every worker, which attach to it; migrations and upload recovery run once.
     prepare_runtime(settings)
     if load_samples:
         from app.samples import load_samples as _load
 
         _load(console)
+    metrics_dir = _multiprocess_metrics_dir() if workers > 1 else None  # before any worker starts
+    duties = _start_background_duties(settings) if workers > 1 else []
+    listener = _start_metrics_listener(settings)
     for line in address_lines(settings, host or settings.host, port or settings.port):
         console.print(line, highlight=False)
+    if listener is not None:
+        console.print(f"  metrics   http://{settings.metrics_host}:{settings.metrics_port}/metrics", highlight=False)
     # uvicorn re-raises SIGTERM once it has shut down gracefully; its default action would end the
     # process before the exit hooks run, leaving the embedded Postgres running (and this process
     # registered with it). Exiting normally instead lets the last process stop it.
     signal.signal(signal.SIGTERM, _exit_normally)
     # proxy_headers=False: uvicorn would believe X-Forwarded-For from 127.0.0.1 (any local process);
     # the app believes it only from TRUSTED_PROXIES (app.main).
-    if workers > 1:
-        uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                    workers=workers, log_level=settings.log_level.lower(), log_config=log_config,
-                    proxy_headers=False)
-    else:
-        uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                    log_level=settings.log_level.lower(), log_config=log_config, proxy_headers=False)
+    try:
+        if workers > 1:
+            uvicorn.run("app.main:create_worker_app", factory=True, host=host or settings.host,
+                        port=port or settings.port, workers=workers, log_level=settings.log_level.lower(),
+                        log_config=log_config, proxy_headers=False)
+        else:
+            uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+                        log_level=settings.log_level.lower(), log_config=log_config, proxy_headers=False)
+    finally:
+        for stop in duties:
+            stop()
+        if listener is not None:
+            listener.shutdown()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _multiprocess_metrics_dir() -> Path | None:
+    """Prometheus' multi-process mode for the workers: each writes its samples under
+    PROMETHEUS_MULTIPROC_DIR and the listener here adds them up. Set before the workers are
+    spawned (they read it when they first import the client). Returns the folder to remove at
+    exit when this process made it; an operator's own folder is emptied of old samples instead."""
+    from core.metrics import MULTIPROC_ENV
+
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        folder = Path(configured)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):  # a previous run's processes: their pids may be reused
+            stale.unlink()
+        return None
+    made = Path(tempfile.mkdtemp(prefix="ils-rag-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(made)
+    return made
+
+
+def _start_background_duties(settings: Settings) -> list[Callable[[], None]]:
+    """What a deployment needs once, not once per worker, run on threads of this process:
+    the per-company index upkeep and, unless INGEST_IN_PROCESS_WORKER=false, one ingestion
+    worker (the queue hands each job to one consumer, wherever it runs)."""
+    from core.tenant_indexes import TenantIndexMaintainer
+
+    stops: list[Callable[[], None]] = [TenantIndexMaintainer(settings.tenant_index_check_s).start().stop]
+    if getattr(settings, "ingest_in_process_worker", False):
+        from indexing.queue import BackgroundWorker
+
+        stops.append(BackgroundWorker().start().stop)
+    return stops
+
+
+def _start_metrics_listener(settings: Settings) -> WSGIServer | None:
+    """/metrics on METRICS_HOST:METRICS_PORT (none when the port is 0): apart from the API's port,
+    so a proxy that publishes the API does not publish the metrics."""
+    if not settings.metrics_port:
+        return None
+    from core.metrics import start_listener
+
+    server, _ = start_listener(settings.metrics_host, settings.metrics_port)
+    return server
 
 
 def starting_line(settings: Settings) -> str:

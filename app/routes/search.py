@@ -12,6 +12,7 @@ from app.deps import AppSettings, CurrentUser, check_company
 from app.limits import rate_limited
 from app.request_models import RequestModel
 from auth.permissions import Permission
+from core import metrics
 from core.embeddings import embedding_info, get_embed_model
 from core.errors import ServiceError
 from core.search_modes import SearchMode, describe_modes
@@ -103,7 +104,8 @@ def rag_search(body: SearchRequest, settings: AppSettings, user: CurrentUser = D
     # response reports the one it used.
     retriever = TenantRetriever(company_id, mode=body.mode, top_k=body.limit, threshold=min(floor, 1.0),
                                 order="similarity", settings=settings)
-    nodes = retriever.retrieve(query)
+    with metrics.timed(metrics.SEARCH_SECONDS, mode=retriever.mode):
+        nodes = retriever.retrieve(query)
     results = []
     for n in nodes:
         similarity = float(n.score or 0.0)

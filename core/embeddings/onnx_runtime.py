@@ -9,6 +9,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import PrivateAttr
 
+from core import metrics
 from core.embeddings.model_info import configured_dimensions, local_model_path, max_seq_length
 from core.embeddings.onnx_export import onnx_model_file
 from core.embeddings.onnx_session import infer, session, tokenize
@@ -120,4 +121,5 @@ class OnnxEmbedding(BaseEmbedding):
         return self._encode([text])[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self._encode(texts)
+        with metrics.timed(metrics.EMBEDDING_SECONDS, kind="batch"):
+            return self._encode(texts)

@@ -7,6 +7,18 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+from core import metrics
+
+
+def _timed(compute: Callable[[str], list[float]]) -> Callable[[str], list[float]]:
+    """Every query the model really embeds (a miss) is one sample of the embedding-time metric."""
+
+    def run(text: str) -> list[float]:
+        with metrics.timed(metrics.EMBEDDING_SECONDS, kind="query"):
+            return compute(text)
+
+    return run
+
 
 class QueryCache:
     """A thread-safe LRU of query text -> vector.
@@ -23,6 +35,7 @@ class QueryCache:
         self._lock = threading.Lock()
 
     def get(self, text: str, compute: Callable[[str], list[float]]) -> list[float]:
+        compute = _timed(compute)
         if self.size <= 0:
             return compute(text)
         with self._lock:
