@@ -19,6 +19,7 @@ or PDF rows; the sentences inside a paragraph come from LlamaIndex's own sentenc
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -46,7 +47,7 @@ _PRICE_ROW = re.compile(rf"^(?P<label>[A-Z].*?\S)\s+"
 _LABEL = re.compile(r"^(?:Price|Cost|Fee|Charge|Length|Duration|Time|Interval|Frequency|Validity|Valid|"
                     r"Available|Who|When|Where)s?(?: [\w'’-]+)?: .{1,60}$", re.IGNORECASE)  # "Price: £60 per pair"
 _BOLD_LINE = re.compile(r"^\s*\*\*([^*]{2,80})\*\*")
-_PRICE_KEY = re.compile(r"price|cost|fee|gbp", re.IGNORECASE)
+_PRICE_KEY = re.compile(r"gbp|£|pounds", re.IGNORECASE)  # a column in pounds: "price_gbp"
 _AMOUNT_IN = re.compile(r"£\s?\d")
 _TERMINAL = re.compile(r"[.!?…]['\")\]]*$")
 _EMPHASIS = re.compile(r"\*\*|__|`")
@@ -77,7 +78,7 @@ class Rendered:
 
 
 @lru_cache(maxsize=1)
-def _sentence_splitter():
+def _sentence_splitter() -> Callable[[str], list[str]]:
     return split_by_sentence_tokenizer()
 
 
