@@ -68,6 +68,10 @@ def test_every_operation_answers_4xx_in_the_error_shape_never_5xx(case, admin_he
         assert body["request_id"] in (header if isinstance(header, list) else [header]), where
 
 
+SECRET_GATED = frozenset({"POST /api/auth/login", "POST /api/auth/refresh", "POST /api/auth/logout",
+                          "POST /api/auth/password", "POST /api/auth/token"})
+
+
 def test_the_fuzz_got_past_authentication() -> None:
     """Guards the test above against passing vacuously (e.g. every call a 401)."""
     if not STATUSES:
@@ -75,4 +79,7 @@ def test_the_fuzz_got_past_authentication() -> None:
     print({operation: dict(codes) for operation, codes in sorted(STATUSES.items())})
     succeeded = [operation for operation, codes in STATUSES.items() if any(200 <= c < 300 for c in codes)]
     assert len(STATUSES) >= 15
-    assert len(succeeded) >= len(STATUSES) // 2, dict(STATUSES)
+    # Operations that need a secret the fuzzer cannot know (a password, a refresh token, a client
+    # secret) never succeed; half of the others must have.
+    reachable = [operation for operation in STATUSES if operation not in SECRET_GATED]
+    assert len(succeeded) >= len(reachable) // 2, dict(STATUSES)
