@@ -35,7 +35,7 @@ from core.settings import get_settings
 from evals.beir import Dataset, load_dataset
 from evals.metrics import ndcg_at_k
 from evals.report import REPORTS_DIR
-from evals.runner import CHUNK_DEPTH, DOC_DEPTH, cached_embedder, index_corpus
+from evals.runner import CHUNK_DEPTH, DOC_DEPTH, cached_embedder, index_corpus, index_fingerprint
 from retrieval.fusion import Fusion
 from retrieval.fusion import fuse as fuse_rankings
 
@@ -45,6 +45,9 @@ CANDIDATES: list[Fusion] = [
     *(Fusion("rrf", w, 60) for w in (0.3, 0.7)),
     *(Fusion("relative", w) for w in (0.3, 0.4, 0.5, 0.6, 0.7)),
     *(Fusion("dist", w) for w in (0.3, 0.4, 0.5, 0.6, 0.7)),
+    *(Fusion(method, w, 60, gap) for method in ("dist", "relative") for w in (0.4, 0.5, 0.6)
+      for gap in (0.05, 0.1, 0.15, 0.2, 0.3)),
+    *(Fusion("rrf", 0.5, k, gap) for k in (1, 10) for gap in (0.1, 0.2)),
 ]
 
 
@@ -105,15 +108,22 @@ def score(dataset: Dataset, sides: dict[str, Sides], fusion: Fusion | str, depth
     return {"ndcg@10": fmean(ndcg), "hit@5": fmean(hit5)}
 
 
-def run_study(paths: list[Path], console: Console) -> dict:
+def run_study(paths: list[Path], console: Console, reuse_sides: bool = False) -> dict:
+    """`reuse_sides`: read each dataset's two rankings from the last run (DATA_DIR/eval-cache)
+    instead of retrieving them again: for comparing new fusions, never after a retrieval change."""
     started = time.perf_counter()
     cache_dir = get_settings().data_dir.resolve() / "eval-cache"
     embedder = cached_embedder(cache_dir)
     datasets, all_sides = [], {}
     for path in paths:
         dataset = load_dataset(path)
-        companies = index_corpus(dataset, embedder, console)
-        all_sides[dataset.name] = collect_sides(dataset, companies, console)
+        saved = cache_dir / f"fusion-sides-{dataset.name}-{index_fingerprint()}.json"
+        if reuse_sides and saved.is_file():
+            all_sides[dataset.name] = {q: Sides(**v) for q, v in json.loads(saved.read_text()).items()}
+        else:
+            companies = index_corpus(dataset, embedder, console)
+            all_sides[dataset.name] = collect_sides(dataset, companies, console)
+            saved.write_text(json.dumps({q: asdict(v) for q, v in all_sides[dataset.name].items()}))
         datasets.append(dataset)
     rows = []
     for depth in (CHUNK_DEPTH, _service_depth()):
@@ -173,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+", type=Path, help="BEIR-format dataset folders")
     parser.add_argument("--output", type=Path, default=REPORTS_DIR)
+    parser.add_argument("--reuse-sides", action="store_true", help="rankings of the last run (new fusions only)")
     args = parser.parse_args(argv)
     from core.database import check_database
     from core.migrate import upgrade
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     console = Console()
     check_database()
     upgrade()
-    study = run_study(args.datasets, console)
+    study = run_study(args.datasets, console, args.reuse_sides)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "fusion.json").write_text(json.dumps(study, indent=2) + "\n")
     (args.output / "fusion.md").write_text(markdown(study))

@@ -12,6 +12,14 @@ Three families, compared on the optical set and SciFact together by `python -m e
 - `dist`: like `relative`, but normalised by each side's mean ± 3 standard deviations,
   which is less sensitive to a lone outlier.
 
+Score fusion can still outvote one side's clear winner: for "what do progressive lenses
+cost?" the vector side ranks the lens guide's price chunk first by a wide margin, while the
+text side (which never sees "cost" in it) fills its list with chunks that say "progressive"
+and "cost" more often, and the sum of middling scores on both sides wins. `winner_gap`
+guards against that: a side's first result that leads its runner-up by at least that much,
+in the side's own spread (the lead divided by six standard deviations of its scores, the
+`dist` scale), goes to the front of the fused list. Its value was chosen with the others.
+
 Every method is deterministic: equal fused scores are ordered by the better single-side
 rank, then by node id.
 """
@@ -34,6 +42,7 @@ class Fusion:
     method: FusionMethod = "relative"
     vector_weight: float = 0.5
     rrf_k: float = 60.0
+    winner_gap: float | None = None  # a side's clear winner goes first (None: no guard)
 
     def __post_init__(self) -> None:
         if self.method not in FUSION_METHODS:
@@ -45,9 +54,10 @@ class Fusion:
 
     @property
     def label(self) -> str:
+        guard = "" if self.winner_gap is None else f", winner_gap={self.winner_gap:g}"
         if self.method == "rrf":
-            return f"rrf(k={self.rrf_k:g}, w_vector={self.vector_weight:g})"
-        return f"{self.method}(w_vector={self.vector_weight:g})"
+            return f"rrf(k={self.rrf_k:g}, w_vector={self.vector_weight:g}{guard})"
+        return f"{self.method}(w_vector={self.vector_weight:g}{guard})"
 
 
 Ranking = Sequence[tuple[str, float]]  # (node id, the side's own score), best first
@@ -81,6 +91,17 @@ def _side_values(ranking: Ranking, fusion: Fusion) -> dict[str, float]:
     return dict(zip(ids, normalised, strict=True))
 
 
+def clear_winner(ranking: Ranking, gap: float) -> str | None:
+    """The side's first node if it leads the second by at least `gap` of six standard deviations."""
+    if len(ranking) < 2:
+        return None
+    scores = [float(score) for _, score in ranking]
+    std = statistics.pstdev(scores)
+    if std == 0:
+        return None
+    return ranking[0][0] if (scores[0] - scores[1]) / (6 * std) >= gap else None
+
+
 def fuse(vector: Ranking, text: Ranking, fusion: Fusion) -> list[tuple[str, float]]:
     """Node ids with their fused score, best first."""
     weights = (fusion.vector_weight, 1.0 - fusion.vector_weight)
@@ -90,4 +111,7 @@ def fuse(vector: Ranking, text: Ranking, fusion: Fusion) -> list[tuple[str, floa
         for rank, (node_id, value) in enumerate(_side_values(ranking, fusion).items(), 1):
             fused[node_id] = fused.get(node_id, 0.0) + weight * value
             best_rank[node_id] = min(best_rank.get(node_id, rank), rank)
-    return sorted(fused.items(), key=lambda item: (-item[1], best_rank[item[0]], item[0]))
+    winners: set[str] = set()
+    if fusion.winner_gap is not None:
+        winners = {w for w in (clear_winner(vector, fusion.winner_gap), clear_winner(text, fusion.winner_gap)) if w}
+    return sorted(fused.items(), key=lambda item: (item[0] not in winners, -item[1], best_rank[item[0]], item[0]))
