@@ -1,4 +1,5 @@
-"""Ingestion benchmark (`ils-rag bench ingest`): what the pipeline costs on top of the embedding model.
+"""Ingestion benchmark (`ils-rag bench ingest`): what the pipeline costs on top of the embedding model,
+and (`--workers N`) how fast `ils-rag worker` processes drain the ingestion queue.
 
 Both measurements run in the same process on the same chunk texts (the sample folders,
 split exactly as ingestion splits them): the bare model embeds the texts with
@@ -10,20 +11,28 @@ their chunks/s is the pipeline's efficiency (target >= 0.8).
 from __future__ import annotations
 
 import json
+import os
 import platform
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from llama_index.core import Document as LIDocument
 
 from benchmarks import RESULTS_DIR
 from benchmarks.throwaway import drop_company
+from core.database import get_admin_engine
 from core.embeddings import embedding_info, get_embed_model
 from indexing.chunking import build_splitter, chunk_plan
+from indexing.documents import queue_upload
 from indexing.folder import ingest_folder, list_files
 from indexing.legacy import ensure_company
+from indexing.queue import wait_until_drained
 from indexing.readers import read_parts
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -85,6 +94,113 @@ def run_ingest_bench(output: Path = RESULT, repeat: int = 1, folders: list[Path]
         "repeat": repeat,
     }
     result["ratio"] = result["pipeline_chunks_per_s"] / result["bare_chunks_per_s"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# --- the ingestion queue: drain rate with 1 and 2 `ils-rag worker` processes --------------------
+
+QUEUE_RESULT = RESULTS_DIR / "ingest-queue.json"
+READY_LINE = "waiting for jobs"
+
+
+def _upload_bytes(kb: int, n: int) -> bytes:
+    """About `kb` KB of the sample practices' own prose, numbered so every upload is its own file."""
+    texts = [p.text for folder in sorted(p for p in SAMPLES.iterdir() if p.is_dir()) for f in list_files(folder)
+             if f.suffix in (".md", ".txt") for p in read_parts(f.name, f.read_bytes())]
+    out, i = [], 0
+    while sum(len(t) for t in out) < kb * 1024:
+        out.append(f"\n\n# Upload {n}, section {i}\n\n{texts[i % len(texts)]}")
+        i += 1
+    return "".join(out).encode()
+
+
+def _start_workers(count: int, company_id: str) -> list[subprocess.Popen[str]]:
+    """`count` worker processes for one company, returned once each has loaded its model."""
+    env = {**os.environ, "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING", "INGEST_POLL_S": "0.5"}
+    procs = [subprocess.Popen([sys.executable, "-m", "app", "worker", "--company-id", company_id],
+                              cwd=Path(__file__).resolve().parent.parent, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(count)]
+    for proc in procs:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if READY_LINE in line:
+                break
+        else:
+            raise RuntimeError("an ingest worker exited before it was ready")
+    return procs
+
+
+def _stop_workers(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _job_rates(company_id: str) -> list[float]:
+    """Chunks/s of each job, from its worker's claim to its end (what one upload costs a worker)."""
+    with get_admin_engine().connect() as connection:
+        rows = connection.execute(sa.text(
+            "SELECT d.chunk_count, extract(epoch FROM j.finished_at - j.started_at) FROM ingest_jobs j "
+            "JOIN documents d ON d.company_id = j.company_id AND d.id = j.document_id "
+            "WHERE j.company_id = :c AND j.status = 'done'"), {"c": company_id}).all()
+    return [chunks / float(seconds) for chunks, seconds in rows if seconds]
+
+
+def run_queue_bench(worker_counts: tuple[int, ...] = (1, 2), uploads: int = 6, kb: int = 100,
+                    output: Path = QUEUE_RESULT) -> dict[str, Any]:
+    """Queue `uploads` files of `kb` KB, drain them with each number of workers, compare with the bare model.
+
+    The bare model embeds the very chunks the uploads become, in this process, while the
+    workers are idle; a job's own rate (claim to end: read, split, embed, write, registry) over
+    the bare rate is what the worker path costs. The drain rate counts from the first enqueue
+    to the last job's end, workers already started and their model loaded.
+    """
+    model = get_embed_model()
+    files = [_upload_bytes(kb, n) for n in range(uploads)]
+    splitter = build_splitter(model)
+    texts = [node.get_content() for data in files[:2]
+             for node in splitter.get_nodes_from_documents([LIDocument(text=data.decode())])]
+    model.get_text_embedding_batch(texts[:16])
+    started = time.perf_counter()
+    model.get_text_embedding_batch(texts)
+    bare = len(texts) / (time.perf_counter() - started)
+
+    runs = []
+    for count in worker_counts:
+        company_id = f"bench-{uuid.uuid4().hex[:12]}"
+        ensure_company(company_id)
+        procs = _start_workers(count, company_id)
+        try:
+            started = time.perf_counter()
+            for n, data in enumerate(files):
+                queue_upload(company_id, f"upload-{n}.md", data)
+            wait_until_drained(company_id, timeout_s=3600)
+            elapsed = time.perf_counter() - started
+            with get_admin_engine().connect() as connection:
+                chunks, failed = connection.execute(sa.text(
+                    "SELECT coalesce(sum(chunk_count), 0), count(*) FILTER (WHERE status <> 'indexed') "
+                    "FROM documents WHERE company_id = :c"), {"c": company_id}).one()
+            if failed:
+                raise RuntimeError(f"{failed} queued upload(s) did not index")
+            rates = sorted(_job_rates(company_id))
+        finally:
+            _stop_workers(procs)
+            drop_company(company_id)
+        runs.append({"workers": count, "uploads": uploads, "chunks": int(chunks), "seconds": round(elapsed, 2),
+                     "drain_chunks_per_s": round(int(chunks) / elapsed, 1),
+                     "drain_uploads_per_min": round(uploads / elapsed * 60, 1),
+                     "job_chunks_per_s_median": round(rates[len(rates) // 2], 1) if rates else None})
+    single = next((r for r in runs if r["workers"] == 1), runs[0])
+    result = {"bare_chunks_per_s": round(bare, 1), "upload_kb": kb, "runs": runs,
+              "worker_over_bare": round((single["job_chunks_per_s_median"] or 0) / bare, 2),
+              "target_ratio": TARGET_RATIO, "cpus": os.cpu_count(),
+              "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     return result

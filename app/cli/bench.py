@@ -18,11 +18,29 @@ from core.settings import Settings
 def bench_ingest(
     output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = RESULTS_DIR / "ingest.json",
     repeat: Annotated[int, typer.Option(min=1, max=5, help="Timed rounds (best is kept).")] = 1,
+    workers: Annotated[int, typer.Option(min=0, max=16, help=(
+        "Also drain queued uploads with 1..N `ils-rag worker` processes (0: the pipeline only)."))] = 0,
+    uploads: Annotated[int, typer.Option(min=1, max=100, help="Queued uploads per --workers run.")] = 6,
+    upload_kb: Annotated[int, typer.Option(min=1, max=20_000, help="Size of each queued upload.")] = 100,
 ) -> None:
-    """Chunks/s of the whole ingestion pipeline vs the bare embedding model, same texts, same run."""
-    from benchmarks.ingest import run_ingest_bench
+    """Chunks/s of the whole ingestion pipeline vs the bare embedding model, same texts, same run;
+    with --workers, the ingestion queue's drain rate with one and N worker processes."""
+    from benchmarks.ingest import run_ingest_bench, run_queue_bench
 
     prepared()
+    if workers:
+        counts = tuple(sorted({1, workers}))
+        queue = run_queue_bench(counts, uploads=uploads, kb=upload_kb,
+                                output=output.with_name(output.stem + "-queue.json"))
+        table = Table("workers", "uploads", "chunks", "seconds", "drain chunks/s", "uploads/min",
+                      "one job's chunks/s (median)")
+        for run in queue["runs"]:
+            table.add_row(str(run["workers"]), str(run["uploads"]), str(run["chunks"]), f"{run['seconds']:.1f}",
+                          f"{run['drain_chunks_per_s']:.1f}", f"{run['drain_uploads_per_min']:.1f}",
+                          f"{run['job_chunks_per_s_median']:.1f}")
+        console.print(table)
+        console.print(f"bare model {queue['bare_chunks_per_s']:.1f} chunks/s; one upload on one worker: "
+                      f"{queue['worker_over_bare']:.2f} of it (target {queue['target_ratio']})", highlight=False)
     result = run_ingest_bench(output, repeat=repeat)
     table = Table("measure", "chunks", "seconds", "chunks/s")
     table.add_row("bare model", str(result["chunks"]), f"{result['bare_seconds']:.2f}",
