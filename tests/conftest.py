@@ -9,6 +9,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,37 @@ def brightsight(database: str, embed_model, samples_dir: Path):
     with tenant(company.id):
         ingest_folder(samples_dir / "brightsight-optical", company_id=company.id, sync=True)
     return company
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Two API deployments on the session's database, as replicas behind a load balancer would
+    be: `single` is one process, `workers` is `ils-rag serve --workers 2` (one port) with its
+    /metrics listener at `metrics_url`. Both allow FLEET_SEARCH_BUDGET searches per user per
+    minute and FLEET_ACCOUNT_BUDGET failed sign-ins per account (the address budget is wide:
+    every request comes from 127.0.0.1)."""
+
+    single: str
+    workers: str
+    workers_pid: int
+    metrics_url: str
+
+
+FLEET_SEARCH_BUDGET = 4
+FLEET_ACCOUNT_BUDGET = 5
+
+
+@pytest.fixture(scope="session")
+def fleet(database: str, embed_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    from tests.servers import free_port, serve
+
+    env = {**os.environ, "LOG_LEVEL": "WARNING", "RATE_LIMIT_STORAGE": "postgres",
+           "SEARCH_RATE_PER_MINUTE": str(FLEET_SEARCH_BUDGET),
+           "LOGIN_MAX_FAILURES_PER_ACCOUNT": str(FLEET_ACCOUNT_BUDGET), "LOGIN_MAX_FAILURES_PER_ADDRESS": "10000"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    metrics_port = free_port()
+    logs = tmp_path_factory.mktemp("fleet")
+    with serve(env, logs / "single.log") as (single, _), \
+            serve({**env, "METRICS_PORT": str(metrics_port)}, logs / "workers.log", "--workers", "2") as (
+                workers, process):
+        yield Fleet(single, workers, process.pid, f"http://127.0.0.1:{metrics_port}/metrics")

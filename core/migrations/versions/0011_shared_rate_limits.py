@@ -36,6 +36,7 @@ down_revision = "0010"
 branch_labels = None
 depends_on = None
 
+APP_ROLE = "ils_app"
 AUTH_ROLE = "ils_auth"
 _FUNCTIONS = ("ils_rate_take(text, text, integer, bigint)", "ils_rate_give_back(text, text, bigint)",
               "ils_rate_wait(text, text, integer, bigint)", "ils_rate_forget(text, text)")
@@ -53,6 +54,16 @@ def upgrade() -> None:
     """)
     op.execute("CREATE INDEX ix_ils_rate_limits_expires ON ils_rate_limits (expires_us)")
     op.execute("REVOKE ALL ON ils_rate_limits FROM PUBLIC")
+    # Migration 0002's default privileges grant the request role every new table: not this one.
+    op.execute(f"""
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                EXECUTE 'REVOKE ALL ON ils_rate_limits FROM {APP_ROLE}';
+            END IF;
+        END
+        $$
+    """)
     op.execute("""
         CREATE FUNCTION ils_rate_take(p_scope text, p_key text, p_limit integer, p_window_us bigint,
                                       OUT stamp bigint, OUT wait_us bigint)
