@@ -176,3 +176,46 @@ def test_every_yes_no_option_has_both_forms() -> None:
                 and param.opts[0] != "--help"]
 
     assert walk(typer.main.get_command(app), "ils-rag") == []
+
+
+def test_ask_goes_to_the_running_service(company, embed_model, tmp_path, monkeypatch) -> None:
+    """With the service up on HOST:PORT, `ask` is its answer: no model stack loaded here, the
+    CLI signed in as its own chat-only service client, and no conversation left behind."""
+    import stat
+    from urllib.parse import urlsplit
+
+    import httpx
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from app.cli.ask import cli_credentials
+    from core.database import admin_session_scope, tenant
+    from core.settings import Settings, get_settings
+    from indexing.documents import index_text
+    from retrieval.conversations import Conversation
+    from tests.servers import serve
+
+    with tenant(company.id):
+        index_text(company.id, "prices.md", "Progressive lenses start at £189 per pair.")
+    with serve({**os.environ, "LOG_LEVEL": "WARNING"}, tmp_path / "server.log") as (base, _):
+        monkeypatch.setenv("PORT", str(urlsplit(base).port))
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(app, ["ask", "--company", company.slug, "what do progressive lenses cost?"])
+            assert result.exit_code == 0, result.output
+            assert "£189" in result.stdout and f"answered by the service at {base}" in result.stdout
+            settings = Settings()
+            credential = settings.data_dir / "cli-client.json"
+            assert stat.S_IMODE(credential.stat().st_mode) == 0o600
+            client_id, secret = cli_credentials(settings)
+            token = httpx.post(f"{base}/api/auth/token", auth=(client_id, secret),
+                               data={"grant_type": "client_credentials", "company_id": company.id}).json()
+            assert token["scope"] == "chat:use"  # chat only: it can neither read documents nor upload
+            with tenant(company.id), admin_session_scope() as session:
+                assert session.query(Conversation).filter_by(company_id=company.id).count() == 0
+
+            # --local answers here, as does every call when nothing listens on the port
+            local = CliRunner().invoke(app, ["ask", "--local", "--company", company.slug, "progressive lenses?"])
+            assert local.exit_code == 0 and "answered by the service" not in local.stdout
+        finally:
+            get_settings.cache_clear()
