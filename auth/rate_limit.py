@@ -17,6 +17,8 @@ Two stores behind one interface (`RateLimiter`), chosen by RATE_LIMIT_STORAGE (`
   role's connection (like the revocation check: one round trip, no tenant transaction);
   `reserve` is one `INSERT ... ON CONFLICT DO UPDATE ... WHERE count < limit` that locks the
   key's row, so it stays atomic across processes. Keys are stored as SHA-256 digests.
+- `RedisSlidingWindowLimiter` (RATE_LIMIT_STORAGE=redis://...): the same log in a Redis the
+  deployment already runs, one atomic Lua script per operation.
 - `SlidingWindowLimiter`: in this process only (each of N processes allows the whole budget);
   for a single process without a database round trip, and for unit tests.
 """
@@ -30,7 +32,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from functools import lru_cache
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
@@ -288,6 +291,113 @@ class PostgresSlidingWindowLimiter:
             connection.execute(_FORGET_SCOPE, {"scope": self.scope})
 
 
+# One sorted set per key, scored and named by stamps (microseconds of the Redis server's clock),
+# pruned to the window on every call. Each script runs atomically on the server.
+_REDIS_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+    local stamp = now
+    local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+    if last[2] and tonumber(last[2]) >= stamp then stamp = tonumber(last[2]) + 1 end
+    local member = string.format('%.0f', stamp)
+    redis.call('ZADD', KEYS[1], member, member)
+    redis.call('PEXPIRE', KEYS[1], math.ceil((stamp + window - now) / 1000) + 1)
+    return {member, '0'}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+return {false, string.format('%.0f', math.max(1, tonumber(oldest[2]) + window - now))}
+"""
+_REDIS_WAIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', now - window), '+inf', 'WITHSCORES')
+local count = #live / 2
+if count < limit then return '0' end
+return string.format('%.0f', math.max(0, tonumber(live[2 * (count - limit) + 2]) + window - now))
+"""
+
+
+class RedisSlidingWindowLimiter:
+    """The same sliding log in a Redis every process shares (RATE_LIMIT_STORAGE=redis://...), for
+    deployments that run one anyway: no database round trip on the request path. Each operation
+    is one Lua script, atomic on the server, on the Redis server's clock. An unreachable Redis
+    answers 503, like an unreachable database."""
+
+    def __init__(self, url: str, scope: str, limit: int, window_s: float) -> None:
+        if limit < 1 or window_s <= 0:
+            raise ValueError("limit must be >= 1 and window_s > 0")
+        import redis
+
+        self.scope = scope
+        self.limit = limit
+        self.window_s = window_s
+        self._window_us = int(window_s * 1_000_000)
+        self._redis = _redis_client(url)
+        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._take_script = self._redis.register_script(_REDIS_TAKE)
+        self._wait_script = self._redis.register_script(_REDIS_WAIT)
+
+    def _key(self, key: str) -> str:
+        return f"ils-rate:{self.scope}:" + hashlib.sha256(f"{self.scope}\0{key}".encode()).hexdigest()
+
+    def _run(self, operation: Callable[[], object]) -> object:
+        try:
+            return operation()
+        except self._errors as exc:
+            raise ServiceError("The rate-limit store (Redis) is unavailable; try again shortly.",
+                               code="RATE_LIMIT_STORE_UNAVAILABLE", status_code=503,
+                               headers={"Retry-After": "5"}) from exc
+
+    def _take(self, key: str, limit: int) -> tuple[float, float | None]:
+        stamp, wait_us = self._run(lambda: self._take_script(keys=[self._key(key)],
+                                                             args=[limit, self._window_us]))  # type: ignore[misc]
+        if stamp is None:
+            return int(wait_us) / 1_000_000, None
+        return 0.0, float(int(stamp))
+
+    def retry_after(self, key: str) -> float:
+        wait_us = self._run(lambda: self._wait_script(keys=[self._key(key)], args=[self.limit, self._window_us]))
+        return int(wait_us) / 1_000_000  # type: ignore[call-overload]
+
+    def hit(self, key: str) -> None:
+        self._take(key, _UNLIMITED)
+
+    def attempt(self, key: str, message: str = DEFAULT_MESSAGE) -> None:
+        wait, stamp = self._take(key, self.limit)
+        if stamp is None:
+            raise _refused(self.scope, message, wait)
+
+    def reserve(self, key: str) -> tuple[float, float | None]:
+        return self._take(key, self.limit)
+
+    def release(self, key: str, stamp: float) -> None:
+        self._run(lambda: self._redis.zrem(self._key(key), str(int(stamp))))
+
+    def reset(self, key: str | None = None) -> None:
+        if key is not None:
+            self._run(lambda: self._redis.delete(self._key(key)))
+            return
+
+        def forget_scope() -> None:
+            for found in self._redis.scan_iter(match=f"ils-rate:{self.scope}:*", count=1000):
+                self._redis.delete(found)
+
+        self._run(forget_scope)
+
+
+@lru_cache(maxsize=4)
+def _redis_client(url: str) -> Any:
+    """One connection pool per URL and process, shared by every limiter."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+
+
 def limiter_for(storage: str, scope: str, limit: int, window_s: float) -> RateLimiter:
     """The limiter RATE_LIMIT_STORAGE names for one budget. `scope` names the budget in shared
     storage, so every process that builds it counts into the same keys."""
@@ -295,4 +405,6 @@ def limiter_for(storage: str, scope: str, limit: int, window_s: float) -> RateLi
         return SlidingWindowLimiter(limit, window_s, scope=scope)
     if storage == "postgres":
         return PostgresSlidingWindowLimiter(scope, limit, window_s)
-    raise ValueError(f"unknown RATE_LIMIT_STORAGE {storage!r}: postgres or memory")
+    if storage.startswith(("redis://", "rediss://")):
+        return RedisSlidingWindowLimiter(storage, scope, limit, window_s)
+    raise ValueError(f"unknown RATE_LIMIT_STORAGE {storage!r}: postgres, memory or a redis:// URL")

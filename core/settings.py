@@ -154,9 +154,10 @@ class Settings(BaseSettings):
     search_rate_per_minute: int = Field(default=120, ge=1, description="Searches per user per minute (429 above).")
     chat_rate_per_minute: int = Field(default=30, ge=1, description="Chat messages per user per minute (429 above).")
     rate_limit_storage: str = Field(
-        default="postgres", pattern=r"^(postgres|memory)$",
+        default="postgres", pattern=r"^(postgres|memory|rediss?://.+)$",
         description="Where failed-login, search and chat counters live: `postgres` (one table every API "
-                    "process shares) or `memory` (per process: each of N processes allows the whole budget).")
+                    "process shares), a `redis://host:6379/0` URL (a Redis every process shares) or "
+                    "`memory` (per process: each of N processes allows the whole budget).")
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics listener (all worker "
                                                "processes together); 0 = none.")

@@ -5,9 +5,13 @@ whichever of them gets it, and a user's searches are one budget across them."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
+import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,8 +19,10 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from auth.rate_limit import PostgresSlidingWindowLimiter, RateLimited, limiter_for, reserve_failures
+from auth.rate_limit import RateLimited, RateLimiter, limiter_for, reserve_failures
+from core.errors import ServiceError
 from tests.conftest import FLEET_ACCOUNT_BUDGET, FLEET_SEARCH_BUDGET, Fleet
+from tests.servers import free_port
 
 LOGIN = "/api/auth/login"
 SEARCH = "/api/rag/search"
@@ -76,15 +82,48 @@ def test_a_users_search_budget_is_shared_by_every_process(fleet: Fleet, company,
     assert search(fleet.workers, colleague).status_code == 200  # a colleague's budget is their own
 
 
-# --- the Postgres limiter itself (in this process) ----------------------------------------------
+# --- the shared limiters themselves (in this process): Postgres, and Redis where one is installed -----
 
 
 def _scope() -> str:
     return f"test.{uuid.uuid4().hex[:8]}"
 
 
-def test_postgres_limiter_checks_records_and_gives_back(database: str) -> None:
-    limiter = PostgresSlidingWindowLimiter(_scope(), 3, 60)
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port (skips where none is installed:
+    Debian `apt-get install redis-server`)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs redis-server on PATH (Debian: apt-get install -y redis-server)")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(params=["postgres", "redis"])
+def make_limiter(request: pytest.FixtureRequest, database: str) -> Callable[[int, float], RateLimiter]:
+    storage = "postgres" if request.param == "postgres" else request.getfixturevalue("redis_url")
+    return lambda limit, window_s: limiter_for(storage, _scope(), limit, window_s)
+
+
+def test_shared_limiter_checks_records_and_gives_back(make_limiter) -> None:
+    limiter = make_limiter(3, 60)
     for _ in range(3):
         limiter.attempt("k")
     with pytest.raises(RateLimited) as refused:
@@ -99,20 +138,22 @@ def test_postgres_limiter_checks_records_and_gives_back(database: str) -> None:
     for _ in range(3):  # the given-back event no longer counts
         assert limiter.reserve("k")[1] is not None
     assert limiter.reserve("k")[1] is None
+    limiter.reset()
+    assert limiter.retry_after("k") == 0
 
 
-def test_postgres_limiter_window_slides(database: str) -> None:
-    limiter = PostgresSlidingWindowLimiter(_scope(), 2, 0.5)
+def test_shared_limiter_window_slides(make_limiter) -> None:
+    limiter = make_limiter(2, 0.5)
     limiter.attempt("k")
     limiter.attempt("k")
     with pytest.raises(RateLimited):
         limiter.attempt("k")
-    threading.Event().wait(0.6)
+    time.sleep(0.6)
     limiter.attempt("k")  # the first two left the window
 
 
-def test_reservations_are_all_or_nothing_in_postgres(database: str) -> None:
-    account, address = PostgresSlidingWindowLimiter(_scope(), 2, 60), PostgresSlidingWindowLimiter(_scope(), 1, 60)
+def test_reservations_are_all_or_nothing_in_shared_storage(make_limiter) -> None:
+    account, address = make_limiter(2, 60), make_limiter(1, 60)
     held = reserve_failures(((account, "a"), (address, "ip")), "slow down")
     with pytest.raises(RateLimited):  # the address budget is spent: the account's event is given back
         reserve_failures(((account, "a"), (address, "ip")), "slow down")
@@ -121,8 +162,8 @@ def test_reservations_are_all_or_nothing_in_postgres(database: str) -> None:
     assert address.retry_after("ip") == 0
 
 
-def test_concurrent_attempts_never_exceed_the_limit(database: str) -> None:
-    limiter = PostgresSlidingWindowLimiter(_scope(), 5, 60)
+def test_concurrent_attempts_never_exceed_the_limit(make_limiter) -> None:
+    limiter = make_limiter(5, 60)
     start = threading.Barrier(20)
 
     def attempt(_: int) -> bool:
@@ -135,6 +176,13 @@ def test_concurrent_attempts_never_exceed_the_limit(database: str) -> None:
 
     with ThreadPoolExecutor(20) as pool:
         assert sum(pool.map(attempt, range(20))) == 5
+
+
+def test_an_unreachable_redis_answers_503_not_unlimited() -> None:
+    limiter = limiter_for(f"redis://127.0.0.1:{free_port()}/0", _scope(), 3, 60)
+    with pytest.raises(ServiceError) as caught:
+        limiter.attempt("k")
+    assert caught.value.status_code == 503 and caught.value.code == "RATE_LIMIT_STORE_UNAVAILABLE"
 
 
 def test_keys_are_stored_hashed_and_the_request_role_cannot_touch_the_table(database: str) -> None:
