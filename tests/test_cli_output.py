@@ -219,3 +219,23 @@ def test_ask_goes_to_the_running_service(company, embed_model, tmp_path, monkeyp
             assert local.exit_code == 0 and "answered by the service" not in local.stdout
         finally:
             get_settings.cache_clear()
+
+
+def test_listings_keep_ids_whole_and_speak_json(company, monkeypatch) -> None:
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import app.cli.common as common
+    from app.cli import app
+
+    listed = CliRunner().invoke(app, ["companies", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert {"slug": company.slug, "name": company.name, "id": company.id, "active": True} in rows
+    table = CliRunner().invoke(app, ["companies", "list"])  # not a terminal: the table is printed whole
+    assert company.id in table.stdout and "…" not in table.stdout
+
+    narrow = io.StringIO()  # a 50-column terminal: the name gives way, the id does not
+    monkeypatch.setattr(common, "console", Console(file=narrow, width=50))
+    common.show_rows([{"name": "A practice with a rather long name indeed", "id": company.id}])
+    assert company.id in narrow.getvalue()

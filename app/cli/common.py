@@ -4,10 +4,13 @@ import cycle; `app.cli` imports every command module once, which registers its c
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 
 app = typer.Typer(help="ILS RAG: multi-tenant retrieval-augmented generation for optical practices.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -41,6 +44,23 @@ def configure_cli_logging() -> None:
         configure_logging()
         return
     configure_logging(settings.log_level, settings.log_format)
+
+
+JSON_OPTION = typer.Option("--json/--table", help="Print JSON (one object per row) instead of a table.")
+
+
+def show_rows(rows: list[dict[str, Any]], as_json: bool = False, whole: tuple[str, ...] = ("id",)) -> None:
+    """A listing as a table, or as JSON for scripts. The `whole` columns (ids) are never cut
+    or wrapped: on a narrow terminal the other columns give way."""
+    if as_json:
+        print(json.dumps(rows, default=str, ensure_ascii=False, indent=2))
+        return
+    columns = list(rows[0]) if rows else []
+    table = Table(*(Column(name, no_wrap=True, min_width=max(len(str(row[name])) for row in rows))
+                    if name in whole else Column(name) for name in columns))
+    for row in rows:
+        table.add_row(*("" if row[name] is None else str(row[name]) for name in columns))
+    console.print(table if rows else "(none)")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from app.cli.common import companies_app, console, prepared
+from app.cli.common import JSON_OPTION, companies_app, console, prepared, show_rows
 
 
 @companies_app.command("create")
@@ -26,14 +25,12 @@ def companies_create(slug: str, name: Annotated[str | None, typer.Option(help="D
 
 
 @companies_app.command("list")
-def companies_list() -> None:
+def companies_list(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """List companies."""
     from auth.users import list_companies
     from core.database import admin_session_scope
 
     prepared()
-    table = Table("slug", "name", "id", "active")
     with admin_session_scope() as session:
-        for company in list_companies(session):
-            table.add_row(company.slug, company.name, company.id, str(company.is_active))
-    console.print(table)
+        rows = [{"slug": c.slug, "name": c.name, "id": c.id, "active": c.is_active} for c in list_companies(session)]
+    show_rows(rows, as_json)

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from app.cli.common import app, companies_app, console, fail, prepared
+from app.cli.common import JSON_OPTION, app, companies_app, console, fail, prepared, show_rows
 
 clients_app = typer.Typer(help="Service credentials (OAuth 2.0 client credentials) for backends.",
                           no_args_is_help=True)
@@ -45,20 +44,19 @@ def clients_create(
 @clients_app.command("list")
 def clients_list(include_revoked: Annotated[bool, typer.Option("--all/--active",
                                                                help="Include revoked clients.")] = False,
-                 ) -> None:
+                 as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """List service clients (never their secrets)."""
     from auth.clients import list_clients
     from core.database import admin_session_scope
 
     prepared()
-    table = Table("name", "client_id", "scopes", "companies", "created", "revoked")
     with admin_session_scope() as session:
-        for client in list_clients(session, include_revoked=include_revoked):
-            table.add_row(client.name, client.id, " ".join(client.scopes),
-                          "all" if client.all_companies else ", ".join(client.companies),
-                          f"{client.created_at:%Y-%m-%d %H:%M}",
-                          f"{client.revoked_at:%Y-%m-%d %H:%M}" if client.revoked_at else "")
-    console.print(table)
+        rows = [{"name": c.name, "client_id": c.id, "scopes": " ".join(c.scopes),
+                 "companies": "all" if c.all_companies else ", ".join(c.companies),
+                 "created": f"{c.created_at:%Y-%m-%d %H:%M}",
+                 "revoked": f"{c.revoked_at:%Y-%m-%d %H:%M}" if c.revoked_at else None}
+                for c in list_clients(session, include_revoked=include_revoked)]
+    show_rows(rows, as_json, whole=("client_id",))
 
 
 @clients_app.command("revoke")

@@ -7,9 +7,8 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from app.cli.common import console, fail, prepared, users_app
+from app.cli.common import JSON_OPTION, console, fail, prepared, show_rows, users_app
 
 
 def _read_password(confirm: bool = True) -> str:
@@ -44,20 +43,19 @@ def users_create(
 
 
 @users_app.command("list")
-def users_list(company: Annotated[str | None, typer.Option(help="Company slug.")] = None) -> None:
+def users_list(company: Annotated[str | None, typer.Option(help="Company slug.")] = None,
+               as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """List users, optionally of one company."""
     from auth.users import get_company_by_slug, list_companies, list_users
     from core.database import admin_session_scope
 
     prepared()
-    table = Table("company", "email", "role", "active", "id")
     with admin_session_scope() as session:
         slugs = {c.id: c.slug for c in list_companies(session)}
         company_id = get_company_by_slug(session, company).id if company else None
-        for user in list_users(session, company_id):
-            table.add_row(slugs.get(user.company_id, user.company_id), user.email, user.role,
-                          str(user.is_active), user.id)
-    console.print(table)
+        rows = [{"company": slugs.get(u.company_id, u.company_id), "email": u.email, "role": u.role,
+                 "active": u.is_active, "id": u.id} for u in list_users(session, company_id)]
+    show_rows(rows, as_json)
 
 
 @users_app.command("deactivate")
