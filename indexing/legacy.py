@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from core.database import get_admin_engine, session_scope, tenant
 from core.embeddings import configured_dimensions
 from core.errors import ConfigurationError, ServiceError
+from core.terminal import progress
 from indexing.models import Document
 from indexing.pipeline import chunk_splitter, index_sources
 from indexing.readers import Part, check_extension, safe_source_key
@@ -171,7 +172,7 @@ def migrate_row(row: sa.Row) -> LegacyRow:
     return LegacyRow(legacy_id, company_id, "migrated", f"{note}; {outcome.chunk_count} chunks")
 
 
-def migrate_legacy(source_url: str) -> LegacyReport:
+def migrate_legacy(source_url: str, show_progress: bool = False) -> LegacyReport:
     """Read every ai_knowledge_base row (read-only) and import it; per-row outcomes."""
     engine = _source_engine(source_url)
     try:
@@ -184,9 +185,13 @@ def migrate_legacy(source_url: str) -> LegacyReport:
     finally:
         engine.dispose()
     report = LegacyReport()
-    for row in rows:
-        try:
-            report.rows.append(migrate_row(row))
-        except Exception as exc:  # one bad row must not stop the migration
-            report.rows.append(LegacyRow(str(row.id), str(row.company_id), "failed", f"{type(exc).__name__}: {exc}"))
+    with progress("migrate-legacy", show_progress and bool(rows)) as bar:
+        task = bar.add_task("rows", total=len(rows))
+        for row in rows:
+            try:
+                report.rows.append(migrate_row(row))
+            except Exception as exc:  # one bad row must not stop the migration
+                report.rows.append(LegacyRow(str(row.id), str(row.company_id), "failed",
+                                             f"{type(exc).__name__}: {exc}"))
+            bar.advance(task, **{f"{report.rows[-1].outcome} row": 1})  # "3 migrated rows, 1 failed row"
     return report

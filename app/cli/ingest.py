@@ -24,8 +24,10 @@ def ingest(
     """Index a folder into a company's knowledge base (incremental and idempotent)."""
     from auth.users import get_company_by_slug
     from core.database import admin_session_scope
+    from core.embeddings import get_embed_model
     from core.settings import get_settings
     from indexing.folder import ingest_folder
+    from retrieval.statements import precompute
 
     if not folder.is_dir():
         raise fail(f"folder {str(folder)!r} does not exist or is not a directory")
@@ -34,6 +36,7 @@ def ingest(
         company_id = get_company_by_slug(session, company).id
     report = ingest_folder(folder, company_id, category=category, sync=sync, workers=workers,
                            show_progress=True)
+    precompute(company_id, get_embed_model())  # statement vectors of new chunks: offline answers embed none
     console.print(report.summary(), highlight=False)
     if get_settings().tenant_index_min_chunks > 0:  # grown past the threshold: its own index at once
         sync_tenant_indexes_verbose([company_id])
@@ -49,7 +52,7 @@ def migrate_legacy(
     from indexing.legacy import migrate_legacy as run
 
     prepared()
-    report = run(source_url)
+    report = run(source_url, show_progress=True)
     table = Table("legacy id", "company", "outcome", "reason")
     for row in report.rows:
         table.add_row(row.legacy_id, row.company_id or "", row.outcome, row.reason)
