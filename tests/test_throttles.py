@@ -142,3 +142,23 @@ def test_wrong_current_passwords_share_the_sign_in_budget(client, company, make_
                          ).status_code for _ in range(limit + 2)]
     assert codes == [401] * limit + [429, 429]
     assert password_checks["checks"] == 1 + limit  # the sign-in, then one per allowed guess
+
+
+def test_the_served_process_ignores_x_forwarded_for_from_a_local_client(company, make_user, embed_model,
+                                                                          tmp_path) -> None:
+    """End to end through uvicorn, whose own handling would believe X-Forwarded-For from 127.0.0.1."""
+    import os
+
+    import httpx
+
+    from tests.servers import serve
+
+    user, _ = make_user(company, "staff")
+    env = {**os.environ, "LOG_LEVEL": "WARNING", "LOGIN_MAX_FAILURES_PER_ADDRESS": "3",
+           "LOGIN_MAX_FAILURES_PER_ACCOUNT": "1000"}
+    with serve(env, tmp_path / "server.log") as (base, _):
+        statuses = [httpx.post(f"{base}{LOGIN}", json={"email": user.email, "password": f"wrong {i}"},
+                               headers={"X-Forwarded-For": f"203.0.113.{i + 1}"}, timeout=30).status_code
+                    for i in range(6)]
+    assert statuses.count(401) <= 3 and statuses[-2:] == [429, 429], statuses
+    assert {entry.client_ip for entry in _failed_logins(company.id)} == {"127.0.0.1"}
