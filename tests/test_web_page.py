@@ -200,9 +200,29 @@ def test_logout_with_the_cookie_revokes_and_clears_it(browser_client, company, m
     assert bad.status_code == 401 and f'{REFRESH_COOKIE}=""' in _set_cookie(bad)
 
 
+def test_the_page_can_ask_whether_a_sign_in_is_worth_restoring(browser_client, company, make_user) -> None:
+    """GET /api/auth/session: whether the browser sent a refresh cookie, so a first visit does
+    not try (and fail, with a 401 in the console) to refresh a session it never had."""
+    session = "/api/auth/session"
+    first = browser_client.get(session)
+    assert first.status_code == 200 and first.json() == {"signed_in": False}
+    assert first.headers["cache-control"] == "no-store"
+    user, _ = make_user(company, "staff")
+    _login(browser_client, user.email)
+    assert browser_client.get(session).json() == {"signed_in": True}
+    browser_client.post(LOGOUT)
+    assert browser_client.get(session).json() == {"signed_in": False}
+
+
+def test_favicon(browser_client: TestClient) -> None:
+    icon = browser_client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert icon.content[:4] == b"\x00\x00\x01\x00" and "default-src 'self'" in icon.headers["content-security-policy"]
+
+
 def test_screenshots_in_the_readme_exist() -> None:
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
-    for name in ("chat.png", "documents.png"):
+    for name in ("chat.png", "documents.png", "chat-phone.png", "conversations-phone.png", "documents-phone.png"):
         assert f"docs/screenshots/{name}" in readme
         assert (root / "docs" / "screenshots" / name).stat().st_size > 10_000
