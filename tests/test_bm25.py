@@ -337,3 +337,28 @@ def test_no_tenant_scope_sees_no_statistics(company, index_texts) -> None:
     with get_engine().connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM bm25_terms")).scalar() == 0
         assert connection.execute(sa.text("SELECT count(*) FROM bm25_corpus")).scalar() == 0
+
+
+def test_bm25_matches_returns_only_the_verified_tenants_chunks(make_company, index_texts) -> None:
+    """The GIN lookup runs with the owner's rights (row-level security would keep the index from
+    evaluating `@@`), so it must filter on the verified tenant itself."""
+    from core.database import get_engine, tenant
+
+    a, b = make_company(), make_company()
+    index_texts(a, HAND_CORPUS)
+    index_texts(b, [(f"b-{n}.txt", "Progressive lenses and frames, lenses everywhere.", None) for n in range(5)])
+    everything = "'lens' | 'frame' | 'progress' | 'cost'"
+    lookup = sa.text("SELECT id FROM ils_bm25_matches(CAST(:m AS tsquery))")
+    with tenant(a.id), get_engine().connect() as connection:
+        found = set(connection.execute(lookup, {"m": everything}).scalars())
+        own = set(connection.execute(sa.text(
+            "SELECT id FROM data_chunks WHERE company_id = :a AND text_search_tsv @@ CAST(:m AS tsquery)"),
+            {"a": a.id, "m": everything}).scalars())
+    assert found == own and len(own) >= 4
+    with get_engine().connect() as connection:  # no tenant scope: nothing
+        assert connection.execute(lookup, {"m": everything}).all() == []
+        acl = connection.execute(sa.text(
+            "SELECT array_to_string(proacl, ',') FROM pg_proc WHERE proname = 'ils_bm25_matches'")).scalar()
+    grantees = {entry.split("=", 1)[0] for entry in acl.split(",")}
+    assert "" not in grantees and "ils_auth" not in grantees and "ils_app" in grantees  # no PUBLIC execute
+
