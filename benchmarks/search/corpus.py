@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from core.terminal import progress
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OPTICAL_DIR = REPO_ROOT / "evals" / "datasets" / "optical"
 SAMPLES_DIR = REPO_ROOT / "samples"
@@ -26,6 +28,7 @@ SCIFACT_FILES = ("corpus.jsonl", "queries.jsonl")
 STORE_VERSION = "v1"
 NOISE_STD = 0.02  # per dimension: ||noise|| ≈ 0.39, cosine to the source vector ≈ 0.93
 EMBEDDING_CHUNK_WORDS = 200  # the chunk size ingestion produces for this model
+EMBED_SLICE = 256  # base texts per embedding call: progress to report, and the same batching underneath
 
 
 class DatasetMissing(ValueError):
@@ -164,7 +167,13 @@ def build_store(cache_dir: Path, chunks: int, companies: int, base_count: int, e
     else:
         log(f"embedding {len(texts)} base texts (once)...")
         started = time.perf_counter()
-        base = np.asarray(embed_model.get_text_embedding_batch(texts), dtype=np.float32)
+        embedded: list[list[float]] = []
+        with progress("bench build") as bar:  # minutes on a small machine: show how far, and how long is left
+            task = bar.add_task("base texts embedded", total=len(texts))
+            for start in range(0, len(texts), EMBED_SLICE):
+                embedded += embed_model.get_text_embedding_batch(texts[start:start + EMBED_SLICE])
+                bar.advance(task, len(texts[start:start + EMBED_SLICE]))
+        base = np.asarray(embedded, dtype=np.float32)
         log(f"  {len(texts) / (time.perf_counter() - started):.1f} texts/s")
         np.save(base_vectors_file, base)
     rng = np.random.default_rng(42)

@@ -20,6 +20,7 @@ import numpy as np
 
 from benchmarks.search.corpus import Store, company_id, user_email, user_id
 from core.sql_text import quoted_identifier
+from core.terminal import progress
 
 BENCH_DATABASE = "ils_bench"
 STANDARD_CHUNKS = 100_000
@@ -143,24 +144,26 @@ def load_store(store: Store, log: Any = print) -> tuple[bool, float]:
             connection.execute(sa.text(f"DROP INDEX IF EXISTS {quoted_identifier(name)}"))
     raw = engine.raw_connection()
     try:
-        cursor = raw.cursor()
-        step = 10_000
-        for start in range(0, store.chunks, step):
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            block = store.vectors[start:start + step]
-            formatted = io.StringIO()
-            np.savetxt(formatted, block, fmt="%.7g", delimiter=",")
-            for offset, line in enumerate(formatted.getvalue().splitlines()):
-                chunk = start + offset
-                company = company_id(int(store.company_of[chunk]))
-                writer.writerow([store.texts[int(store.base_index[chunk])],
-                                 json.dumps(_node_metadata(chunk, company)), f"bench-{chunk}", f"[{line}]"])
-            buffer.seek(0)
-            cursor.copy_expert("COPY data_chunks (text, metadata_, node_id, embedding) FROM STDIN WITH (FORMAT csv)",
-                               buffer)
-            log(f"  {min(start + step, store.chunks)}/{store.chunks}")
-        raw.commit()
+        with progress("bench build") as bar:
+            task = bar.add_task("chunks loaded", total=store.chunks)
+            cursor = raw.cursor()
+            step = 10_000
+            for start in range(0, store.chunks, step):
+                buffer = io.StringIO()
+                writer = csv.writer(buffer)
+                block = store.vectors[start:start + step]
+                formatted = io.StringIO()
+                np.savetxt(formatted, block, fmt="%.7g", delimiter=",")
+                for offset, line in enumerate(formatted.getvalue().splitlines()):
+                    chunk = start + offset
+                    company = company_id(int(store.company_of[chunk]))
+                    writer.writerow([store.texts[int(store.base_index[chunk])],
+                                     json.dumps(_node_metadata(chunk, company)), f"bench-{chunk}", f"[{line}]"])
+                buffer.seek(0)
+                cursor.copy_expert(
+                    "COPY data_chunks (text, metadata_, node_id, embedding) FROM STDIN WITH (FORMAT csv)", buffer)
+                bar.advance(task, min(step, store.chunks - start))
+            raw.commit()
     finally:
         raw.close()
     _build_hnsw(engine, indexdef or HNSW_DDL, log)
