@@ -129,6 +129,8 @@ def bench_search(
     duration: Annotated[float, typer.Option(help="Seconds per concurrency level.")] = 10.0,
     skip_http: Annotated[bool, typer.Option("--skip-http/--with-http", help="No end-to-end HTTP part.")] = False,
     http_requests: Annotated[int, typer.Option(help="Requests for the 1-client HTTP latency.")] = 200,
+    http_workers: Annotated[int, typer.Option(help="Also measure the throughput of this many uvicorn worker "
+                                                   "processes on one port (0: one process only).")] = 2,
     embed_chunks: Annotated[int, typer.Option(help="~200-word chunks per embedding-throughput round.")] = 128,
     embed_rounds: Annotated[int, typer.Option(help="Interleaved embedding rounds per runtime.")] = 3,
     skip_embedding: Annotated[bool, typer.Option("--skip-embedding/--with-embedding",
@@ -154,7 +156,8 @@ def bench_search(
     command = "ils-rag bench search" + "".join(f" {shlex.quote(a)}" for a in sys.argv[3:])
     options = BenchOptions(chunks=chunks, companies=companies, queries_per_bucket=queries_per_bucket,
                            jaccard_queries_per_bucket=jaccard_queries, duration_s=duration,
-                           http_latency_requests=http_requests, embed_chunks=embed_chunks,
+                           http_latency_requests=http_requests, http_workers=http_workers,
+                           embed_chunks=embed_chunks,
                            embed_rounds=embed_rounds, skip_http=skip_http, skip_embedding=skip_embedding,
                            skip_quality=skip_quality, scifact=scifact, results_dir=results_dir.resolve(),
                            command=command)

@@ -224,10 +224,14 @@ def server_environment(environment: dict[str, str]) -> dict[str, str]:
     return environment | {"SEARCH_RATE_PER_MINUTE": "1000000", "LOG_LEVEL": "WARNING", "QUERY_CACHE_SIZE": "0"}
 
 
-def uvicorn_command(port: int) -> list[str]:
-    """The app factory under plain uvicorn: the search path without the CLI's start-up work."""
-    return [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", "--no-access-log"]
+def uvicorn_command(port: int, workers: int = 1) -> list[str]:
+    """The app factory under plain uvicorn: the search path without the CLI's start-up work.
+    With `workers` > 1, uvicorn's own worker processes on one port, each built by
+    `create_worker_app` as under `ils-rag serve --workers N` (the database is already prepared)."""
+    factory, extra = ("app.main:create_app", []) if workers <= 1 else (
+        "app.main:create_worker_app", ["--workers", str(workers)])
+    return [sys.executable, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning", "--no-access-log", *extra]
 
 
 def _token(company: str) -> str:

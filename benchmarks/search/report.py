@@ -33,6 +33,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         add("E2E 1 client p50", http["latency_1_client"]["p50"], 25, False, "ms")
         add("E2E 1 client p95", http["latency_1_client"]["p95"], 60, False, "ms")
         add("throughput, 8 clients", http["throughput"].get("8", {}).get("rps", 0.0), 60, True, "req/s")
+    workers = result.get("http_workers")
+    if workers:
+        add(f"throughput, 8 clients, --workers {workers['workers']}",
+            workers["throughput"].get("8", {}).get("rps", 0.0), 150, True, "req/s")
     for bucket, row in result.get("store_search", {}).items():
         add(f"recall@10 {bucket}", row["recall_at_10"], 0.95, True, "")
         add(f"short share {bucket}", row["short_share"] * 100, 0.0, False, "%")
@@ -90,6 +94,15 @@ def markdown(result: dict[str, Any]) -> str:
                   f"1 client: p50 {lat['p50']:.1f} ms · p95 {lat['p95']:.1f} ms · p99 {lat['p99']:.1f} ms "
                   f"({lat['n']} requests)", "", "| clients | req/s |", "|---|---|"]
         lines += [f"| {c} | {row['rps']:.1f} |" for c, row in http["throughput"].items()]
+    workers = result.get("http_workers")
+    if workers:
+        lines += ["", f"## The same load on `uvicorn --workers {workers['workers']}` (one port, the same machine)", "",
+                  "| clients | 1 process req/s | workers req/s | ratio |", "|---|---|---|---|"]
+        single = (http or {}).get("throughput", {})
+        for c, row in workers["throughput"].items():
+            one = single.get(c, {}).get("rps")
+            lines.append(f"| {c} | {one:.1f} | {row['rps']:.1f} | {workers['ratio'].get(c, 0):.2f}× |" if one else
+                         f"| {c} | – | {row['rps']:.1f} | – |")
     if "jaccard" in result:
         lines += ["", "## Legacy Jaccard (load the tenant's rows + score in Python, per request)", "",
                   "| bucket | p50 ms | p95 ms | mean ms | of which loading ms |", "|---|---|---|---|---|"]

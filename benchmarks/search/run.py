@@ -74,6 +74,7 @@ class BenchOptions:
     embed_chunks: int = 128
     embed_rounds: int = 3
     skip_http: bool = False
+    http_workers: int = 2  # the same load on `uvicorn --workers N` beside one process; 0 or 1: skip it
     skip_embedding: bool = False
     skip_quality: bool = False
     scifact: Path | None = None  # a BEIR SciFact folder; None: the repository's own texts
@@ -198,6 +199,19 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
             random.Random(5).shuffle(requests)
             result["http"] = measure_http(url, requests, options.http_latency_requests, list(options.concurrency),
                                           options.duration_s, log)
+
+        if options.http_workers > 1:
+            yield "http_workers"
+            log(f"HTTP: {options.http_workers} worker processes on one port (uvicorn --workers)...")
+            with running_server(server_environment(dict(os.environ)), log_path,
+                                lambda port: uvicorn_command(port, options.http_workers), request_timeout=2,
+                                stop_timeout=15, on_start=lambda process: monitor.add_root(process.pid)) as (url, _):
+                workers = measure_http(url, requests, 20, list(options.concurrency), options.duration_s, log)
+            single = result["http"]["throughput"]
+            result["http_workers"] = {"workers": options.http_workers, "throughput": workers["throughput"],
+                                      "latency_1_client": workers["latency_1_client"],
+                                      "ratio": {c: row["rps"] / single[c]["rps"] for c, row in
+                                                workers["throughput"].items() if single.get(c, {}).get("rps")}}
 
     if not options.skip_embedding:
         yield "embedding"
