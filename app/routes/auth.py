@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CurrentUser, TenantSession, client_ip, get_app_settings, get_current_user
+from app.deps import AppSettings, CurrentUser, TenantSession, client_ip, get_current_user
 from app.request_models import RequestModel
 from auth import sessions
 from auth.users import find_user
@@ -120,7 +120,7 @@ def _with_cleared_cookie(exc: Unauthorized, request: Request) -> Unauthorized:
 @router.post("/login", response_model=TokenResponse,
              responses={**_ERRORS, 409: {"description": "COMPANY_REQUIRED"}, 429: {"description": "Retry-After"}})
 def login(body: LoginRequest, request: Request, response: Response,
-          settings: Settings = Depends(get_app_settings)) -> TokenResponse:
+          settings: AppSettings) -> TokenResponse:
     """`company` is needed only when the email belongs to several practices (409 COMPANY_REQUIRED).
     Also sets the refresh token as an HttpOnly cookie for the web page."""
     # A sync route: FastAPI runs it in its thread pool, so argon2 never blocks the event loop.
@@ -131,8 +131,8 @@ def login(body: LoginRequest, request: Request, response: Response,
 
 
 @router.post("/refresh", response_model=TokenResponse, responses=_ERRORS)
-def refresh(request: Request, response: Response, body: RefreshRequest | None = Body(default=None),
-            settings: Settings = Depends(get_app_settings)) -> TokenResponse:
+def refresh(request: Request, response: Response, settings: AppSettings,
+            body: RefreshRequest | None = Body(default=None)) -> TokenResponse:
     """Needs only the refresh token (body, or the web page's cookie), so it works after the
     access token expired. The rotated token is returned and set in the cookie."""
     token, from_cookie = _presented_token(body, request)
@@ -158,9 +158,8 @@ def logout(request: Request, response: Response, body: RefreshRequest | None = B
 
 @router.post("/password", response_model=TokenResponse,
              responses={**_ERRORS, 422: {"description": "VALIDATION_ERROR"}, 429: {"description": "Retry-After"}})
-def change_password(body: PasswordChangeRequest, request: Request, response: Response,
-                    user: CurrentUser = Depends(get_current_user),
-                    settings: Settings = Depends(get_app_settings)) -> TokenResponse:
+def change_password(body: PasswordChangeRequest, request: Request, response: Response, settings: AppSettings,
+                    user: CurrentUser = Depends(get_current_user)) -> TokenResponse:
     """Change your own password. Every other session and access token of yours ends at once
     (401 TOKEN_REVOKED on their next request); this call returns a new pair."""
     tokens = sessions.change_password(user.company_id, user.id, body.current_password, body.new_password,

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CurrentUser, client_ip, get_app_settings, require
+from app.deps import AppSettings, CurrentUser, client_ip, require
 from app.errors import error_response
 from app.request_models import RequestModel
 from auth import audit
@@ -105,11 +105,11 @@ def _audit(request: Request, user: CurrentUser, action: str, target: str, detail
 def upload_documents(
     request: Request,
     response: Response,
+    settings: AppSettings,
     files: list[UploadFile] = File(..., description=f"One or more files ({' '.join(SUPPORTED_EXTENSIONS)})"),
     category: str | None = Form(default=None, max_length=100, pattern=CATEGORY_PATTERN),
     user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE)),
 ) -> UploadResponse | JSONResponse:
-    settings = get_app_settings(request)
     if len(files) > settings.max_upload_files:
         raise ServiceError(f"Send at most {settings.max_upload_files} files per request (got {len(files)}).",
                            code="TOO_MANY_FILES", status_code=413)
@@ -150,9 +150,9 @@ def upload_documents(
 
 @router.post("/api/rag/index-document", response_model=IndexDocumentResponse,
              responses={202: {"model": IndexDocumentResponse, "description": "Queued (above the inline limit)"}})
-def index_document(body: IndexDocumentRequest, request: Request, response: Response,
+def index_document(body: IndexDocumentRequest, request: Request, response: Response, settings: AppSettings,
                    user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> IndexDocumentResponse:
-    queued = len(body.content.encode("utf-8")) > get_app_settings(request).upload_inline_max_kb * 1024
+    queued = len(body.content.encode("utf-8")) > settings.upload_inline_max_kb * 1024
     index = service.queue_text if queued else service.index_text
     row = index(user.company_id, body.filename, body.content, category=body.category, uploaded_by=user.id)
     status: Literal["indexed", "queued"] = "queued" if queued else "indexed"

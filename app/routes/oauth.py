@@ -9,13 +9,12 @@ import base64
 import binascii
 from urllib.parse import unquote_plus
 
-from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi import APIRouter, Form, Request, Response
 from pydantic import BaseModel, Field
 
-from app.deps import client_ip, get_app_settings
+from app.deps import AppSettings, client_ip
 from auth import clients
 from core.errors import ServiceError, Unauthorized
-from core.settings import Settings
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 GRANT_TYPE = "client_credentials"
@@ -54,7 +53,7 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
 
 
 @router.post("/token", response_model=ClientTokenResponse, responses=_ERRORS)
-def client_token(request: Request, response: Response,
+def client_token(request: Request, response: Response, settings: AppSettings,
                  grant_type: str | None = Form(default=None, max_length=64, description="client_credentials"),
                  client_id: str | None = Form(default=None, max_length=64),
                  client_secret: str | None = Form(default=None, max_length=256),
@@ -63,8 +62,7 @@ def client_token(request: Request, response: Response,
                                                       "default: all of them."),
                  company_id: str | None = Form(default=None, max_length=64,
                                                description="Company the token acts for; optional when the "
-                                                           "client may act for exactly one."),
-                 settings: Settings = Depends(get_app_settings)) -> ClientTokenResponse:
+                                                           "client may act for exactly one.")) -> ClientTokenResponse:
     """Exchange service-client credentials for a short-lived access token for one company."""
     if grant_type != GRANT_TYPE:
         raise ServiceError(f"grant_type must be {GRANT_TYPE}", code="UNSUPPORTED_GRANT_TYPE", status_code=400)
