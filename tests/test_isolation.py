@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
+# Public by design: sign-in and its session cookie, the OAuth client-credentials exchange (its
+# credential is the client secret), health, the page and its icon.
 PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/"), ("POST", "/api/auth/login"), ("POST", "/api/auth/refresh"),
-                 ("POST", "/api/auth/logout"), ("GET", "/app")}
+                 ("POST", "/api/auth/logout"), ("GET", "/app"), ("GET", "/api/auth/session"),
+                 ("POST", "/api/auth/token"), ("GET", "/favicon.ico")}
 PASSWORD = "isolation test password"
 
 

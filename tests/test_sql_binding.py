@@ -120,6 +120,7 @@ ALLOWED = {
     ("0004_tenant_wall.py", "upgrade"): "table and column names read from pg_catalog, through _quoted()",
     ("0004_tenant_wall.py", "downgrade"): "table names read from pg_catalog, through _quoted()",
     ("0006_bm25_statistics.py", "upgrade"): "the policy expression is data_chunks' own, read from pg_policies",
+    ("0009_chunk_statements.py", "upgrade"): "the policy expression is data_chunks' own, read from pg_policies",
     ("embedding_cache.py", "_lookup"): "SQLite placeholders only: one '?' per key, the keys themselves bound",
 }
 
