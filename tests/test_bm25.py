@@ -362,3 +362,19 @@ def test_bm25_matches_returns_only_the_verified_tenants_chunks(make_company, ind
     grantees = {entry.split("=", 1)[0] for entry in acl.split(",")}
     assert "" not in grantees and "ils_auth" not in grantees and "ils_app" in grantees  # no PUBLIC execute
 
+
+
+def test_truncate_empties_the_statistics_with_the_chunks(company, index_texts) -> None:
+    """Inside a transaction that is rolled back, so the session's other companies keep their rows."""
+    from core.database import get_admin_engine
+
+    index_texts(company, HAND_CORPUS)
+    with get_admin_engine().connect() as connection:
+        transaction = connection.begin()
+        try:
+            connection.execute(sa.text("TRUNCATE data_chunks CASCADE"))
+            assert connection.execute(sa.text("SELECT count(*) FROM bm25_terms")).scalar() == 0
+            assert connection.execute(sa.text("SELECT count(*) FROM bm25_corpus")).scalar() == 0
+        finally:
+            transaction.rollback()
+    _assert_in_step(company.id)

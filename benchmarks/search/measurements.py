@@ -108,6 +108,25 @@ def measure_store(store: Store, plan: Plan, query_vectors: np.ndarray) -> dict[s
     return out
 
 
+def measure_text(plan: Plan, queries: list[str]) -> dict[str, Any]:
+    """`text` mode's store query per bucket: BM25 over the GIN-matched chunks (retrieval.bm25),
+    top 10, inside the tenant's scope, as TenantRetriever runs it (without the query embedding)."""
+    from core.database import tenant
+    from retrieval.bm25 import bm25_search
+
+    out: dict[str, Any] = {}
+    for bucket, items in plan.items.items():
+        latencies, empty = [], 0
+        for company, query in items:
+            started = time.perf_counter()
+            with tenant(company_id(company)):
+                found = bm25_search(company_id(company), queries[query], TOP_K)
+            latencies.append(time.perf_counter() - started)
+            empty += not found
+        out[bucket] = {**latency_summary(latencies), "queries": len(items), "empty_share": empty / len(items)}
+    return out
+
+
 def measure_jaccard(plan: Plan, queries: list[str], per_bucket: int) -> dict[str, Any]:
     """Legacy search per request: load the tenant's rows (as the seed did), score them all."""
     import sqlalchemy as sa
@@ -242,6 +261,25 @@ def _token(company: str) -> str:
     token, _ = issue_access_token(user_id=user_id(number), company_id=company, email=user_email(number),
                                   role="staff", permissions=permissions_for("staff"))
     return token
+
+
+def measure_http_mode(base_url: str, requests: list[tuple[str, str]], latency_requests: int,
+                      mode: str) -> dict[str, float]:
+    """One client's `/api/rag/search` latency in another mode (hybrid: both sides and the fusion), limit 10."""
+    import httpx
+
+    tokens = {company: _token(company) for company, _ in requests}
+    latencies = []
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        for n, (company, query) in enumerate(requests[: latency_requests + 10]):
+            started = time.perf_counter()
+            response = client.post("/api/rag/search", json={"query": query, "limit": TOP_K, "mode": mode},
+                                   headers={"Authorization": f"Bearer {tokens[company]}"})
+            if response.status_code != 200:
+                raise RuntimeError(f"/api/rag/search ({mode}) answered {response.status_code}: {response.text[:300]}")
+            if n >= 10:  # the first ten warm the connection and caches
+                latencies.append(time.perf_counter() - started)
+    return latency_summary(latencies)
 
 
 def measure_http(base_url: str, requests: list[tuple[str, str]], latency_requests: int, concurrency: list[int],

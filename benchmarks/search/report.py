@@ -37,6 +37,11 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     if workers:
         add(f"throughput, 8 clients, --workers {workers['workers']}",
             workers["throughput"].get("8", {}).get("rps", 0.0), 150, True, "req/s")
+    if http and "hybrid_1_client" in http:
+        add("E2E hybrid 1 client p50", http["hybrid_1_client"]["p50"], 25, False, "ms")
+    huge = result.get("text_search", {}).get("huge")
+    if huge:
+        add("text (BM25) p95, largest company", huge["p95"], 30, False, "ms")
     for bucket, row in result.get("store_search", {}).items():
         add(f"recall@10 {bucket}", row["recall_at_10"], 0.95, True, "")
         add(f"short share {bucket}", row["short_share"] * 100, 0.0, False, "%")
@@ -87,7 +92,17 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {bucket} | {row['tenant_sizes'][0]}–{row['tenant_sizes'][1]} | {row['queries']} | "
                          f"{row['p50']:.2f} | {row['p95']:.2f} | {row['p99']:.2f} | {row['recall_at_10']:.3f} | "
                          f"{row['short_share'] * 100:.1f}% |")
+    if "text_search" in result:
+        lines += ["", "## Text search (BM25 over the GIN-matched chunks, retrieval.bm25, top-10)", "",
+                  "| bucket | queries | p50 ms | p95 ms | p99 ms | no match |", "|---|---|---|---|---|---|"]
+        for bucket, row in result["text_search"].items():
+            lines.append(f"| {bucket} | {row['queries']} | {row['p50']:.2f} | {row['p95']:.2f} | {row['p99']:.2f} | "
+                         f"{row['empty_share'] * 100:.1f}% |")
     http = result.get("http")
+    if http and "hybrid_1_client" in http:
+        hybrid = http["hybrid_1_client"]
+        lines += ["", f"`/api/rag/search`, hybrid mode, 1 client: p50 {hybrid['p50']:.1f} ms · "
+                  f"p95 {hybrid['p95']:.1f} ms ({hybrid['n']} requests)"]
     if http:
         lat = http["latency_1_client"]
         lines += ["", "## `/api/rag/search` over HTTP (uvicorn, loopback, vector mode, limit 10)", "",

@@ -50,8 +50,10 @@ from benchmarks.search.measurements import (
     make_plan,
     measure_embeddings,
     measure_http,
+    measure_http_mode,
     measure_jaccard,
     measure_store,
+    measure_text,
     runtime_quality,
     server_environment,
     store_search,
@@ -183,6 +185,10 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
     log("store-only search...")
     result["store_search"] = measure_store(store, plan, query_vectors)
 
+    yield "text_search"
+    log("text (BM25) search...")
+    result["text_search"] = measure_text(plan, queries)
+
     yield "jaccard"
     log("legacy Jaccard...")
     result["jaccard"] = measure_jaccard(plan, queries, options.jaccard_queries_per_bucket)
@@ -199,6 +205,8 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
             random.Random(5).shuffle(requests)
             result["http"] = measure_http(url, requests, options.http_latency_requests, list(options.concurrency),
                                           options.duration_s, log)
+            result["http"]["hybrid_1_client"] = measure_http_mode(url, requests, options.http_latency_requests,
+                                                                  "hybrid")
 
         if options.http_workers > 1:
             yield "http_workers"

@@ -9,7 +9,7 @@ length and, per lexeme, how many active chunks contain it. They live in two tena
 Statement-level AFTER triggers on `data_chunks` (INSERT, UPDATE, DELETE, with transition
 tables) apply each statement's net change to them in the same transaction, so they follow
 every write path (ingestion, replacement, deactivation by a metadata update, deletion,
-operator maintenance) without any of them knowing, and a killed or failed ingest rolls its
+operator maintenance, a TRUNCATE) without any of them knowing, and a killed or failed ingest rolls its
 statistics back with its chunks. Only active chunks count (search only sees those), and an
 UPDATE that changes neither a chunk's activity nor its tsvector costs nothing but the join
 of the two transition tables. A transaction-level advisory lock per company serialises
@@ -125,6 +125,20 @@ TRIGGER_FUNCTION = """
     $$
 """
 
+# TRUNCATE fires no row or transition-table trigger: it empties every company's statistics with the chunks.
+TRUNCATE_FUNCTION = """
+    CREATE FUNCTION ils_bm25_chunks_truncated() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = public, pg_temp
+    AS $$
+    BEGIN
+        DELETE FROM bm25_terms;
+        DELETE FROM bm25_corpus;
+        RETURN NULL;
+    END
+    $$
+"""
+
 TRIGGERS = {
     "INSERT": "REFERENCING NEW TABLE AS bm25_new",
     "UPDATE": "REFERENCING OLD TABLE AS bm25_old NEW TABLE AS bm25_new",
@@ -219,11 +233,16 @@ def upgrade() -> None:
     for event, referencing in TRIGGERS.items():
         op.execute(f"CREATE TRIGGER bm25_chunks_{event.lower()} AFTER {event} ON data_chunks {referencing} "
                    "FOR EACH STATEMENT EXECUTE FUNCTION ils_bm25_chunks_changed()")
+    op.execute(TRUNCATE_FUNCTION)
+    op.execute("CREATE TRIGGER bm25_chunks_truncate AFTER TRUNCATE ON data_chunks "
+               "FOR EACH STATEMENT EXECUTE FUNCTION ils_bm25_chunks_truncated()")
 
 
 def downgrade() -> None:
     for event in TRIGGERS:
         op.execute(f"DROP TRIGGER IF EXISTS bm25_chunks_{event.lower()} ON data_chunks")
+    op.execute("DROP TRIGGER IF EXISTS bm25_chunks_truncate ON data_chunks")
+    op.execute("DROP FUNCTION IF EXISTS ils_bm25_chunks_truncated()")
     op.execute("DROP FUNCTION IF EXISTS ils_bm25_chunks_changed()")
     op.execute("DROP FUNCTION IF EXISTS ils_bm25_matches(tsquery)")
     for table in STAT_TABLES:
