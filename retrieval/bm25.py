@@ -71,10 +71,10 @@ WITH terms AS (
     FROM ils_bm25_matches(CAST(:match AS tsquery)) AS m
     JOIN data_chunks ch ON ch.company_id = :company AND ch.id = m.id
     CROSS JOIN LATERAL (
-        -- only the query's lexemes: delete the others, then read what is left
+        -- only the query's lexemes: mark them (weight A) and keep the marked ones; any other
+        -- lexeme that kept an A weight is dropped by the join with the terms below
         SELECT lexeme, cardinality(positions)::float8 AS tf
-        FROM unnest(ts_delete(ch.text_search_tsv,
-                              tsvector_to_array(ts_delete(ch.text_search_tsv, CAST(:lexemes AS text[])))))
+        FROM unnest(ts_filter(setweight(ch.text_search_tsv, 'A', CAST(:lexemes AS text[])), '{a}'))
     ) AS u
     JOIN terms ON terms.lexeme = u.lexeme
     WHERE ch.is_active IS TRUE
