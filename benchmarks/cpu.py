@@ -46,6 +46,13 @@ def _own_jiffies(root_pids: list[int]) -> int:
     return total
 
 
+def tree_cpu_seconds(root_pids: list[int]) -> float:
+    """CPU seconds used so far by these processes and their descendants (a server under test and
+    its database): the CPU a request costs, which other work on a shared machine does not change
+    the way it changes a throughput."""
+    return _own_jiffies(root_pids) / os.sysconf("SC_CLK_TCK")
+
+
 class Contention:
     """Samples, once a second, the load average and the share of machine CPU time that went
     to processes outside this benchmark (its own process tree plus the Postgres server).

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.search.corpus import OPTICAL_DIR, REPO_ROOT, Store, company_id, company_number, user_email, user_id
 from evals.metrics import percentile
 
@@ -283,8 +284,10 @@ def measure_http_mode(base_url: str, requests: list[tuple[str, str]], latency_re
 
 
 def measure_http(base_url: str, requests: list[tuple[str, str]], latency_requests: int, concurrency: list[int],
-                 duration_s: float, log: Any = print) -> dict[str, Any]:
-    """`requests`: (company id, query). Vector mode, limit 10, threshold -1 (always 10 back)."""
+                 duration_s: float, log: Any = print, cpu_roots: list[int] | None = None) -> dict[str, Any]:
+    """`requests`: (company id, query). Vector mode, limit 10, threshold -1 (always 10 back).
+    With `cpu_roots` (the server's and the database's pids), each level also reports the CPU
+    milliseconds those process trees spent per request (the load generator's own CPU excluded)."""
     import httpx
 
     tokens = {company: _token(company) for company, _ in requests}
@@ -325,6 +328,7 @@ def measure_http(base_url: str, requests: list[tuple[str, str]], latency_request
                         errors.append(str(exc))
                         return
 
+        cpu_before = tree_cpu_seconds(cpu_roots) if cpu_roots else None
         started = time.perf_counter()
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
         for thread in threads:
@@ -332,8 +336,11 @@ def measure_http(base_url: str, requests: list[tuple[str, str]], latency_request
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - started
-        out["throughput"][str(clients)] = {"requests": sum(done), "seconds": elapsed,
-                                          "rps": sum(done) / elapsed, "errors": len(errors)}
+        level: dict[str, Any] = {"requests": sum(done), "seconds": elapsed, "rps": sum(done) / elapsed,
+                                 "errors": len(errors)}
+        if cpu_roots and cpu_before is not None and sum(done):
+            level["cpu_ms_per_request"] = (tree_cpu_seconds(cpu_roots) - cpu_before) * 1000 / sum(done)
+        out["throughput"][str(clients)] = level
         log(f"  {clients} clients: {sum(done) / elapsed:.1f} req/s")
         if errors:
             raise RuntimeError(f"HTTP errors under load: {errors[0]}")

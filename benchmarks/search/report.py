@@ -112,12 +112,23 @@ def markdown(result: dict[str, Any]) -> str:
     workers = result.get("http_workers")
     if workers:
         lines += ["", f"## The same load on `uvicorn --workers {workers['workers']}` (one port, the same machine)", "",
-                  "| clients | 1 process req/s | workers req/s | ratio |", "|---|---|---|---|"]
+                  "Server and Postgres CPU per request, and the throughput it allows on this machine's "
+                  "cores if nothing else ran (cores × 1000 / CPU ms): the ceiling whatever the contention.", "",
+                  "| clients | 1 process req/s | workers req/s | ratio | CPU ms/request (1 process / workers) "
+                  "| ceiling req/s (1 process / workers) |", "|---|---|---|---|---|---|"]
         single = (http or {}).get("throughput", {})
+        cores = machine.get("cpus") or 1
+
+        def cpu(row: dict[str, Any]) -> tuple[str, str]:
+            ms = row.get("cpu_ms_per_request")
+            return (f"{ms:.1f}", f"{cores * 1000 / ms:.0f}") if ms else ("–", "–")
+
         for c, row in workers["throughput"].items():
-            one = single.get(c, {}).get("rps")
-            lines.append(f"| {c} | {one:.1f} | {row['rps']:.1f} | {workers['ratio'].get(c, 0):.2f}× |" if one else
-                         f"| {c} | – | {row['rps']:.1f} | – |")
+            one = single.get(c, {})
+            (one_ms, one_cap), (n_ms, n_cap) = cpu(one), cpu(row)
+            rps = f"{one['rps']:.1f}" if one.get("rps") else "–"
+            ratio = f"{workers['ratio'][c]:.2f}×" if c in workers["ratio"] else "–"
+            lines.append(f"| {c} | {rps} | {row['rps']:.1f} | {ratio} | {one_ms} / {n_ms} | {one_cap} / {n_cap} |")
     if "jaccard" in result:
         lines += ["", "## Legacy Jaccard (load the tenant's rows + score in Python, per request)", "",
                   "| bucket | p50 ms | p95 ms | mean ms | of which loading ms |", "|---|---|---|---|---|"]

@@ -200,11 +200,12 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
         log("HTTP: starting the server...")
         log_path = settings.data_dir.resolve() / "bench" / "server.log"  # not a result: DATA_DIR
         with running_server(server_environment(dict(os.environ)), log_path, uvicorn_command, request_timeout=2,
-                            stop_timeout=15, on_start=lambda process: monitor.add_root(process.pid)) as (url, _):
+                            stop_timeout=15, on_start=lambda process: monitor.add_root(process.pid)) as (url, server):
+            cpu_roots = [pid for pid in (server.pid, postmaster_pid(settings.pgdata_dir)) if pid]
             requests = [(company_id(c), queries[q]) for items in plan.items.values() for c, q in items]
             random.Random(5).shuffle(requests)
             result["http"] = measure_http(url, requests, options.http_latency_requests, list(options.concurrency),
-                                          options.duration_s, log)
+                                          options.duration_s, log, cpu_roots)
             result["http"]["hybrid_1_client"] = measure_http_mode(url, requests, options.http_latency_requests,
                                                                   "hybrid")
 
@@ -213,8 +214,11 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
             log(f"HTTP: {options.http_workers} worker processes on one port (uvicorn --workers)...")
             with running_server(server_environment(dict(os.environ)), log_path,
                                 lambda port: uvicorn_command(port, options.http_workers), request_timeout=2,
-                                stop_timeout=15, on_start=lambda process: monitor.add_root(process.pid)) as (url, _):
-                workers = measure_http(url, requests, 20, list(options.concurrency), options.duration_s, log)
+                                stop_timeout=15,
+                                on_start=lambda process: monitor.add_root(process.pid)) as (url, server):
+                cpu_roots = [pid for pid in (server.pid, postmaster_pid(settings.pgdata_dir)) if pid]
+                workers = measure_http(url, requests, 20, list(options.concurrency), options.duration_s, log,
+                                       cpu_roots)
             single = result["http"]["throughput"]
             result["http_workers"] = {"workers": options.http_workers, "throughput": workers["throughput"],
                                       "latency_1_client": workers["latency_1_client"],
