@@ -169,3 +169,22 @@ def test_withdrawing_one_users_authority_leaves_another_companys_tokens_alone(cl
     assert client.patch(f"{USERS}/{user_a.id}", headers=admin_a, json={"is_active": False}).status_code == 200
     _assert_revoked(client, session_a["token"])
     assert _works(client, session_b["token"])
+
+
+def test_a_platform_token_without_a_role_claim_is_judged_by_the_user_row(client, company, make_user) -> None:
+    import time
+
+    from jose import jwt
+
+    from auth.tokens import resolve_jwt_secret
+    from core.settings import get_settings
+
+    _, boss = make_user(company, "admin")
+    user, _ = make_user(company, "staff")
+    settings, now = get_settings(), int(time.time())
+    claims = {"userId": user.id, "companyId": company.id, "permissions": ["knowledge:read"], "iat": now,
+              "exp": now + 600, "iss": settings.jwt_issuer, "aud": settings.jwt_audience}
+    token = jwt.encode(claims, resolve_jwt_secret(), algorithm="HS256")
+    assert _works(client, token)
+    assert client.patch(f"{USERS}/{user.id}", headers=boss, json={"is_active": False}).status_code == 200
+    _assert_revoked(client, token)
