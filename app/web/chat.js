@@ -378,6 +378,17 @@ function renderPassage(box, source) {
   return marks;
 }
 
+const words = (text) => new Set(text.toLowerCase().match(/[\p{L}\p{N}£]+/gu) || []);
+
+/** The mark sharing most words with the sentence: a line that merges the same fact from
+ * several passages quotes each in its own words. */
+function closest(marks, sentence) {
+  if (!sentence || !marks.length) return null;
+  const wanted = words(sentence);
+  const shared = (mark) => [...words(mark.textContent)].filter((word) => wanted.has(word)).length;
+  return marks.reduce((best, mark) => (shared(mark) > shared(best) ? mark : best));
+}
+
 function openPassage(number, source, trigger, sentence = "") {
   lastTrigger = trigger;
   $("passage-title").textContent = `Source [${number}]`;
@@ -387,7 +398,7 @@ function openPassage(number, source, trigger, sentence = "") {
   // The clicked citation's own sentence, when the passage quotes several of this answer's sentences.
   const wanted = normalise(sentence);
   const current = marks.find((mark) => wanted && normalise(mark.textContent) === wanted)
-    || marks.find((mark) => wanted && normalise(mark.textContent).includes(wanted)) || marks[0];
+    || closest(marks, wanted) || marks[0];
   for (const mark of marks) mark.classList.toggle("current", mark === current);
   const similarity = Number(source.similarity);
   $("passage-score").textContent = Number.isFinite(similarity) ? `Match score ${similarity.toFixed(2)}` : "";
