@@ -29,6 +29,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from auth.models import User
+from auth.permissions import ROLES
 from core.database import get_auth_engine, is_unavailable
 from core.errors import DatabaseUnavailable, Unauthorized
 
@@ -64,7 +65,9 @@ def check_token_authority(*, company_id: str, user_id: str, role: str, session_i
                                code="UNKNOWN_USER")
         if not state.user_active:
             raise _revoked("the account is deactivated")
-        if role and state.role != role:  # a token without a role claim says nothing to contradict
+        # Only a role of ours can contradict the row: a token without one, or with a platform role
+        # (PLATFORM_ROLE_PERMISSIONS), is judged by the row's other columns.
+        if role in ROLES and state.role != role:
             raise _revoked("the account's role changed")
         if auth_epoch is not None and state.auth_epoch != auth_epoch:
             raise _revoked("the account's access changed: a role change, a password change or a deactivation")
