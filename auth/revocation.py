@@ -8,17 +8,18 @@ reads, in one statement (`ils_token_state`, migration 0005, executed by the sign
 - the company: missing -> 401 UNKNOWN_COMPANY (a token for a practice that does not exist
   must not be served empty results), deactivated -> 401 TOKEN_REVOKED;
 - the user (not for service-client tokens, whose liveness auth.clients checks): missing ->
-  401 UNKNOWN_USER; deactivated, another role than the token says, or another `auth_epoch`
-  than its `ver` claim -> 401 TOKEN_REVOKED. Deactivation, role and password changes bump
-  the epoch (`bump_auth_epoch`), so reactivating a user does not revive old tokens;
+  401 UNKNOWN_USER; deactivated, another role than the token's (when it names one of ours,
+  admin or staff), or another `auth_epoch` than its `ver` claim -> 401 TOKEN_REVOKED.
+  Deactivation, role and password changes bump the epoch (`bump_auth_epoch`), so
+  reactivating a user does not revive old tokens;
 - the sign-in (`sid`, the refresh-token family): no unrevoked row left -> 401
   TOKEN_REVOKED. Logout and refresh-token re-use detection revoke the family's rows
   (auth.sessions), which is all it takes.
 
 The state is keyed by what the token names (company, user, family), never by a hash of the
 token's text, which could be re-encoded. Tokens without `sid`/`ver` (the platform's own,
-or issued outside a sign-in) get the company and user checks only. Measured cost: see
-README ("Revocation check").
+or issued outside a sign-in) get the company and user checks only. Measured cost: README,
+Performance, "Revocation check" (`ils-rag bench auth`).
 """
 
 from __future__ import annotations
