@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -186,6 +187,18 @@ _PLANNER_ONLY = sa.text(
                                     sa.bindparam("values", type_=ARRAY(sa.Text)))
 
 
+_CLAIM_SHAPE = re.compile(r"^[0-9a-f]{64}:[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _set_local_claim(claim: str) -> str:
+    """`SET LOCAL ils.tenant = '<claim>'` (TENANT_SET_LOCAL, for Citus, which forwards SET LOCAL
+    to its workers but not set_config()). SET takes no bound parameter, so the claim is spelled
+    into the statement: only after checking it is a hex MAC and an id-shaped company id."""
+    if not _CLAIM_SHAPE.match(claim):
+        raise ValueError("a tenant claim must be a hex MAC and an id-shaped company id")
+    return f"SET LOCAL {TENANT_SETTING} = '{claim}'"
+
+
 @lru_cache
 def tenant_signer() -> TenantSigner:
     return TenantSigner(get_admin_engine())
@@ -203,7 +216,10 @@ def _begin_service_transaction(connection: sa.Connection) -> None:
     if company_id:
         facts = connection.execute(_TRANSACTION_FACTS, {"names": names, "values": values}).one()
         claim = tenant_signer().claim(company_id, int(facts.pid), int(facts.started))
-        connection.execute(_SET_CLAIM, {"claim": claim})
+        if get_settings().tenant_set_local:
+            connection.exec_driver_sql(_set_local_claim(claim))
+        else:
+            connection.execute(_SET_CLAIM, {"claim": claim})
     elif extra:
         connection.execute(_PLANNER_ONLY, {"names": names, "values": values})
 

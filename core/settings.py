@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     app_database_url: str | None = Field(
         default=None, description="Role the service itself connects as (no SUPERUSER/BYPASSRLS, granted ils_app); "
                                   "unset = derived from DATABASE_URL as the ils_app role (see SECURITY.md).")
+    tenant_set_local: bool = Field(
+        default=False, description="Prove the tenant with `SET LOCAL ils.tenant = '...'` instead of set_config(): "
+                                   "Citus forwards SET LOCAL to its workers (citus.propagate_set_commands = "
+                                   "'local'), where the row-level security policies read it.")
     auth_database_url: str | None = Field(
         default=None, description="Role sign-in connects as to read password hashes (granted ils_auth, never used "
                                   "by request code); unset = derived from DATABASE_URL as the ils_auth role.")

@@ -10,9 +10,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from llama_index.core.schema import BaseNode
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 from llama_index.vector_stores.postgres import PGVectorStore
 from llama_index.vector_stores.postgres.base import DBEmbeddingRow
+from sqlalchemy import VARCHAR, Column
 
 from core.chunk_filters import COMPANY_KEY, compile_filter
 from core.database import current_company, get_async_engine, get_engine, transaction_settings
@@ -67,7 +69,19 @@ def _has_company_filter(filters: MetadataFilters | None) -> bool:
 
 
 class TenantGuardedPGVectorStore(PGVectorStore):
-    """Refuses any SQL that is not filtered on `company_id` at the top level."""
+    """Refuses any SQL that is not filtered on `company_id` at the top level, and names
+    `company_id` in every row it inserts (migration 0012: Citus routes an INSERT by the
+    distribution column the statement carries)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "company_id" not in self._table_class.__table__.c:
+            self._table_class.company_id = Column(VARCHAR(64), nullable=False)
+
+    def _node_to_table_row(self, node: BaseNode) -> Any:
+        row = super()._node_to_table_row(node)
+        row.company_id = row.metadata_.get(COMPANY_KEY)  # the CHECK keeps it equal to the metadata
+        return row
 
     def _build_filter_clause(self, filter_: MetadataFilter) -> Any:
         # Never the upstream compiler: it pastes keys and values into the SQL text.

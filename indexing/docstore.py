@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import sqlalchemy as sa
+from llama_index.core.storage.kvstore.types import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION
 from llama_index.storage.docstore.postgres import PostgresDocumentStore
 from llama_index.storage.kvstore.postgres import PostgresKVStore
+from sqlalchemy import VARCHAR, Column
+from sqlalchemy.dialects.postgresql import insert
 
 from core.database import get_async_engine, get_engine, tenant
 
@@ -16,7 +20,7 @@ DOCSTORE_TABLE = "docstore"  # PostgresKVStore prefixes it: data_docstore (migra
 
 
 def docstore_namespace(company_id: str) -> str:
-    """The namespace's first segment is what data_docstore.company_id is generated from."""
+    """The namespace's first segment is the row's company_id (a CHECK of migration 0012 holds them equal)."""
     return f"{company_id}/docstore"
 
 
@@ -24,10 +28,64 @@ def ref_doc_base(company_id: str, source_key: str) -> str:
     return f"{company_id}:{source_key}"
 
 
+def namespace_company(namespace: str) -> str:
+    return namespace.split("/", 1)[0]
+
+
+class TenantKVStore(PostgresKVStore):
+    """The docstore's key-value table with `company_id` in every statement (migration 0012).
+
+    Upstream writes `(key, namespace, value)` and upserts on `(key, namespace)`; here every
+    row also names its company (Citus routes an INSERT by the distribution column it carries)
+    and the upsert targets `(company_id, key, namespace)`, the unique key Citus accepts. Reads
+    and deletes filter on the company too, so each is a single-shard query there.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "company_id" not in self._table_class.__table__.c:
+            self._table_class.company_id = Column(VARCHAR(64), nullable=False)
+
+    def put_all(self, kv_pairs: list[tuple[str, dict]], collection: str = DEFAULT_COLLECTION,
+                batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        self._initialize()
+        company_id = namespace_company(collection)
+        with self._session() as session:
+            for i in range(0, len(kv_pairs), batch_size):
+                rows = [{"company_id": company_id, "key": key, "namespace": collection, "value": value}
+                        for key, value in kv_pairs[i:i + batch_size]]
+                statement = insert(self._table_class).values(rows)
+                statement = statement.on_conflict_do_update(index_elements=["company_id", "key", "namespace"],
+                                                            set_={"value": statement.excluded.value})
+                session.execute(statement)
+                session.commit()
+
+    def get(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict | None:
+        self._initialize()
+        with self._session() as session:
+            return session.scalar(sa.select(self._table_class.value).filter_by(
+                company_id=namespace_company(collection), namespace=collection, key=key))
+
+    def get_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict]:
+        self._initialize()
+        with self._session() as session:
+            rows = session.execute(sa.select(self._table_class.key, self._table_class.value).filter_by(
+                company_id=namespace_company(collection), namespace=collection)).all()
+        return {row.key: row.value for row in rows}
+
+    def delete(self, key: str, collection: str = DEFAULT_COLLECTION) -> bool:
+        self._initialize()
+        with self._session() as session:
+            result = session.execute(sa.delete(self._table_class).filter_by(
+                company_id=namespace_company(collection), namespace=collection, key=key))
+            session.commit()
+        return bool(result.rowcount)
+
+
 @lru_cache
-def _kvstore() -> PostgresKVStore:
-    return PostgresKVStore(table_name=DOCSTORE_TABLE, engine=get_engine(), async_engine=get_async_engine(),
-                           perform_setup=False, use_jsonb=True)
+def _kvstore() -> TenantKVStore:
+    return TenantKVStore(table_name=DOCSTORE_TABLE, engine=get_engine(), async_engine=get_async_engine(),
+                         perform_setup=False, use_jsonb=True)
 
 
 # Docstore rows written per INSERT (and COMMIT). LlamaIndex's default is 1: one statement and

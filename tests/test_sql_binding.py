@@ -122,6 +122,8 @@ ALLOWED = {
     ("0006_bm25_statistics.py", "upgrade"): "the policy expression is data_chunks' own, read from pg_policies",
     ("0009_chunk_statements.py", "upgrade"): "the policy expression is data_chunks' own, read from pg_policies",
     ("embedding_cache.py", "_lookup"): "SQLite placeholders only: one '?' per key, the keys themselves bound",
+    ("database.py", "_set_local_claim"): "SET takes no parameter: the claim is matched against a hex MAC and an "
+                                         "id-shaped company id first",
 }
 
 
