@@ -48,9 +48,28 @@ def _own_jiffies(root_pids: list[int]) -> int:
 
 def tree_cpu_seconds(root_pids: list[int]) -> float:
     """CPU seconds used so far by these processes and their descendants (a server under test and
-    its database): the CPU a request costs, which other work on a shared machine does not change
-    the way it changes a throughput."""
-    return _own_jiffies(root_pids) / os.sysconf("SC_CLK_TCK")
+    its database), counting descendants that already exited (a closed connection's Postgres
+    backend): the CPU a request costs, which other work on a shared machine does not change the
+    way it changes a throughput."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo, seen = 0, list(root_pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += sum(int(v) for v in stats[pid][11:15])  # utime, stime, and reaped children's cutime, cstime
+        todo.extend(children.get(pid, []))
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class Contention:
