@@ -66,6 +66,7 @@ class Service(Protocol):
 
 
 def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200) -> dict[str, Any]:
+    from auth.rate_limit import limiter_for
     from auth.revocation import check_token_authority
     from auth.sessions import login
     from auth.tokens import decode_access_token
@@ -90,6 +91,15 @@ def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200)
         for _ in range(20):
             check()
         direct = [_timed(check) for _ in range(requests)]
+
+        # The per-user search limit's own step (RATE_LIMIT_STORAGE, auth.rate_limit): one
+        # check-and-record on the shared store, also paid by every search.
+        limiter = limiter_for(get_settings().rate_limit_storage, f"bench.{uuid.uuid4().hex[:8]}", 1_000_000, 60)
+        limit_key = f"{company.id}:{user.id}"
+        for _ in range(20):
+            limiter.attempt(limit_key)
+        limited = [_timed(lambda: limiter.attempt(limit_key)) for _ in range(requests)]
+        limiter.reset(limit_key)
 
         settings = get_settings().model_copy(update={"search_rate_per_minute": 1_000_000})
         client = service.client(settings)
@@ -122,6 +132,8 @@ def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200)
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         "requests": requests,
         "check_alone_ms": _stats(direct),
+        "rate_limit_attempt_ms": _stats(limited),
+        "rate_limit_storage": get_settings().rate_limit_storage.split("://")[0],
         "search_with_check_ms": _stats(with_check),
         "search_without_check_ms": _stats(without_check),
     }

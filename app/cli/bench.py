@@ -93,7 +93,8 @@ def bench_auth(
     prepared()
     result = run_auth_bench(_AuthService(), output, requests=requests)
     _print_latencies(result, (("check alone", "check_alone_ms"), ("search with the check", "search_with_check_ms"),
-                              ("search without it", "search_without_check_ms")))
+                              ("search without it", "search_without_check_ms"),
+                              (f"rate-limit step ({result['rate_limit_storage']})", "rate_limit_attempt_ms")))
     verdict = "within" if result["added_p50_ms"] <= result["budget_p50_ms"] else "over"
     console.print(f"added per request (median of paired differences): {result['added_p50_ms']:.3f} ms ({verdict} "
                   f"the {result['budget_p50_ms']} ms budget; difference of medians "

@@ -21,6 +21,11 @@ the sign-in role `ils_auth` alone (as `ils_token_state` of migration 0005): the 
 - `ils_rate_wait(scope, key, limit, window_us)`: microseconds until the key may act again.
 - `ils_rate_forget(scope, key)`: forget a key (a successful sign-in clears its account).
 
+UNLOGGED: a counter is worth nothing after a crash (the table is emptied then, which only
+forgets the last window's failures), and a transaction that wrote nothing but unlogged rows
+commits without waiting for a WAL flush: a search's check-and-record costs a round trip, not
+an fsync.
+
 Stamps within one row are strictly increasing (`greatest(now, last + 1)`), so a give-back
 removes exactly the event it took. Rows whose last event left its window are deleted now and
 then by `ils_rate_take` itself (about one call in a hundred), so attacker-chosen keys (emails,
@@ -44,7 +49,7 @@ _FUNCTIONS = ("ils_rate_take(text, text, integer, bigint)", "ils_rate_give_back(
 
 def upgrade() -> None:
     op.execute("""
-        CREATE TABLE ils_rate_limits (
+        CREATE UNLOGGED TABLE ils_rate_limits (
             scope text NOT NULL,
             key_hash text NOT NULL,
             events bigint[] NOT NULL,
