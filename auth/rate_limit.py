@@ -9,14 +9,15 @@ all pass the check before any of them records its failure: `reserve_failures` ta
 event from every budget at once before the expensive check, and the caller `release()`s it
 when the attempt turns out not to be a failure.
 
-Two stores behind one interface (`RateLimiter`), chosen by RATE_LIMIT_STORAGE (`limiter_for`):
+Three stores behind one interface (`RateLimiter`), chosen by RATE_LIMIT_STORAGE (`limiter_for`):
 
 - `PostgresSlidingWindowLimiter` (the default): the counters of every API process and replica
   are one table (migration 0011), so N processes share one budget instead of allowing N of
   them. Each operation is one autocommit call of a SECURITY DEFINER function on the sign-in
   role's connection (like the revocation check: one round trip, no tenant transaction);
   `reserve` is one `INSERT ... ON CONFLICT DO UPDATE ... WHERE count < limit` that locks the
-  key's row, so it stays atomic across processes. Keys are stored as SHA-256 digests.
+  key's row, so it stays atomic across processes. Keys are stored as SHA-256 digests, in an
+  UNLOGGED table, so recording an event does not wait for a WAL flush.
 - `RedisSlidingWindowLimiter` (RATE_LIMIT_STORAGE=redis://...): the same log in a Redis the
   deployment already runs, one atomic Lua script per operation.
 - `SlidingWindowLimiter`: in this process only (each of N processes allows the whole budget);
