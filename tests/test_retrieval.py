@@ -84,39 +84,33 @@ RANKING = [  # keyword-heavy text ranks high on ts_rank but not on cosine, and t
 ]
 
 
-def _native(company_id: str, mode: str, query: str) -> list[str]:
-    """The mode's own ranking, straight from the store (no cosine, no threshold)."""
-    from llama_index.core.vector_stores.types import VectorStoreQueryMode
-
+def _native(company_id: str, mode: str, query: str) -> list[tuple[str, float]]:
+    """The mode's own ranking with its own scores (cosine from the store, BM25), no threshold."""
     from core.database import tenant
     from core.embeddings import get_embed_model
     from core.vector_store import get_vector_store
+    from retrieval.bm25 import bm25_search
     from retrieval.retriever import tenant_filters
 
-    if mode == "text":
-        q = VectorStoreQuery(query_str=query, similarity_top_k=20, sparse_top_k=20, filters=tenant_filters(company_id),
-                             mode=VectorStoreQueryMode.TEXT_SEARCH)
-    else:
-        q = VectorStoreQuery(query_embedding=get_embed_model().get_query_embedding(query), similarity_top_k=20,
-                             filters=tenant_filters(company_id))
     with tenant(company_id):
-        result = get_vector_store().query(q)
-    ranked = sorted(zip(result.ids, result.similarities, strict=True), key=lambda x: -x[1])
-    return [node_id for node_id, _ in ranked]
+        if mode == "text":
+            return [(hit.node.node_id, hit.bm25) for hit in bm25_search(company_id, query, 20)]
+        result = get_vector_store().query(VectorStoreQuery(
+            query_embedding=get_embed_model().get_query_embedding(query), similarity_top_k=20,
+            filters=tenant_filters(company_id)))
+    return sorted(zip(result.ids, result.similarities, strict=True), key=lambda x: -x[1])
 
 
 def test_rank_order_keeps_each_modes_ranking_and_similarity_order_sorts_by_cosine(two_tenants, index_texts):
-    from retrieval.retriever import TenantRetriever
+    from retrieval.fusion import fuse
+    from retrieval.retriever import DEFAULT_FUSION, TenantRetriever
 
     a, *_ = two_tenants
     index_texts(a, RANKING)
     query = "progressive lenses price"
     vector, text = _native(a.id, "vector", query), _native(a.id, "text", query)
-    rrf: dict[str, float] = {}
-    for ranking in (vector, text):  # reciprocal rank fusion, k = 60, computed by hand
-        for position, node_id in enumerate(ranking):
-            rrf[node_id] = rrf.get(node_id, 0.0) + 1 / (60 + position)
-    expected = {"vector": vector, "text": text, "hybrid": sorted(rrf, key=lambda n: -rrf[n])}
+    fused = fuse(vector, text, DEFAULT_FUSION)  # the hybrid ranking from the two sides' own scores
+    expected = {"vector": [n for n, _ in vector], "text": [n for n, _ in text], "hybrid": [n for n, _ in fused]}
     differs = 0
     for mode, native in expected.items():
         ranked = TenantRetriever(a.id, mode=mode, top_k=10, threshold=-1.0, order="rank").retrieve(query)
@@ -140,9 +134,9 @@ def test_hybrid_candidate_depth_and_default_threshold(two_tenants, monkeypatch):
     depths: list[int] = []
     original = TenantRetriever._text
 
-    def spy(self, query_str, k):
+    def spy(self, query_str, k, embedding):
         depths.append(k)
-        return original(self, query_str, k)
+        return original(self, query_str, k, embedding)
 
     monkeypatch.setattr(TenantRetriever, "_text", spy)
     for top_k, depth in ((3, 20), (30, 30)):
