@@ -185,7 +185,7 @@ class ChatService:
 
     # -- pieces ---------------------------------------------------------------------------
     def _retriever(self) -> TenantRetriever:
-        # "rank": the passages reach the answering step in the mode's own ranking (RRF by default).
+        # "rank": the passages reach the answering step in the mode's own ranking (the hybrid fusion by default).
         return TenantRetriever(self.company_id, top_k=self.settings.chat_top_k, order="rank",
                                embed_model=self.embed_model, settings=self.settings)
 

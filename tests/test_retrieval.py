@@ -75,7 +75,7 @@ def test_similarity_means_cosine_in_every_mode(two_tenants, embed_model):
         assert price.score == pytest.approx(expected, abs=1e-4), mode
 
 
-RANKING = [  # keyword-heavy text ranks high on ts_rank but not on cosine, and the reverse
+RANKING = [  # keyword-heavy text ranks high on BM25 but not on cosine, and the reverse
     ("lens-words.md", "Lens price, lenses price, progressive price: see the lens price list for every lens price.",
      "pricing"),
     ("varifocals.md", "Varifocal spectacles that correct near and distance vision cost £189 per pair.", "pricing"),
