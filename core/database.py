@@ -19,8 +19,11 @@ import logging
 import os
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 
 import sqlalchemy as sa
@@ -32,6 +35,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from core import metrics
 from core.embedded_postgres import start_embedded_postgres
 from core.errors import ConfigurationError, DatabaseUnavailable
 from core.settings import Settings, get_settings
@@ -270,6 +274,99 @@ def get_auth_engine() -> Engine:
     return _create_engine(auth_database_url(), statement_timeout_s=get_settings().db_statement_timeout_s)
 
 
+@lru_cache
+def _replica_engine() -> Engine | None:
+    """READ_DATABASE_URL's engine (the service role on a streaming replica), or None.
+
+    The same begin hook as the primary's: the replica verifies the signed tenant claim with the
+    key it replicated (ils_tenant_key), against its own backend pid and transaction start."""
+    url = get_settings().read_database_url
+    if not url:
+        return None
+    return _create_engine(_psycopg2_url(url), statement_timeout_s=get_settings().db_statement_timeout_s)
+
+
+REPLICA_CHECK_S = 1.0  # how often (at most) a process probes the replica's health and lag
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    reachable: bool
+    serving_reads: bool  # False: reads go to the primary
+    lag_s: float | None = None
+    lag_bytes: int | None = None
+    error: str | None = None
+
+
+_replica_lock = threading.Lock()
+_replica_seen: tuple[float, ReplicaStatus] | None = None
+
+
+def _probe_replica(engine: Engine) -> ReplicaStatus:
+    try:
+        with engine.connect() as connection:
+            replica = connection.execute(sa.text(
+                "SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn()::text AS replayed, "
+                "extract(epoch FROM now() - pg_last_xact_replay_timestamp()) AS age")).one()
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return ReplicaStatus(reachable=False, serving_reads=False, error=reason)
+    if not replica.standby or replica.replayed is None:
+        return ReplicaStatus(reachable=True, serving_reads=False, error="READ_DATABASE_URL is not a standby")
+    with get_engine().connect() as connection:
+        behind = int(connection.execute(sa.text(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), CAST(:replayed AS pg_lsn))"),
+            {"replayed": replica.replayed}).scalar() or 0)
+    # Caught up: no lag, however old the last replayed transaction (an idle primary sends none).
+    lag_s = 0.0 if behind <= 0 else max(0.0, float(replica.age or 0.0))
+    limit = get_settings().read_max_lag_s
+    error = None if lag_s <= limit else f"replay lag {lag_s:.1f} s is above READ_MAX_LAG_S ({limit:g} s)"
+    return ReplicaStatus(reachable=True, serving_reads=error is None, lag_s=round(lag_s, 3),
+                         lag_bytes=max(behind, 0), error=error)
+
+
+def replica_status(max_age_s: float = REPLICA_CHECK_S) -> ReplicaStatus | None:
+    """The read replica's health and lag, probed at most every `max_age_s`; None when none is set."""
+    global _replica_seen
+    engine = _replica_engine()
+    if engine is None:
+        return None
+    seen = _replica_seen
+    if seen is not None and time.monotonic() - seen[0] < max_age_s:
+        return seen[1]
+    with _replica_lock:
+        seen = _replica_seen
+        if seen is not None and time.monotonic() - seen[0] < max_age_s:
+            return seen[1]
+        status = _probe_replica(engine)
+        _replica_seen = (time.monotonic(), status)
+    if status.serving_reads != (seen[1].serving_reads if seen else True):
+        logger.warning("read replica %s", "serving reads again" if status.serving_reads
+                       else f"not serving reads, reading from the primary ({status.error})")
+    metrics.REPLICA_LAG_SECONDS.set(status.lag_s if status.serving_reads and status.lag_s is not None else -1)
+    return status
+
+
+def forget_read_replica() -> None:
+    """Drop the replica's engine and last probe (after READ_DATABASE_URL changes)."""
+    global _replica_seen
+    engine = _replica_engine() if _replica_engine.cache_info().currsize else None
+    if engine is not None:
+        engine.dispose()
+    _replica_engine.cache_clear()
+    _replica_seen = None
+
+
+def read_engine() -> Engine:
+    """Where search and chat retrieval read: the replica when it is set, reachable and caught up
+    (READ_MAX_LAG_S), else the primary's service engine. Writes never come here."""
+    status = replica_status()
+    replica = _replica_engine()
+    if status is not None and status.serving_reads and replica is not None:
+        return replica
+    return get_engine()
+
+
 @lru_cache(maxsize=4)
 def _admin_engine(url: str) -> Engine:
     return _create_engine(url, owner=True)
@@ -303,9 +400,11 @@ def _admin_session_factory(url: str) -> sessionmaker[Session]:
 
 def reset_engines() -> None:
     """Forget every cached URL, engine and session factory (after DATABASE_URL changes)."""
+    global _replica_seen
     for cached in (database_url, _derive_role_url, get_engine, get_auth_engine, _admin_engine, get_async_engine,
-                   session_factory, _admin_session_factory, tenant_signer):
+                   session_factory, _admin_session_factory, tenant_signer, _replica_engine):
         cached.cache_clear()
+    _replica_seen = None
 
 
 @contextmanager

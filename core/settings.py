@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     app_database_url: str | None = Field(
         default=None, description="Role the service itself connects as (no SUPERUSER/BYPASSRLS, granted ils_app); "
                                   "unset = derived from DATABASE_URL as the ils_app role (see SECURITY.md).")
+    read_database_url: str | None = Field(
+        default=None, description="A streaming replica, as the service role (ils_app): search and chat retrieval "
+                                  "read there; writes, sign-in and token checks stay on the primary. Unreachable "
+                                  "or lagging past READ_MAX_LAG_S = reads go to the primary.")
+    read_max_lag_s: float = Field(
+        default=30.0, gt=0, description="Replay lag above which the replica stops serving reads (primary instead).")
     tenant_set_local: bool = Field(
         default=False, description="Prove the tenant with `SET LOCAL ils.tenant = '...'` instead of set_config(): "
                                    "Citus forwards SET LOCAL to its workers (citus.propagate_set_commands = "

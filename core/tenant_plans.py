@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from core.database import get_engine, tenant
+from core.database import read_engine, tenant
 
 INDEX_PREFIX = "data_chunks_hnsw_"
 TENANT_PLAN_TTL_S = 300.0
@@ -46,7 +46,7 @@ def tenant_plan(company_id: str) -> TenantPlan:
     cached = _tenant_plans.get(company_id)
     if cached is not None and cached[0] > now:
         return cached[1]
-    with tenant(company_id), get_engine().connect() as connection:
+    with tenant(company_id), read_engine().connect() as connection:
         count, own_index = connection.execute(_PLAN_FACTS, {"c": company_id,
                                                             "index": tenant_index_name(company_id)}).one()
     plan = TenantPlan(int(count or 0), bool(own_index))

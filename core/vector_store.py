@@ -17,7 +17,7 @@ from llama_index.vector_stores.postgres.base import DBEmbeddingRow
 from sqlalchemy import VARCHAR, Column
 
 from core.chunk_filters import COMPANY_KEY, compile_filter
-from core.database import current_company, get_async_engine, get_engine, transaction_settings
+from core.database import current_company, get_async_engine, get_engine, read_engine, transaction_settings
 from core.embeddings import configured_dimensions
 from core.tenant_plans import tenant_plan
 
@@ -108,7 +108,7 @@ class TenantGuardedPGVectorStore(PGVectorStore):
             settings, fetch = _EXACT_PLAN, limit
         statement = self._build_query(embedding, fetch, metadata_filters, **kwargs)
         # A plain connection, not an ORM session: the rows are read, never mapped to objects.
-        with transaction_settings(**settings), self._engine.connect() as connection:
+        with transaction_settings(**settings), read_engine().connect() as connection:
             rows = connection.execute(statement).all()
         rows = sorted(rows, key=lambda row: row.distance)[:limit]  # relaxed_order: nearly, not exactly, sorted
         skip = {"id", "node_id", "text", "metadata_", "distance"}

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from core import metrics
 from core.database import get_admin_engine, get_engine, tenant
 from core.errors import ServiceError
 from core.settings import get_settings
@@ -62,6 +63,9 @@ _CANDIDATES = sa.text(
     "ORDER BY run_after, created_at LIMIT :n FOR UPDATE SKIP LOCKED")
 _TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))")
 _UNLOCK = sa.text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))")
+
+
+_OUTCOMES = {"done": "indexed", "retry": "retried", "failed": "failed"}  # JobResult.status -> metric label
 
 
 def job_lock_key(company_id: str, job_id: str) -> str:
@@ -194,6 +198,7 @@ class Worker:
     def _report(self, result: JobResult) -> None:
         logger.info("ingest job %s (%s, attempt %d) %s", result.job.id, result.job.filename, result.job.attempt,
                     result.status, extra={"company_id": result.job.company_id})
+        metrics.JOBS.labels(outcome=_OUTCOMES[result.status]).inc()
         if self._on_result is not None:
             self._on_result(result)
 
@@ -286,6 +291,7 @@ class Worker:
                 done += 1
                 idle_since = time.monotonic()
                 continue
+            observe_queue_depth()
             if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                 break
             self.wait(poll_s if idle_exit_s is None else min(poll_s, idle_exit_s))
@@ -310,6 +316,20 @@ class BackgroundWorker:
     def stop(self, timeout_s: float = 30.0) -> None:
         self.worker.stop()
         self._thread.join(timeout_s)
+
+
+def observe_queue_depth() -> None:
+    """Set the queue-depth gauge (queued, running) from the table: every worker sees the whole queue."""
+    try:
+        with get_admin_engine().connect() as connection:
+            counts = dict(connection.execute(sa.text(
+                "SELECT status, count(*) FROM ingest_jobs WHERE status IN ('queued', 'running') "
+                "GROUP BY status")).all())
+    except Exception:  # a gauge is not worth a failed loop; the next idle turn tries again
+        logger.debug("could not read the queue depth", exc_info=True)
+        return
+    for state in ("queued", "running"):
+        metrics.QUEUE_DEPTH.labels(state=state).set(int(counts.get(state, 0)))
 
 
 def pending_jobs(company_id: str | None = None) -> int:

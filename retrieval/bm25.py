@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
-from core.database import get_engine
+from core.database import read_engine
 from core.settings import get_settings
 
 # Document frequencies the first match may add up to: the chunks scored before the bound check.
@@ -168,7 +168,7 @@ def bm25_search(company_id: str, query: str, k: int, *, embedding: list[float] |
     if embedding is not None:
         statement = BM25_WITH_COSINE_STATEMENT
         params["embedding"] = str([float(x) for x in embedding])
-    with get_engine().connect() as connection:
+    with read_engine().connect() as connection:
         rows = connection.execute(_TERMS, {"company": company_id, "query": query}).all()
         if not rows:
             return []

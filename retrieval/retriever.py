@@ -42,7 +42,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryMode,
 )
 
-from core.database import get_engine, tenant
+from core.database import read_engine, tenant
 from core.embeddings import get_embed_model
 from core.search_modes import MODE_NAMES, SearchMode
 from core.settings import Settings, get_settings
@@ -170,7 +170,7 @@ class TenantRetriever(BaseRetriever):
             "SELECT node_id, 1 - (embedding <=> CAST(:q AS vector)) AS similarity FROM data_chunks "
             "WHERE company_id = :company AND node_id = ANY(:ids)"
         )
-        with get_engine().connect() as connection:
+        with read_engine().connect() as connection:
             rows = connection.execute(statement, {"q": str(list(map(float, embedding))), "company": self.company_id,
                                                   "ids": ids}).all()
         return {row.node_id: float(row.similarity) for row in rows}

@@ -22,7 +22,7 @@ import numpy as np
 import sqlalchemy as sa
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from core.database import get_engine, tenant
+from core.database import get_engine, read_engine, tenant
 from core.settings import get_settings
 from retrieval.passages import Rendered, passage_of
 
@@ -78,7 +78,7 @@ def vectors_for(company_id: str, node_ids: Sequence[str], rendered: Sequence[Ren
     texts = [statement_texts(r) for r in rendered]
     keys = [digest(t) for t in texts]
     found: dict[str, np.ndarray] = {}
-    with tenant(company_id), get_engine().connect() as connection:
+    with tenant(company_id), read_engine().connect() as connection:
         for row in connection.execute(_READ, {"company": company_id, "ids": list(node_ids)}):
             found[row.node_id] = (row.digest, row.dims, row.vectors)  # type: ignore[assignment]
     out: list[np.ndarray | None] = []

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from app.routes.web import PAGE_PATH, prefers_html
 from core import SERVICE_NAME, __version__
-from core.database import get_engine, pgvector_version
+from core.database import get_engine, pgvector_version, replica_status
 from core.embeddings import embedding_info, get_embed_model
 
 router = APIRouter(tags=["health"])
@@ -19,6 +19,17 @@ class DatabaseStatus(BaseModel):
     reachable: bool
     embedded: bool
     pgvector_version: str | None = None
+    error: str | None = None
+
+
+class ReadReplicaStatus(BaseModel):
+    """READ_DATABASE_URL's state: where search and chat retrieval read right now, and how far behind."""
+
+    reachable: bool
+    serving_reads: bool
+    reads_from: str  # "replica" or "primary" (the fallback)
+    lag_s: float | None = None
+    lag_bytes: int | None = None
     error: str | None = None
 
 
@@ -35,6 +46,7 @@ class HealthResponse(BaseModel):
     version: str
     database: DatabaseStatus
     embedding: EmbeddingStatus
+    read_replica: ReadReplicaStatus | None = None  # null: no READ_DATABASE_URL, every read is the primary's
 
 
 class RootResponse(BaseModel):
@@ -65,8 +77,14 @@ def health(request: Request) -> JSONResponse:
         dimensions=info.dimensions if info else None, max_input_tokens=info.max_input_tokens if info else None,
     )
     healthy = database.reachable and bool(database.pgvector_version) and loaded
+    # A replica that is down or behind does not make the service unhealthy: reads fall back to the primary.
+    replica = replica_status(max_age_s=0) if database.reachable else None
+    read_replica = None if replica is None else ReadReplicaStatus(
+        reachable=replica.reachable, serving_reads=replica.serving_reads,
+        reads_from="replica" if replica.serving_reads else "primary", lag_s=replica.lag_s,
+        lag_bytes=replica.lag_bytes, error=replica.error)
     body = HealthResponse(status="healthy" if healthy else "unhealthy", service=SERVICE_NAME, version=__version__,
-                          database=database, embedding=embedding)
+                          database=database, embedding=embedding, read_replica=read_replica)
     return JSONResponse(status_code=200 if healthy else 503, content=body.model_dump())
 
 
