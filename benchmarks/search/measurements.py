@@ -329,6 +329,7 @@ def measure_http(base_url: str, requests: list[tuple[str, str]], latency_request
                         return
 
         cpu_before = tree_cpu_seconds(cpu_roots) if cpu_roots else None
+        client_cpu_before = time.process_time()  # this process: the load generator's own CPU
         started = time.perf_counter()
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
         for thread in threads:
@@ -340,6 +341,7 @@ def measure_http(base_url: str, requests: list[tuple[str, str]], latency_request
                                  "errors": len(errors)}
         if cpu_roots and cpu_before is not None and sum(done):
             level["cpu_ms_per_request"] = (tree_cpu_seconds(cpu_roots) - cpu_before) * 1000 / sum(done)
+            level["client_cpu_ms_per_request"] = (time.process_time() - client_cpu_before) * 1000 / sum(done)
         out["throughput"][str(clients)] = level
         log(f"  {clients} clients: {sum(done) / elapsed:.1f} req/s")
         if errors:

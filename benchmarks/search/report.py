@@ -113,15 +113,16 @@ def markdown(result: dict[str, Any]) -> str:
     if workers:
         lines += ["", f"## The same load on `uvicorn --workers {workers['workers']}` (one port, the same machine)", "",
                   "Server and Postgres CPU per request, and the throughput it allows on this machine's "
-                  "cores if nothing else ran (cores × 1000 / CPU ms): the ceiling whatever the contention.", "",
+                  "cores if nothing else ran, the load generator's own CPU per request (in brackets) included: "
+                  "cores × 1000 / (server + generator CPU ms), the ceiling whatever the contention.", "",
                   "| clients | 1 process req/s | workers req/s | ratio | CPU ms/request (1 process / workers) "
                   "| ceiling req/s (1 process / workers) |", "|---|---|---|---|---|---|"]
         single = (http or {}).get("throughput", {})
         cores = machine.get("cpus") or 1
 
         def cpu(row: dict[str, Any]) -> tuple[str, str]:
-            ms = row.get("cpu_ms_per_request")
-            return (f"{ms:.1f}", f"{cores * 1000 / ms:.0f}") if ms else ("–", "–")
+            ms, client = row.get("cpu_ms_per_request"), row.get("client_cpu_ms_per_request", 0.0)
+            return (f"{ms:.1f} ({client:.1f})", f"{cores * 1000 / (ms + client):.0f}") if ms else ("–", "–")
 
         for c, row in workers["throughput"].items():
             one = single.get(c, {})
