@@ -19,13 +19,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,8 @@ class SoakOptions:
     data_dir: Path | None = None
     results_dir: Path = RESULTS_DIR
     seed: int = 8
+    server_workers: int = 1  # `ils-rag serve --workers N`: N API processes on one port
+    ingest_workers: int = 0  # `ils-rag worker` processes; then every upload is a queued job, none in-process
     # (label, email, password) of one admin for each of the two companies: the caller knows them
     # (`ils-rag bench soak` passes the sample practices' admins, which its server loads)
     accounts: list[tuple[str, str, str]] = field(default_factory=list)
@@ -185,14 +190,53 @@ def _load(url: str, companies: list[tuple[Company, Company, dict[str, str]]], cl
     return tally, time.monotonic() - started
 
 
-def _server_environment(data_dir: Path) -> dict[str, str]:
+def _server_environment(data_dir: Path, ingest_workers: int = 0) -> dict[str, str]:
     """The embedded database in `data_dir`, extractive chat (no LLM key), and per-user rate
-    limits raised: 16 clients share 2 sign-ins."""
+    limits raised: 16 clients share 2 sign-ins. With ingestion workers, every upload goes
+    through the queue (inline limit 0) and the API runs no worker of its own."""
     env = {**os.environ, "DATA_DIR": str(data_dir), "SEARCH_RATE_PER_MINUTE": "1000000",
            "CHAT_RATE_PER_MINUTE": "1000000", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+    if ingest_workers:
+        env.update(UPLOAD_INLINE_MAX_KB="0", INGEST_IN_PROCESS_WORKER="false")
     for name in ("DATABASE_URL", "APP_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
         env.pop(name, None)
     return env
+
+
+@contextmanager
+def _ingest_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """One `ils-rag worker` on the server's database, stopped (SIGTERM) when the soak ends."""
+    with log.open("ab") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, stdout=handle,
+                                   stderr=subprocess.STDOUT)
+        try:
+            yield process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _upload_outcomes(url: str, headers: list[dict[str, str]], timeout_s: float = 300) -> dict[str, int]:
+    """Wait for the queue to finish the soak's uploads; count how they ended (both companies)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts: Counter[str] = Counter()
+        for auth in headers:
+            page = 1
+            while True:
+                body = httpx.get(f"{url}/api/documents", params={"page": page, "page_size": 100}, headers=auth,
+                                 timeout=30).json()
+                counts.update(d["status"] for d in body["items"] if d["filename"].startswith("soak-"))
+                if page * 100 >= body["total"]:
+                    break
+                page += 1
+        pending = counts["queued"] + counts["indexing"]
+        if not pending or time.monotonic() > deadline:
+            return {"indexed": counts["indexed"], "failed": counts["failed"], "pending": pending}
+        time.sleep(1)
 
 
 def _ms(values: list[float], pct: float) -> float | None:
@@ -216,12 +260,18 @@ def run(options: SoakOptions, log: Callable[[str], None] = print) -> dict[str, A
                 pgdata = data_dir.resolve() / "pg"
                 if postmaster_pid(pgdata) is None:  # never stop one somebody else runs; ours stops last
                     stack.callback(stop_postgres, pgdata)
-                log(f"starting server with samples, DATA_DIR={data_dir}")
+                log(f"starting server with samples ({options.server_workers} API process(es), "
+                    f"{options.ingest_workers} ingestion worker(s)), DATA_DIR={data_dir}")
+                env = _server_environment(data_dir, options.ingest_workers)
+                extra = ["--workers", str(options.server_workers)] if options.server_workers > 1 else []
                 url, process = stack.enter_context(running_server(
-                    _server_environment(data_dir), data_dir / "soak-server.log",
-                    lambda port: serve_command(port, "--load-samples"), timeout=900, interval=1, stop_timeout=60))
+                    env, data_dir / "soak-server.log",
+                    lambda port: serve_command(port, "--load-samples", *extra), timeout=900, interval=1,
+                    stop_timeout=60))
                 pid = process.pid
                 log(f"server (pid {pid}) on {url}")
+                for n in range(options.ingest_workers):
+                    stack.enter_context(_ingest_worker(env, data_dir / f"soak-worker-{n}.log"))
             elif pid is None:
                 pid = pid_listening_on(url)
             result.update(url=url, server_pid=pid)
@@ -241,8 +291,13 @@ def run(options: SoakOptions, log: Callable[[str], None] = print) -> dict[str, A
             log(f"soak: {options.clients} clients for {options.duration_s:.0f} s against {url}")
             tally, elapsed = _load(url, pairs, options.clients, options.duration_s, options.seed)
             rss_end = rss_bytes(pid) if pid else None
+            phase = "queue drain"
+            uploads = _upload_outcomes(url, [signed[a.slug], signed[b.slug]]) if options.ingest_workers else None
             phase = "server stop"
         result.update(_figures(tally, elapsed, pid, rss_boot, rss_start, rss_end))
+        if uploads is not None:
+            result["queued_uploads"] = uploads
+            result["targets"]["queued_uploads_indexed"] = uploads["failed"] == 0 and uploads["pending"] == 0
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         result["failed"] = {"phase": phase, "error": error.splitlines()[0], "detail": error}
@@ -302,6 +357,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"chat modes {result['chat_modes']}",
         f"server RSS (pid {result['server_pid']}): after boot {rss['after_boot']} MB, start {rss['start']} MB, "
         f"end {rss['end']} MB, growth {result['rss_growth_pct']}%",
+        *([f"queued uploads (ingestion workers): {result['queued_uploads']}"] if "queued_uploads" in result else []),
         "targets: " + ", ".join(f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in result["targets"].items()),
     ]
     return lines

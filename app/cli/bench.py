@@ -182,6 +182,10 @@ def bench_soak(
     data_dir: Annotated[Path | None, typer.Option(help="DATA_DIR for the started server (default: new temp).")]
     = None,
     results_dir: Annotated[Path, typer.Option(help="Where soak-latest.json goes.")] = RESULTS_DIR,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="API processes of the started server "
+                                                             "(`serve --workers N`).")] = 1,
+    ingest_workers: Annotated[int, typer.Option(min=0, max=16, help=(
+        "`ils-rag worker` processes beside the started server; then every upload is a queued job."))] = 0,
 ) -> None:
     """Soak: concurrent search, chat (extractive) and uploads; p50/p95, errors, cross-tenant, memory."""
     from app.samples import SAMPLE_COMPANIES, SAMPLE_PASSWORD
@@ -190,7 +194,8 @@ def bench_soak(
     # the sample practices' admins: the server started here loads them (--load-samples)
     accounts = [(slug, f"admin@{slug}.example", SAMPLE_PASSWORD) for slug in SAMPLE_COMPANIES]
     options = SoakOptions(duration_s=duration, clients=clients, warmup_s=warmup, url=url, pid=pid,
-                          data_dir=data_dir, results_dir=results_dir.resolve(), accounts=accounts)
+                          data_dir=data_dir, results_dir=results_dir.resolve(), accounts=accounts,
+                          server_workers=workers, ingest_workers=ingest_workers)
     result = run(options, log=lambda message: console.print(message, highlight=False))
     for line in summary_lines(result):
         console.print(line, highlight=False)
