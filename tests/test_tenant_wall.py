@@ -39,6 +39,11 @@ def a_and_b(make_company, make_user, embed_model):
     return seeded
 
 
+def _comparable(value: object) -> str:
+    """A column value as text that compares by content (bytea comes back as a memoryview)."""
+    return bytes(value).hex() if isinstance(value, memoryview | bytes) else str(value)
+
+
 def _snapshot(company_id: str) -> dict[str, list[tuple]]:
     """Every row of B in every table, read by the owner (who sees all companies)."""
     from core.database import get_admin_engine, tenant_tables
@@ -50,7 +55,7 @@ def _snapshot(company_id: str) -> dict[str, list[tuple]]:
             rows = connection.execute(
                 sa.select(sa.text("*")).select_from(sa.table(table)).where(sa.column(column) == company_id)
                 .order_by(sa.text("1"))).all()
-            snapshot[table] = [tuple(map(str, row)) for row in rows]
+            snapshot[table] = [tuple(_comparable(value) for value in row) for row in rows]
         return snapshot
 
 
