@@ -14,6 +14,8 @@ import typer
 
 from app.cli.common import app, console, prepared
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # core.metrics.MULTIPROC_ENV, named here without importing the client
+
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
@@ -30,6 +32,17 @@ def serve(
                                                      "rate limits are shared through RATE_LIMIT_STORAGE.")] = 1,
 ) -> None:
     """Start the HTTP service (migrations are applied at start)."""
+    # First, before anything imports prometheus_client: with --workers this process records in
+    # multi-process mode too (its ingestion worker's job outcomes and queue depth, its pools).
+    metrics_dir = _multiprocess_metrics_dir() if workers > 1 else None
+    try:
+        _serve(host, port, load_samples, workers)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(host: str | None, port: int | None, load_samples: bool, workers: int) -> None:
     import uvicorn
 
     from app.logs import configure_logging, logging_config
@@ -47,7 +60,6 @@ def serve(
         from app.samples import load_samples as _load
 
         _load(console)
-    metrics_dir = _multiprocess_metrics_dir() if workers > 1 else None  # before any worker starts
     duties = _start_background_duties(settings) if workers > 1 else []
     listener = _start_metrics_listener(settings)
     for line in address_lines(settings, host or settings.host, port or settings.port):
@@ -73,8 +85,6 @@ def serve(
             stop()
         if listener is not None:
             listener.shutdown()
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _multiprocess_metrics_dir() -> Path | None:
@@ -82,8 +92,6 @@ def _multiprocess_metrics_dir() -> Path | None:
     PROMETHEUS_MULTIPROC_DIR and the listener here adds them up. Set before the workers are
     spawned (they read it when they first import the client). Returns the folder to remove at
     exit when this process made it; an operator's own folder is emptied of old samples instead."""
-    from core.metrics import MULTIPROC_ENV
-
     configured = os.environ.get(MULTIPROC_ENV)
     if configured:
         folder = Path(configured)
