@@ -22,6 +22,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+STATS_FLUSH_S = 11
+
 
 class Replica:
     def __init__(self, bin_path: Path, user: str | None, primary_socket: str) -> None:
@@ -131,6 +133,9 @@ def test_searches_read_from_the_replica_and_fall_back_to_the_primary(client, com
         print(f"indexed on the primary, readable on the replica {visible_after:.3f} s after the write began "
               f"(/health lag {lag['lag_s']} s, {lag['lag_bytes']} bytes)")
 
+        # A backend flushes its table statistics at most once a second, and an idle one after up to
+        # PGSTAT_IDLE_INTERVAL (10 s): let the upload's own scans of data_chunks reach the counters.
+        time.sleep(STATS_FLUSH_S)
         before_replica, before_primary = _chunk_reads(replica_admin), _chunk_reads(get_admin_engine())
         for _ in range(3):
             results = _search(client, staff, "how long does the anti-fog coating last?")
@@ -143,6 +148,7 @@ def test_searches_read_from_the_replica_and_fall_back_to_the_primary(client, com
         while _chunk_reads(replica_admin) <= before_replica and time.monotonic() < deadline:
             time.sleep(0.25)
         assert _chunk_reads(replica_admin) > before_replica
+        time.sleep(STATS_FLUSH_S)  # any scan the searches made on the primary would show by now
         assert _chunk_reads(get_admin_engine()) == before_primary  # the primary scanned no chunks for them
 
         # The replica goes away: reads fall back to the primary, /health says so.
