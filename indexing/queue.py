@@ -36,8 +36,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from core import metrics
-from core.database import get_admin_engine, get_engine, tenant
-from core.errors import ServiceError
+from core.database import get_admin_engine, get_engine, is_unavailable, tenant
+from core.errors import DatabaseUnavailable, ServiceError
 from core.settings import get_settings
 from indexing.document_state import mark_failed, safe_failure
 from indexing.pipeline import index_sources
@@ -282,8 +282,12 @@ class Worker:
         while not self._stop.is_set():
             try:
                 result = self.run_one()
-            except Exception:  # the database went away: keep the worker alive, try again later
-                logger.exception("ingest worker %s: claiming a job failed", self.name)
+            except Exception as exc:  # the database went away: keep the worker alive, try again later
+                if isinstance(exc, DatabaseUnavailable) or is_unavailable(exc):  # expected while it restarts
+                    logger.warning("ingest worker %s: the database is unavailable; retrying in %.0f s",
+                                   self.name, poll_s)
+                else:
+                    logger.exception("ingest worker %s: claiming a job failed", self.name)
                 self.close()
                 self._stop.wait(poll_s)
                 continue
