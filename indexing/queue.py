@@ -39,7 +39,8 @@ from core import metrics
 from core.database import get_admin_engine, get_engine, is_unavailable, tenant
 from core.errors import DatabaseUnavailable, ServiceError
 from core.settings import get_settings
-from indexing.document_state import mark_failed, safe_failure
+from indexing.chunk_rows import purge_document
+from indexing.document_state import document_locks, mark_failed, safe_failure
 from indexing.pipeline import index_sources
 from indexing.readers import read_parts
 from indexing.sources import Outcome, Source, content_hash
@@ -231,6 +232,8 @@ class Worker:
                             size_bytes=len(data), parts=read_parts(job.filename, data), category=job.category,
                             uploaded_by=job.uploaded_by)
             outcome = index_sources(job.company_id, [source])[0]
+            if outcome.document_id and outcome.document_id != job.document_id:
+                outcome = self._deleted_meanwhile(job, row.source_key, outcome)
         except ServiceError as exc:  # the file itself is bad: no retry makes it good
             with tenant(job.company_id):
                 mark_failed(job.company_id, job.document_id, exc)
@@ -242,6 +245,16 @@ class Worker:
             code, message = safe_failure(exc)
             outcome = Outcome(row.source_key, job.document_id, "failed", code=code, reason=message)
         return self._settle(job, outcome)
+
+    def _deleted_meanwhile(self, job: Job, source_key: str, outcome: Outcome) -> Outcome:
+        """The document was deleted after this job read its bytes, so the pipeline made a new row
+        for them. The deletion wins, unless the file was uploaded again (the new row has its own
+        job, which will index the new bytes over these)."""
+        if outcome.document_id is None or has_pending_job(job.company_id, outcome.document_id):
+            return outcome
+        with tenant(job.company_id), document_locks(job.company_id, [source_key]):
+            purge_document(job.company_id, outcome.document_id)
+        return Outcome(source_key, job.document_id, "deleted")
 
     def _settle(self, job: Job, outcome: Outcome) -> JobResult:
         connection = self._conn()

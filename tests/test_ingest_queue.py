@@ -218,3 +218,27 @@ def test_a_queued_upload_outlives_a_restart_and_jobs_stay_in_their_company(clien
     upload = client.post("/api/documents", headers=admin, files=[(
         "files", ("waiting.txt", io.BytesIO(b"A small replacement, indexed inline."), "text/plain"))])
     assert upload.status_code == 200 and upload.json()["indexed"] == 1
+
+
+def test_a_document_deleted_while_its_job_runs_stays_deleted(company, no_api_worker) -> None:
+    from indexing.documents import delete_document, list_documents, queue_upload
+    from indexing.pipeline import index_sources
+    from indexing.queue import Worker
+    from indexing.readers import read_parts
+    from indexing.sources import UPLOAD_PREFIX, Source, content_hash
+
+    data = _text(3, "gone")
+    row = queue_upload(company.id, "gone.txt", data)
+    worker = Worker(company_id=company.id)
+    job = _claim_within(worker, 10)
+    assert job is not None
+    delete_document(company.id, row.id)  # the user deletes it after the worker read its bytes ...
+    source = Source(source_key=f"{UPLOAD_PREFIX}gone.txt", filename="gone.txt", data_hash=content_hash(data),
+                    size_bytes=len(data), parts=read_parts("gone.txt", data))
+    outcome = index_sources(company.id, [source])[0]  # ... and the job indexes them anyway
+    assert outcome.document_id != row.id  # the pipeline made a new row for the bytes
+    final = worker._deleted_meanwhile(job, source.source_key, outcome)
+    worker.close()
+    assert final.action == "deleted"
+    assert list_documents(company.id, 1, 10)[1] == 0
+    assert _chunk_stats(company.id, outcome.document_id or "")[0] == 0
