@@ -137,7 +137,8 @@ def test_embedded_server_is_tuned_at_first_start_and_stops_with_the_service(tmp_
     import psutil
 
     data = Path(tempfile.mkdtemp(prefix="ils-embedded-"))  # outside pytest's 0700 base (see second_postgres)
-    env = {**os.environ, "DATA_DIR": str(data), "EMBEDDED_PG_SHARED_BUFFERS_MB": "256"}
+    env = {**os.environ, "DATA_DIR": str(data), "EMBEDDED_PG_SHARED_BUFFERS_MB": "256",
+           "LOG_LEVEL": "DEBUG"}  # the restart is logged at DEBUG: not part of a normal start's few lines
     env.pop("DATABASE_URL", None)
     try:
         with serve(env, tmp_path / "server.log") as (base, process):
