@@ -230,7 +230,29 @@ _FORGET_SCOPE = sa.text("DELETE FROM ils_rate_limits WHERE scope = :scope")
 _UNLIMITED = 2**31 - 1
 
 
-class PostgresSlidingWindowLimiter:
+class _SharedLimiter:
+    """What the shared stores have in common: every operation is one atomic `_take` (check and
+    record together) on the store, so only `_take` and the store-specific calls differ."""
+
+    scope: str
+    limit: int
+
+    def _take(self, key: str, limit: int) -> tuple[float, float | None]:
+        raise NotImplementedError
+
+    def hit(self, key: str) -> None:
+        self._take(key, _UNLIMITED)
+
+    def attempt(self, key: str, message: str = DEFAULT_MESSAGE) -> None:
+        wait, stamp = self._take(key, self.limit)
+        if stamp is None:
+            raise _refused(self.scope, message, wait)
+
+    def reserve(self, key: str) -> tuple[float, float | None]:
+        return self._take(key, self.limit)
+
+
+class PostgresSlidingWindowLimiter(_SharedLimiter):
     """The sliding log of `SlidingWindowLimiter`, kept in Postgres for every process at once.
 
     Stamps are microseconds of the database's clock, so processes on machines whose clocks
@@ -267,17 +289,6 @@ class PostgresSlidingWindowLimiter:
     def retry_after(self, key: str) -> float:
         row = self._call(_WAIT, key=self._key(key), limit=self.limit, window_us=self._window_us)
         return (row[0] or 0) / 1_000_000 if row is not None else 0.0
-
-    def hit(self, key: str) -> None:
-        self._take(key, _UNLIMITED)
-
-    def attempt(self, key: str, message: str = DEFAULT_MESSAGE) -> None:
-        wait, stamp = self._take(key, self.limit)
-        if stamp is None:
-            raise _refused(self.scope, message, wait)
-
-    def reserve(self, key: str) -> tuple[float, float | None]:
-        return self._take(key, self.limit)
 
     def release(self, key: str, stamp: float) -> None:
         self._call(_GIVE_BACK, key=self._key(key), stamp=int(stamp))
@@ -323,7 +334,7 @@ return string.format('%.0f', math.max(0, tonumber(live[2 * (count - limit) + 2])
 """
 
 
-class RedisSlidingWindowLimiter:
+class RedisSlidingWindowLimiter(_SharedLimiter):
     """The same sliding log in a Redis every process shares (RATE_LIMIT_STORAGE=redis://...), for
     deployments that run one anyway: no database round trip on the request path. Each operation
     is one Lua script, atomic on the server, on the Redis server's clock. An unreachable Redis
@@ -364,17 +375,6 @@ class RedisSlidingWindowLimiter:
     def retry_after(self, key: str) -> float:
         wait_us = self._run(lambda: self._wait_script(keys=[self._key(key)], args=[self.limit, self._window_us]))
         return int(wait_us) / 1_000_000  # type: ignore[call-overload]
-
-    def hit(self, key: str) -> None:
-        self._take(key, _UNLIMITED)
-
-    def attempt(self, key: str, message: str = DEFAULT_MESSAGE) -> None:
-        wait, stamp = self._take(key, self.limit)
-        if stamp is None:
-            raise _refused(self.scope, message, wait)
-
-    def reserve(self, key: str) -> tuple[float, float | None]:
-        return self._take(key, self.limit)
 
     def release(self, key: str, stamp: float) -> None:
         self._run(lambda: self._redis.zrem(self._key(key), str(int(stamp))))

@@ -21,8 +21,8 @@ def _cpu_jiffies() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def _own_jiffies(root_pids: list[int]) -> int:
-    """CPU jiffies used so far by these processes and all their descendants."""
+def _process_tree(root_pids: list[int]) -> list[list[str]]:
+    """The /proc stat fields of these processes and all their live descendants."""
     children: dict[int, list[int]] = {}
     stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
@@ -33,17 +33,22 @@ def _own_jiffies(root_pids: list[int]) -> int:
                 continue
             stats[int(entry.name)] = fields
             children.setdefault(int(fields[1]), []).append(int(entry.name))
-    reaped = os.times()  # children that already exited (eval runs, a stopped server) keep counting as ours
-    total = int((reaped.children_user + reaped.children_system) * os.sysconf("SC_CLK_TCK"))
-    todo, seen = list(root_pids), set()
+    found, todo, seen = [], list(root_pids), set()
     while todo:
         pid = todo.pop()
         if pid in seen or pid not in stats:
             continue
         seen.add(pid)
-        total += int(stats[pid][11]) + int(stats[pid][12])  # utime + stime
+        found.append(stats[pid])
         todo.extend(children.get(pid, []))
-    return total
+    return found
+
+
+def _own_jiffies(root_pids: list[int]) -> int:
+    """CPU jiffies used so far by these processes and all their descendants."""
+    reaped = os.times()  # children that already exited (eval runs, a stopped server) keep counting as ours
+    total = int((reaped.children_user + reaped.children_system) * os.sysconf("SC_CLK_TCK"))
+    return total + sum(int(fields[11]) + int(fields[12]) for fields in _process_tree(root_pids))  # utime + stime
 
 
 def tree_cpu_seconds(root_pids: list[int]) -> float:
@@ -51,25 +56,8 @@ def tree_cpu_seconds(root_pids: list[int]) -> float:
     its database), counting descendants that already exited (a closed connection's Postgres
     backend): the CPU a request costs, which other work on a shared machine does not change the
     way it changes a throughput."""
-    children: dict[int, list[int]] = {}
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(entry.name)] = fields
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    total, todo, seen = 0, list(root_pids), set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen or pid not in stats:
-            continue
-        seen.add(pid)
-        total += sum(int(v) for v in stats[pid][11:15])  # utime, stime, and reaped children's cutime, cstime
-        todo.extend(children.get(pid, []))
-    return total / os.sysconf("SC_CLK_TCK")
+    # utime, stime, and reaped children's cutime, cstime
+    return sum(sum(int(v) for v in fields[11:15]) for fields in _process_tree(root_pids)) / os.sysconf("SC_CLK_TCK")
 
 
 class Contention:

@@ -27,6 +27,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # No background tenant-index maintenance (a served test server would index every company of the
 # shared session database on its own schedule); tests/test_tenant_indexes.py drives it explicitly.
 os.environ["TENANT_INDEX_MIN_CHUNKS"] = "0"
+# In-process rate limits for the apps tests build: with the shared (Postgres) store the session's
+# one database would carry one test's failed sign-ins into the next test's budget. The shared
+# store is tested on its own, and by the `fleet` of served processes below (which sets it).
+os.environ.setdefault("RATE_LIMIT_STORAGE", "memory")
 
 
 def _is_local(address: object) -> bool:
@@ -291,7 +295,8 @@ FLEET_ACCOUNT_BUDGET = 5
 def fleet(database: str, embed_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     from tests.servers import free_port, serve
 
-    env = {**os.environ, "LOG_LEVEL": "WARNING", "RATE_LIMIT_STORAGE": "postgres",
+    # No ingestion worker in the fleet: it lives all session and would take other tests' queued jobs.
+    env = {**os.environ, "LOG_LEVEL": "WARNING", "RATE_LIMIT_STORAGE": "postgres", "INGEST_IN_PROCESS_WORKER": "false",
            "SEARCH_RATE_PER_MINUTE": str(FLEET_SEARCH_BUDGET),
            "LOGIN_MAX_FAILURES_PER_ACCOUNT": str(FLEET_ACCOUNT_BUDGET), "LOGIN_MAX_FAILURES_PER_ADDRESS": "10000"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
