@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.metrics import percentile
+from evals.report import report_paths
 from retrieval.extractive import is_duplicate, normalise, overlap
 from retrieval.passages import units
 
@@ -359,9 +360,7 @@ def chart(report: AnswerReport, path: Path) -> None:
 
 
 def write_report(report: AnswerReport, directory: Path = REPORTS_DIR, name: str | None = None) -> dict[str, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / (name or f"{report.dataset}-{report.label}")
-    paths = {"json": stem.with_suffix(".json"), "markdown": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
+    paths = report_paths(directory, name or f"{report.dataset}-{report.label}")
     paths["json"].write_text(json.dumps(asdict(report), indent=2, ensure_ascii=False), encoding="utf-8")
     paths["markdown"].write_text(markdown(report), encoding="utf-8")
     chart(report, paths["png"])

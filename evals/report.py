@@ -162,12 +162,16 @@ def chart(report: EvalReport, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: EvalReport, directory: Path = REPORTS_DIR, name: str | None = None) -> dict[str, Path]:
+def report_paths(directory: Path, name: str) -> dict[str, Path]:
+    """The json/md/png trio every evaluation report is written as."""
     directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / (name or report.dataset)
-    paths = {"json": stem.with_suffix(".json"), "markdown": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
-    slim = asdict(report)
-    paths["json"].write_text(json.dumps(slim, indent=2))
+    stem = directory / name
+    return {"json": stem.with_suffix(".json"), "markdown": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
+
+
+def write_report(report: EvalReport, directory: Path = REPORTS_DIR, name: str | None = None) -> dict[str, Path]:
+    paths = report_paths(directory, name or report.dataset)
+    paths["json"].write_text(json.dumps(asdict(report), indent=2))
     paths["markdown"].write_text(markdown(report))
     chart(report, paths["png"])
     return paths
