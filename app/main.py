@@ -62,14 +62,21 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
         maintainer = TenantIndexMaintainer(settings.tenant_index_check_s).start() if prepare else None
         # The embedded default runs one ingestion worker here, so `make run` stays one command;
         # fleets set INGEST_IN_PROCESS_WORKER=false and run `ils-rag worker` processes.
-        worker = BackgroundWorker().start() if prepare and settings.ingest_in_process_worker else None
-        app.state.ingest_worker = worker
+        # A second lifespan on the same app (a test's nested client) reuses the running worker
+        # rather than starting another that nothing would stop.
+        running = getattr(app.state, "ingest_worker", None)
+        start = prepare and settings.ingest_in_process_worker and running is None
+        worker = BackgroundWorker().start() if start else None
+        if worker is not None:
+            app.state.ingest_worker = worker
         try:
             yield
         finally:
-            current = getattr(app.state, "ingest_worker", None)  # tests may have replaced it
-            if current is not None:
-                current.stop()
+            if worker is not None:
+                current = getattr(app.state, "ingest_worker", None)  # tests may have replaced it
+                for started in {id(w): w for w in (worker, current) if w is not None}.values():
+                    started.stop()
+                app.state.ingest_worker = None
             if maintainer is not None:
                 maintainer.stop()
 

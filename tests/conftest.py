@@ -295,8 +295,7 @@ FLEET_ACCOUNT_BUDGET = 5
 def fleet(database: str, embed_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     from tests.servers import free_port, serve
 
-    # No ingestion worker in the fleet: it lives all session and would take other tests' queued jobs.
-    env = {**os.environ, "LOG_LEVEL": "WARNING", "RATE_LIMIT_STORAGE": "postgres", "INGEST_IN_PROCESS_WORKER": "false",
+    env = {**os.environ, "LOG_LEVEL": "WARNING", "RATE_LIMIT_STORAGE": "postgres",
            "SEARCH_RATE_PER_MINUTE": str(FLEET_SEARCH_BUDGET),
            "LOGIN_MAX_FAILURES_PER_ACCOUNT": str(FLEET_ACCOUNT_BUDGET), "LOGIN_MAX_FAILURES_PER_ADDRESS": "10000"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
