@@ -107,8 +107,11 @@ class TenantGuardedPGVectorStore(PGVectorStore):
         else:
             settings, fetch = _EXACT_PLAN, limit
         statement = self._build_query(embedding, fetch, metadata_filters, **kwargs)
-        # A plain connection, not an ORM session: the rows are read, never mapped to objects.
-        with transaction_settings(**settings), read_engine().connect() as connection:
+        # A plain connection, not an ORM session: the rows are read, never mapped to objects. The
+        # service's store reads from the replica when there is one; a store on another engine
+        # (the owner's, in `ils-rag bench tenant-context`) reads where it was pointed.
+        engine = read_engine() if self._engine is get_engine() else self._engine
+        with transaction_settings(**settings), engine.connect() as connection:
             rows = connection.execute(statement).all()
         rows = sorted(rows, key=lambda row: row.distance)[:limit]  # relaxed_order: nearly, not exactly, sorted
         skip = {"id", "node_id", "text", "metadata_", "distance"}
