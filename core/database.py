@@ -176,7 +176,6 @@ def _configure_connection(dbapi_connection: object, _record: object) -> None:
 _local_settings: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
     "local_settings", default=())
 _SETTING_NAMES = frozenset({"enable_indexscan", "enable_sort", "enable_seqscan", "enable_bitmapscan",
-                            "hnsw.max_scan_tuples",
                             "hnsw.ef_search"})
 # What a signed tenant claim is bound to (core.tenant_signing), read in the transaction's first
 # round trip, which also applies its planner settings. Names and values are bound arrays.

@@ -47,12 +47,7 @@ MAX_EF_SEARCH = 1000  # pgvector's upper bound
 # Transaction-local planner settings of each plan (core.database.transaction_settings: set
 # in the same round trip as the tenant, at BEGIN).
 _EXACT_PLAN = {"enable_indexscan": "off"}  # the b-tree as a bitmap scan + top-k sort, never an HNSW walk
-# Only an index yields the order. An iterative scan gives up after max_scan_tuples index tuples
-# (pgvector's default 20,000): where other companies' rows dominate the shared index, that can stop
-# before this company's true neighbours are reached, so the walk may go further here.
-HNSW_MAX_SCAN_TUPLES = 200_000
-_SHARED_HNSW_PLAN = {"enable_sort": "off", "hnsw__ef_search": str(HNSW_EF_SEARCH),
-                     "hnsw__max_scan_tuples": str(HNSW_MAX_SCAN_TUPLES)}
+_SHARED_HNSW_PLAN = {"enable_sort": "off", "hnsw__ef_search": str(HNSW_EF_SEARCH)}  # only an index yields the order
 def _company_of(filters: MetadataFilters | None) -> str | None:
     for f in filters.filters if filters is not None else []:
         if isinstance(f, MetadataFilter) and f.key == COMPANY_KEY and f.operator == FilterOperator.EQ:
