@@ -18,14 +18,12 @@ import json
 import platform
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import sqlalchemy as sa
-
 from benchmarks import RESULTS_DIR
-from core.database import admin_session_scope, get_admin_engine, session_scope, tenant
+from benchmarks.throwaway import drop_company, stats_ms, timed_ms
+from core.database import admin_session_scope, session_scope, tenant
 from core.settings import Settings
 from evals.metrics import percentile
 
@@ -35,24 +33,6 @@ PASSWORD = "benchmark password 1"
 TEXTS = [("hours.txt", "We open at nine on weekdays and at ten on Saturdays; closed on Sundays."),
          ("progressives.txt", "Progressive lenses take one to two weeks to get used to; come back if not."),
          ("prices.txt", "Single-vision lenses cost 89 pounds; anti-reflective coating adds 35 pounds.")]
-
-
-def _stats(ms: list[float]) -> dict[str, float]:
-    return {"p50": round(percentile(ms, 50), 3), "p95": round(percentile(ms, 95), 3), "n": len(ms)}
-
-
-def _timed(call: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    call()
-    return (time.perf_counter() - started) * 1000
-
-
-def _drop_company(company_id: str) -> None:
-    # a throwaway company's rows everywhere, the companies row included: the owner's job
-    with get_admin_engine().begin() as connection:
-        for table in ("audit_log", "refresh_tokens", "data_chunks", "data_docstore", "documents", "users"):
-            connection.execute(sa.text(f"DELETE FROM {table} WHERE company_id = :c"), {"c": company_id})
-        connection.execute(sa.text("DELETE FROM companies WHERE id = :c"), {"c": company_id})
 
 
 class Service(Protocol):
@@ -90,7 +70,7 @@ def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200)
 
         for _ in range(20):
             check()
-        direct = [_timed(check) for _ in range(requests)]
+        direct = [timed_ms(check) for _ in range(requests)]
 
         # The per-user search limit's own step (RATE_LIMIT_STORAGE, auth.rate_limit): one
         # check-and-record on the shared store, also paid by every search.
@@ -98,7 +78,7 @@ def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200)
         limit_key = f"{company.id}:{user.id}"
         for _ in range(20):
             limiter.attempt(limit_key)
-        limited = [_timed(lambda: limiter.attempt(limit_key)) for _ in range(requests)]
+        limited = [timed_ms(lambda: limiter.attempt(limit_key)) for _ in range(requests)]
         limiter.reset(limit_key)
 
         settings = get_settings().model_copy(update={"search_rate_per_minute": 1_000_000})
@@ -119,23 +99,23 @@ def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200)
         try:
             for _ in range(requests):
                 service.use_check(True)
-                with_check.append(_timed(search))
+                with_check.append(timed_ms(search))
                 service.use_check(False)
-                without_check.append(_timed(search))
+                without_check.append(timed_ms(search))
         finally:
             service.use_check(True)
     finally:
-        _drop_company(company.id)
+        drop_company(company.id)
 
     result = {
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         "requests": requests,
-        "check_alone_ms": _stats(direct),
-        "rate_limit_attempt_ms": _stats(limited),
+        "check_alone_ms": stats_ms(direct),
+        "rate_limit_attempt_ms": stats_ms(limited),
         "rate_limit_storage": get_settings().rate_limit_storage.split("://")[0],
-        "search_with_check_ms": _stats(with_check),
-        "search_without_check_ms": _stats(without_check),
+        "search_with_check_ms": stats_ms(with_check),
+        "search_without_check_ms": stats_ms(without_check),
     }
     # Each pair ran back to back, so the median of the pairs' differences cancels most of the
     # machine's drift; the difference of the two medians is reported beside it.
