@@ -37,7 +37,7 @@ from core.tenant_plans import INDEX_PREFIX, forget_tenant_plans, tenant_index_na
 
 logger = logging.getLogger(__name__)
 
-HNSW_WITH = "m = 16, ef_construction = 64"  # as the shared index (migration 0001)
+HNSW_WITH = "m = 16, ef_construction = 128"  # as the shared index (migration 0013 says why 128)
 BUILD_MEMORY = "256MB"  # maintenance_work_mem of a build: a 150k-chunk graph fits, so it is built in memory
 _LOCK_KEY = "ils-tenant-indexes"  # one sync at a time across processes (server, CLI)
 # Company ids are generated UUIDs; the predicate is DDL (no bound parameters), so anything

@@ -20,15 +20,16 @@ import numpy as np
 
 from benchmarks.search.corpus import Store, company_id, user_email, user_id
 from core.sql_text import quoted_identifier
+from core.tenant_indexes import HNSW_WITH
 from core.terminal import progress
 
 BENCH_DATABASE = "ils_bench"
 STANDARD_CHUNKS = 100_000
 STANDARD_COMPANIES = 200
 HNSW_INDEX = "data_chunks_embedding_idx"
-# The initial migration's DDL, used when an interrupted load left the index dropped.
+# The migrations' DDL, used when an interrupted load left the index dropped.
 HNSW_DDL = (f"CREATE INDEX {HNSW_INDEX} ON public.data_chunks USING hnsw (embedding vector_cosine_ops) "
-            "WITH (m='16', ef_construction='64')")
+            f"WITH ({HNSW_WITH})")
 
 
 def bench_database_name(chunks: int, companies: int, tag: str = "") -> str:
