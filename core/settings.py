@@ -108,6 +108,11 @@ class Settings(BaseSettings):
                            description="BM25 term-frequency saturation of `text` search (higher: repeats count more).")
     bm25_b: float = Field(default=0.4, ge=0.0, le=1.0,
                           description="BM25 length normalisation of `text` search (0: none, 1: full).")
+    chunk_context: Literal["none", "embedding", "text", "both"] = Field(
+        default="both",
+        description="Where a chunk's document title and heading path go besides its metadata: into what is "
+                    "embedded, into the text-search index, both, or neither (the chunk text shown and quoted "
+                    "stays the same). Changing it applies to documents indexed afterwards.")
     chat_top_k: int = Field(default=5, ge=1, le=20, description="Chunks given to the answering step.")
     max_query_chars: int = Field(default=2000, ge=10, description="Longest accepted search query / chat message.")
 

@@ -31,13 +31,13 @@ from core.search_modes import MODE_NAMES
 from core.settings import get_settings
 from core.tenant_indexes import sync_tenant_indexes
 from core.terminal import progress
-from evals.beir import Dataset, Query, load_dataset
+from evals.beir import CorpusDoc, Dataset, Query, load_dataset
 from evals.embedding_cache import CachedEmbedding
 from evals.jaccard import jaccard_search
 from evals.metrics import METRICS, average, percentile, query_metrics
 from evals.report import EvalReport, RetrieverResult
 from indexing.pipeline import index_sources
-from indexing.readers import Part
+from indexing.readers import Part, text_parts
 from indexing.sources import Source, content_hash
 
 # jaccard: the legacy word-overlap floor; ts_rank: the text ranking before BM25 (PGVectorStore's
@@ -58,13 +58,14 @@ class Ranked:
 
 
 def index_fingerprint() -> str:
-    """What decides the chunks and vectors of an indexed corpus: backend, model, runtime and
-    chunk plan. It is part of the evaluation company's slug, so a run with another runtime or
-    chunking indexes into its own companies instead of scoring stale vectors."""
+    """What decides the chunks and vectors of an indexed corpus: backend, model, runtime, chunk
+    plan, Markdown sectioning and chunk context (CHUNK_CONTEXT). It is part of the evaluation
+    company's slug, so a run with another runtime or chunking indexes into its own companies
+    instead of scoring stale vectors."""
     from indexing.chunking import chunk_plan
 
     plan = chunk_plan(get_embed_model())
-    raw = f"{model_key()}|{plan.chunk_size}|{plan.chunk_overlap}"
+    raw = f"{model_key()}|{plan.chunk_size}|{plan.chunk_overlap}|sections|context={get_settings().chunk_context}"
     return hashlib.sha256(raw.encode()).hexdigest()[:8]
 
 
@@ -108,11 +109,26 @@ def _stale(company_id: str, docs: dict[str, str]) -> list[str]:
     return [doc_id for doc_id, digest in docs.items() if current.get(doc_id) != (digest, "indexed")]
 
 
+def indexed_text(doc: CorpusDoc) -> str:
+    """What a corpus document's file holds: with chunk context on, its text, the title then
+    travelling as every chunk's context; without it, title and text joined (MTEB's way), so
+    the title still reaches the first chunk."""
+    return doc.text if doc.title and get_settings().chunk_context != "none" else doc.content
+
+
+def corpus_parts(doc: CorpusDoc) -> list[Part]:
+    """The document as an upload of its file would be parsed (Markdown by sections), titled."""
+    parts = text_parts(doc.id, indexed_text(doc))
+    if doc.title:
+        parts[0] = Part(parts[0].text, {**parts[0].metadata, "title": doc.title})
+    return parts
+
+
 def _index_batch(company_id: str, docs: dict[str, Any], hashes: dict[str, str], embedder: CachedEmbedding,
                  doc_ids: list[str]) -> tuple[int, list[Any]]:
     sources = [Source(source_key=doc.id, filename=doc.id, data_hash=hashes[doc.id],
-                      size_bytes=len(doc.content.encode()), parts=[Part(text=doc.content)])
-               for doc in (docs[doc_id] for doc_id in doc_ids) if doc.content.strip()]
+                      size_bytes=len(indexed_text(doc).encode()), parts=corpus_parts(doc))
+               for doc in (docs[doc_id] for doc_id in doc_ids) if indexed_text(doc).strip()]
     outcomes = index_sources(company_id, sources, embed_model=embedder)
     return len(doc_ids), [o for o in outcomes if o.action == "failed"]
 
@@ -129,7 +145,7 @@ def index_corpus(dataset: Dataset, embedder: CachedEmbedding, console: Console,
         company_id = ensure_company(eval_company_slug(dataset.name, company, fingerprint))
         companies[company] = company_id
         docs = {doc.id: doc for doc in dataset.corpus if doc.company == company}
-        hashes = {doc_id: content_hash(doc.content.encode()) for doc_id, doc in docs.items()}
+        hashes = {doc_id: content_hash(indexed_text(doc).encode()) for doc_id, doc in docs.items()}
         todo = _stale(company_id, hashes)
         if not todo:
             continue

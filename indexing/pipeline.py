@@ -40,7 +40,9 @@ from sqlalchemy import select
 
 from core.database import get_engine, session_scope, tenant
 from core.embeddings import get_embed_model
+from core.settings import get_settings
 from core.vector_store import get_vector_store
+from indexing.chunk_context import context_metadata, document_title, embedded_keys
 from indexing.chunk_rows import chunk_ref_ids, delete_chunks_and_hashes
 from indexing.chunking import build_splitter
 from indexing.docstore import get_docstore, ref_doc_base
@@ -120,7 +122,10 @@ def _part_ids(company_id: str, source: Source) -> list[str]:
     return [f"{base}#part-{n}" for n in range(1, len(source.parts) + 1)]
 
 
-def _documents(company_id: str, source: Source, state: RowState, ids: list[str]) -> list[LIDocument]:
+def _documents(company_id: str, source: Source, state: RowState, ids: list[str],
+               context_mode: str) -> list[LIDocument]:
+    title = document_title(source.filename, source.parts)
+    embedded = embedded_keys(context_mode)
     docs = []
     for part, doc_id in zip(source.parts, ids, strict=True):
         metadata: dict[str, Any] = {
@@ -131,12 +136,15 @@ def _documents(company_id: str, source: Source, state: RowState, ids: list[str])
             "uploaded_by": source.uploaded_by,
             "is_active": state.is_active,
             **part.metadata,
+            **context_metadata(context_mode, title, part),
         }
-        keys = list(metadata)
-        # The embed text is the chunk text alone, so the chunk size is exactly what the
-        # model reads (see indexing.chunking); retrieval reads metadata from its own columns.
-        docs.append(LIDocument(id_=doc_id, text=part.text, metadata=metadata,
-                               excluded_embed_metadata_keys=keys, excluded_llm_metadata_keys=keys))
+        # The embed text is the chunk text, after its context when CHUNK_CONTEXT embeds it: the
+        # splitter counts embedded metadata against the chunk size, so the model reads all of it
+        # (see indexing.chunking). Answers quote the chunk text alone; retrieval reads metadata
+        # from its own columns.
+        excluded = [key for key in metadata if key not in embedded]
+        docs.append(LIDocument(id_=doc_id, text=part.text, metadata=metadata, metadata_template="{value}",
+                               excluded_embed_metadata_keys=excluded, excluded_llm_metadata_keys=list(metadata)))
     return docs
 
 
@@ -179,7 +187,9 @@ def _run(company_id: str, sources: Sequence[Source], embed_model: BaseEmbedding 
     states = claim_documents(company_id, sources)
     part_ids = {s.source_key: _part_ids(company_id, s) for s in sources}
     _prepare_clean(company_id, sources, states, part_ids)
-    documents = [d for s in sources for d in _documents(company_id, s, states[s.source_key], part_ids[s.source_key])]
+    context_mode = get_settings().chunk_context
+    documents = [d for s in sources
+                 for d in _documents(company_id, s, states[s.source_key], part_ids[s.source_key], context_mode)]
     vectors = [s for s in sources if s.vector is not None]
     if vectors:
         if len(sources) != 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import posixpath
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -159,17 +160,36 @@ def decode_text(name: str, data: bytes) -> str:
             code="NOT_UTF8") from exc
 
 
+# Joins a section's heading path in Part metadata ("Lens coatings > Anti-reflective coating");
+# the parser is given a separator no heading contains, so a "/" in a heading stays in it.
+SECTION_PATH_SEPARATOR = " > "
+_PARSER_SEPARATOR = "\x1f"
+
+
+_MD_HEADING_LINE = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
+
+
 def _markdown_parts(text: str) -> list[Part]:
+    """One part per heading's section, as MarkdownReader cuts them, each knowing its heading
+    path (MarkdownNodeParser keeps the stack of enclosing headings; MarkdownReader drops levels)."""
+    from llama_index.core import Document as LIDocument
+    from llama_index.core.node_parser import MarkdownNodeParser
     from llama_index.readers.file import MarkdownReader
 
     reader = MarkdownReader()
     text = reader.remove_images(reader.remove_hyperlinks(text))
+    parser = MarkdownNodeParser(include_prev_next_rel=False, header_path_separator=_PARSER_SEPARATOR)
     parts = []
-    for header, body in reader.markdown_to_tups(text):
-        if header is None:
-            parts.append(Part(body))
-        else:
-            parts.append(Part(f"{header}\n{body}", {"section": header[:200]}))
+    for node in parser.get_nodes_from_documents([LIDocument(text=text)]):
+        first, _, body = node.get_content().partition("\n")
+        heading = _MD_HEADING_LINE.match(first)
+        if heading is None:
+            parts.append(Part(node.get_content()))
+            continue
+        header = heading.group(1).strip()
+        enclosing = [h for h in node.metadata.get("header_path", "").split(_PARSER_SEPARATOR) if h]
+        path = SECTION_PATH_SEPARATOR.join([*enclosing, header])
+        parts.append(Part(f"{header}\n{body.strip()}", {"section": header[:200], "section_path": path[:400]}))
     return parts
 
 
@@ -264,6 +284,12 @@ def read_parts(name: str, data: bytes, limits: ExtractionLimits | None = None) -
         raise IngestError(f"{label!r} contains no extractable text (a scanned PDF needs OCR first).",
                           code="NO_TEXT")
     return parts
+
+
+def text_parts(name: str, text: str) -> list[Part]:
+    """Parts of text already extracted from file `name` (an evaluation corpus holds such text):
+    a Markdown file's sections with their heading paths, as an upload of it gets, else one part."""
+    return _markdown_parts(text) if name.lower().endswith((".md", ".markdown")) else [Part(text)]
 
 
 # -- the formats ------------------------------------------------------------------------------

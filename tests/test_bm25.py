@@ -48,13 +48,15 @@ def _stats(company_id: str) -> tuple[tuple[int, int], dict[str, int]]:
 
 
 def _recomputed(company_id: str) -> tuple[tuple[int, int], dict[str, int]]:
-    """The same statistics computed from scratch, in Python, from the active chunks' text."""
+    """The same statistics computed from scratch, in Python, from the active chunks' text and
+    search context (what the text-search columns index)."""
     from core.database import get_engine, tenant
 
     with tenant(company_id), get_engine().connect() as connection:
-        texts = connection.execute(sa.text(
-            "SELECT text FROM data_chunks WHERE company_id = :c AND is_active IS TRUE"), {"c": company_id}).scalars()
-        tokens = [_lexemes(connection, text) for text in texts]
+        rows = connection.execute(sa.text(
+            "SELECT text, metadata_->>'search_context' AS context FROM data_chunks "
+            "WHERE company_id = :c AND is_active IS TRUE"), {"c": company_id}).all()
+        tokens = [_lexemes(connection, f"{row.text} {row.context or ''}") for row in rows]
     df: dict[str, int] = {}
     for chunk in tokens:
         for lexeme in set(chunk):

@@ -87,7 +87,9 @@ def test_sample_folder_idempotent_sync_and_no_truncation(company, samples_dir, t
         node = metadata_dict_to_node(meta)
         node.set_content(text)
         embed_text = node.get_content(metadata_mode=MetadataMode.EMBED)
-        assert embed_text == text  # no metadata leaks into the embedding input
+        # Only the chunk's context (CHUNK_CONTEXT=both by default) joins the text: no other metadata
+        assert embed_text == f"{meta['context']}\n\n{text}"
+        assert meta["document_title"] and meta["context"].startswith(meta["document_title"])
         longest = max(longest, count_tokens(embed_text, embed_model))
     assert longest <= limit
     assert longest > limit * 0.6  # chunks are actually sized near the limit
