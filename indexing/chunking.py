@@ -10,14 +10,17 @@ re-joined splits tokenizing differently at their seams.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.node_parser import SentenceSplitter, TokenTextSplitter
+from llama_index.core.schema import BaseNode, TransformComponent
 
 from core.embeddings import counting_tokenizer, embedding_info, get_embed_model
 from core.settings import get_settings
+from indexing.readers import ROWS_KEY
 
 SEAM_MARGIN = 8  # word pieces kept free for splits that tokenize longer once joined
 OPENAI_CHUNK_SIZE = 512  # well under the 8k limit; long chunks make poor retrieval units
@@ -65,7 +68,27 @@ def embed_tokenizer(model: BaseEmbedding | None = None) -> ModelTokenizer | None
     return ModelTokenizer(tokenizer) if tokenizer is not None else None
 
 
-def build_splitter(model: BaseEmbedding | None = None, id_func: Any = None) -> SentenceSplitter:
+class ChunkSplitter(TransformComponent):
+    """Prose is cut at sentence ends (SentenceSplitter); text of one record per line (a CSV's
+    rows, marked by its reader) is cut between lines only (TokenTextSplitter on newlines), so
+    a row never ends one chunk and begins the next: SentenceSplitter sees a CSV as one long
+    sentence and would cut it at any comma."""
+
+    prose: SentenceSplitter
+    rows: TokenTextSplitter
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
+        out: list[BaseNode] = []
+        for node in nodes:  # one part at a time, in order: chunk ids count within their part
+            splitter = self.rows if node.metadata.get(ROWS_KEY) == "rows" else self.prose
+            out.extend(splitter([node], **kwargs))
+        return out
+
+    def get_nodes_from_documents(self, documents: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
+        return self(documents, **kwargs)
+
+
+def build_splitter(model: BaseEmbedding | None = None, id_func: Any = None) -> ChunkSplitter:
     plan = chunk_plan(model)
     kwargs: dict[str, Any] = {"chunk_size": plan.chunk_size, "chunk_overlap": plan.chunk_overlap}
     tokenizer = embed_tokenizer(model)
@@ -73,4 +96,5 @@ def build_splitter(model: BaseEmbedding | None = None, id_func: Any = None) -> S
         kwargs["tokenizer"] = tokenizer
     if id_func is not None:
         kwargs["id_func"] = id_func
-    return SentenceSplitter(**kwargs)
+    return ChunkSplitter(prose=SentenceSplitter(**kwargs),
+                         rows=TokenTextSplitter(separator="\n", backup_separators=[" "], **kwargs))

@@ -193,6 +193,11 @@ def _markdown_parts(text: str) -> list[Part]:
     return parts
 
 
+# Part metadata of text made of one record per line (a CSV's rows): chunks are cut between lines
+# only (indexing.chunking), so no row is split across two chunks.
+ROWS_KEY = "layout"
+
+
 def _csv_parts(text: str) -> list[Part]:
     # Hand-written on purpose: LlamaIndex's CSV readers join bare cell values, so a row
     # such as "Anti-reflective, Coating, 35.00" loses which number is the price once it is
@@ -208,7 +213,7 @@ def _csv_parts(text: str) -> list[Part]:
         cells = [f"{h.strip()}: {v.strip()}" for h, v in zip(header, row, strict=False) if v.strip()]
         if cells:
             lines.append("; ".join(cells))
-    return [Part("\n".join(lines))]
+    return [Part("\n".join(lines), {ROWS_KEY: "rows"})]
 
 
 def _with_temp_file(suffix: str, data: bytes, load: object) -> list:
@@ -286,12 +291,6 @@ def read_parts(name: str, data: bytes, limits: ExtractionLimits | None = None) -
     return parts
 
 
-def text_parts(name: str, text: str) -> list[Part]:
-    """Parts of text already extracted from file `name` (an evaluation corpus holds such text):
-    a Markdown file's sections with their heading paths, as an upload of it gets, else one part."""
-    return _markdown_parts(text) if name.lower().endswith((".md", ".markdown")) else [Part(text)]
-
-
 # -- the formats ------------------------------------------------------------------------------
 Reader = Callable[[str, bytes, ExtractionLimits], list[Part]]  # (file name, bytes, limits) -> parts
 
@@ -301,16 +300,31 @@ def _decoded(parse: Callable[[str], list[Part]]) -> Reader:
     return lambda name, data, limits: parse(decode_text(name, data))
 
 
+def _plain_parts(text: str) -> list[Part]:
+    return [Part(text)]
+
+
+# The text formats, by suffix: parsers of decoded text.
+TEXT_PARSERS: dict[str, Callable[[str], list[Part]]] = {
+    ".md": _markdown_parts,
+    ".markdown": _markdown_parts,
+    ".txt": _plain_parts,
+    ".html": _html_parts,
+    ".htm": _html_parts,
+    ".csv": _csv_parts,
+}
 # Every supported file type, by suffix: a new format is one entry here (help texts and the
 # unsupported-type error list what is here).
 READERS: dict[str, Reader] = {
-    ".md": _decoded(_markdown_parts),
-    ".markdown": _decoded(_markdown_parts),
-    ".txt": _decoded(lambda text: [Part(text)]),
-    ".html": _decoded(_html_parts),
-    ".htm": _decoded(_html_parts),
-    ".csv": _decoded(_csv_parts),
+    **{suffix: _decoded(parse) for suffix, parse in TEXT_PARSERS.items()},
     ".pdf": _pdf_parts,
     ".docx": _docx_parts,
 }
+
+
+def text_parts(name: str, text: str) -> list[Part]:
+    """Parts of the text of file `name` as an upload of it would be parsed (an evaluation corpus
+    holds text formats as their files' text, and other formats as extracted text)."""
+    parse = TEXT_PARSERS.get(Path(name.lower()).suffix, _plain_parts)
+    return [part for part in parse(text) if part.text.strip()]
 SUPPORTED_EXTENSIONS = tuple(sorted(READERS))

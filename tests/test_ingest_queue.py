@@ -45,12 +45,22 @@ def _text(kb: int, tag: str) -> bytes:
     return "\n".join(lines).encode()
 
 
-def _expected_chunks(data: bytes) -> int:
+def _expected_chunks(data: bytes, filename: str) -> int:
+    """Chunks of a .txt upload: its text after the context the embedding carries (CHUNK_CONTEXT)."""
     from llama_index.core import Document as LIDocument
 
+    from core.settings import get_settings
+    from indexing.chunk_context import context_metadata, document_title, embedded_keys
     from indexing.pipeline import chunk_splitter
+    from indexing.readers import Part
 
-    return len(chunk_splitter().get_nodes_from_documents([LIDocument(text=data.decode())]))
+    part = Part(data.decode())
+    mode = get_settings().chunk_context
+    metadata = context_metadata(mode, document_title(filename, [part]), part)
+    document = LIDocument(text=part.text, metadata=metadata, metadata_template="{value}",
+                          excluded_embed_metadata_keys=[k for k in metadata if k not in embedded_keys(mode)],
+                          excluded_llm_metadata_keys=list(metadata))
+    return len(chunk_splitter().get_nodes_from_documents([document]))
 
 
 def _job(company_id: str, document_id: str) -> sa.Row:
@@ -146,7 +156,7 @@ def test_killed_worker_job_is_retried_by_another_with_one_copy_of_chunks(company
     job = _job(company.id, row.id)
     assert (job.status, job.attempts, job.error) == ("done", 2, None)
     rows, node_ids, texts = _chunk_stats(company.id, row.id)
-    assert rows == node_ids == texts == done.chunk_count == _expected_chunks(data)
+    assert rows == node_ids == texts == done.chunk_count == _expected_chunks(data, "handbook.txt")
 
 
 def _claim_within(worker: object, timeout_s: float) -> object:
