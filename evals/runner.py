@@ -110,10 +110,10 @@ def _stale(company_id: str, docs: dict[str, str]) -> list[str]:
 
 
 def indexed_text(doc: CorpusDoc) -> str:
-    """What a corpus document's file holds: with chunk context on, its text, the title then
-    travelling as every chunk's context; without it, title and text joined (MTEB's way), so
-    the title still reaches the first chunk."""
-    return doc.text if doc.title and get_settings().chunk_context != "none" else doc.content
+    """What a corpus document's file holds: title and text joined (MTEB's way), unless chunk
+    context reaches the text-search index; then its text alone, the title travelling as every
+    chunk's context instead of being counted twice in the first one."""
+    return doc.text if doc.title and get_settings().chunk_context in ("text", "both") else doc.content
 
 
 def corpus_parts(doc: CorpusDoc) -> list[Part]:
