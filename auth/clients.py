@@ -38,7 +38,8 @@ from auth.models import Company
 from auth.permissions import Permission
 from auth.rate_limit import RateLimited, RateLimiter, limiter_for
 from auth.tokens import can_issue_tokens, issue_access_token
-from core.database import Base, session_scope, tenant
+from core.db.engines import Base, session_scope
+from core.db.tenant_scope import tenant
 from core.errors import Conflict, Forbidden, NotFound, ServiceError, Unauthorized
 from core.settings import Settings, get_settings
 

@@ -36,7 +36,9 @@ from auth.permissions import permissions_for
 from auth.rate_limit import RateLimiter, Reservation, limiter_for, reserve_failures
 from auth.revocation import bump_auth_epoch
 from auth.tokens import can_issue_tokens, issue_access_token
-from core.database import get_auth_engine, is_unavailable, session_scope, tenant
+from core.db.connections import is_unavailable
+from core.db.engines import get_auth_engine, session_scope
+from core.db.tenant_scope import tenant
 from core.errors import Conflict, DatabaseUnavailable, ServiceError, Unauthorized
 from core.settings import Settings, get_settings
 

@@ -23,7 +23,9 @@ from typing import Any, Protocol
 
 from benchmarks import RESULTS_DIR
 from benchmarks.throwaway import drop_company, stats_ms, timed_ms
-from core.database import admin_session_scope, session_scope, tenant
+from core.db.engines import session_scope
+from core.db.owner import admin_session_scope
+from core.db.tenant_scope import tenant
 from core.settings import Settings
 from evals.metrics import percentile
 

@@ -378,7 +378,9 @@ def prepare_practices(companies: Iterable[str], samples: Path = SAMPLES_DIR,
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_company, create_user, find_user_in_company
-    from core.database import admin_session_scope, session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
     from core.embeddings import get_embed_model
     from indexing.folder import ingest_folder
     from retrieval.statements import precompute

@@ -16,7 +16,8 @@ from auth.rate_limit import RateLimited, SlidingWindowLimiter
 from auth.sessions import login_limiters
 from auth.tokens import decode_access_token, issue_access_token
 from auth.users import create_user, get_user
-from core.database import session_scope, tenant
+from core.db.engines import session_scope
+from core.db.tenant_scope import tenant
 from core.settings import Settings
 
 PASSWORD = "correct horse battery"

@@ -20,7 +20,9 @@ def practices(database, embed_model, samples_dir):
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_company, create_user
-    from core.database import admin_session_scope, session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
     from indexing.folder import ingest_folder
 
     out = {}

@@ -100,7 +100,9 @@ def _tenant(client: Any, tag: str) -> Tenant:
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_company, create_user
-    from core.database import admin_session_scope, session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
 
     slug = f"iso-{tag}-{uuid.uuid4().hex[:8]}"
     with admin_session_scope() as session:

@@ -27,7 +27,9 @@ def _company(client: Any, tag: int) -> tuple[str, dict[str, str], dict[str, str]
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_company, create_user
-    from core.database import admin_session_scope, session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
 
     with admin_session_scope() as session:
         company = create_company(session, f"prop-{tag}-{uuid.uuid4().hex[:10]}", f"Property practice {tag}")

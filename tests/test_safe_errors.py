@@ -70,7 +70,7 @@ def test_a_500_says_only_internal_error_and_its_request_id(faulty_client, caplog
 
 
 def test_stored_document_errors_never_hold_exception_text(client, company, make_user) -> None:
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from indexing.pipeline import mark_failed
 
     _, admin = make_user(company, "admin")

@@ -10,7 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from auth import clients
-from core.database import admin_session_scope, session_scope, tenant
+from core.db.engines import session_scope
+from core.db.owner import admin_session_scope
+from core.db.tenant_scope import tenant
 
 TOKEN_URL = "/api/auth/token"
 

@@ -19,7 +19,8 @@ from auth import audit
 from auth.passwords import verify_password
 from auth.rate_limit import RateLimited, SlidingWindowLimiter, reserve_failures
 from auth.sessions import login_limiters
-from core.database import session_scope, tenant
+from core.db.engines import session_scope
+from core.db.tenant_scope import tenant
 from core.settings import get_settings
 
 PASSWORD = "correct horse battery"
