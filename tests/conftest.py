@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import get_settings
+
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="ils-rag-test-"))
 os.environ["ENVIRONMENT"] = "test"
 os.environ["DATA_DIR"] = str(_SESSION_DIR)
@@ -167,7 +169,7 @@ def make_user(database: str):
         with tenant(company.id), session_scope() as session:
             user = create_user(session, company.id, f"{role}-{uuid.uuid4().hex[:8]}@example.com", password, role)
         token, _ = issue_access_token(user_id=user.id, company_id=company.id, email=user.email, role=role,
-                                      permissions=permissions_for(role))
+                                      permissions=permissions_for(role), settings=get_settings())
         return user, {"Authorization": f"Bearer {token}"}
 
     return _make

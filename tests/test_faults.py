@@ -25,6 +25,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from core.settings import get_settings
 from tests.servers import serve, wait_for
 
 CONNECT_TIMEOUT_S = 3
@@ -65,7 +66,8 @@ def _token(database_url: str) -> dict[str, str]:
             "VALUES (:c, :u, 'admin@fault.example', 'not-a-hash', 'admin', true)"), {"c": company_id, "u": user_id})
     engine.dispose()
     token, _ = issue_access_token(user_id=user_id, company_id=company_id,
-                                  email="admin@fault.example", role="admin", permissions=permissions_for("admin"))
+                                  email="admin@fault.example", role="admin", permissions=permissions_for("admin"),
+                                  settings=get_settings())
     return {"Authorization": f"Bearer {token}"}
 
 

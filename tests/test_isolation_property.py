@@ -10,6 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.settings import get_settings
+
 VOCAB = ["varifocal", "lenses", "price", "pounds", "contact", "frames", "eye", "test", "appointment", "children",
          "glaucoma", "coating", "anti-glare", "repair", "warranty", "refund", "parking", "opening", "hours",
          "discount", "student", "NHS", "voucher", "optician", "dry", "retina", "scan", "myopia", "sunglasses"]
@@ -39,7 +41,7 @@ def _company(client: Any, tag: int) -> tuple[str, dict[str, str], dict[str, str]
             user = create_user(session, company.id, f"{role}-{uuid.uuid4().hex[:8]}@example.com",
                                "property test password", role)
             token, _ = issue_access_token(user_id=user.id, company_id=company.id, email=user.email, role=role,
-                                          permissions=permissions_for(role))
+                                          permissions=permissions_for(role), settings=get_settings())
             headers[role] = {"Authorization": f"Bearer {token}"}
     return company.id, headers["admin"], headers["staff"]
 

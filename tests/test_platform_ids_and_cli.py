@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from app.cli import app as cli_app
+from core.settings import get_settings
 
 runner = CliRunner()
 
@@ -40,7 +41,7 @@ def _token_headers(company_id: str, user) -> dict[str, str]:
     from auth.tokens import issue_access_token
 
     token, _ = issue_access_token(user_id=user.id, company_id=company_id, email=user.email, role=user.role,
-                                  permissions=permissions_for(user.role))
+                                  permissions=permissions_for(user.role), settings=get_settings())
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from core.settings import get_settings
+
 EXPECTED_TENANT_TABLES = {"users", "refresh_tokens", "documents", "data_chunks", "data_docstore", "conversations",
                           "messages", "audit_log"}
 PASSWORD = "correct horse battery"
@@ -34,7 +36,7 @@ def _seed(company, make_user) -> Seeded:
     from retrieval.chat import ChatService
 
     user, _ = make_user(company, "admin", PASSWORD)
-    login(user.email, PASSWORD)  # refresh_tokens + audit_log
+    login(user.email, PASSWORD, settings=get_settings())  # refresh_tokens + audit_log
     document = index_text(company.id, "rls-notes", "Varifocal lenses are adjusted free for life at this practice.")
     result = ChatService(company.id, user.id).ask("Are varifocal adjustments free?")  # conversations + messages
     return Seeded(company.id, user.id, document.id, result.conversation_id)

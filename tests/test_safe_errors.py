@@ -99,7 +99,7 @@ def _claims(company, user, **changes: Any) -> dict[str, Any]:
 
 
 def _signed(claims: dict[str, Any], key: str | None = None) -> str:
-    return jwt.encode(claims, key or resolve_jwt_secret(), algorithm="HS256")
+    return jwt.encode(claims, key or resolve_jwt_secret(get_settings()), algorithm="HS256")
 
 
 @pytest.mark.parametrize(("changes", "key", "reason"), [

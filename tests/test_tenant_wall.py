@@ -17,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
+from core.settings import get_settings
+
 PASSWORD = "correct horse battery"
 ARGON2 = "$argon2"
 
@@ -32,7 +34,7 @@ def a_and_b(make_company, make_user, embed_model):
     for name in ("Wall A", "Wall B"):
         company = make_company(name)
         user, _ = make_user(company, "admin", PASSWORD)
-        login(user.email, PASSWORD)
+        login(user.email, PASSWORD, settings=get_settings())
         index_text(company.id, f"{name}-notes", f"{name} keeps its secret price list: varifocals cost £999.")
         ChatService(company.id, user.id).ask("What do varifocals cost?")
         seeded.append((company, user))

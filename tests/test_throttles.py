@@ -29,9 +29,9 @@ LOGIN = "/api/auth/login"
 
 @pytest.fixture(autouse=True)
 def _fresh_limits():
-    login_limiters().reset()
+    login_limiters(get_settings()).reset()
     yield
-    login_limiters().reset()
+    login_limiters(get_settings()).reset()
 
 
 @pytest.fixture

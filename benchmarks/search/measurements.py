@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.search.corpus import OPTICAL_DIR, REPO_ROOT, Store, company_id, company_number, user_email, user_id
+from core.settings import get_settings
 from evals.metrics import percentile
 
 TOP_K = 10
@@ -261,7 +262,7 @@ def _token(company: str) -> str:
 
     number = company_number(company)  # its user exists (database.ensure_users)
     token, _ = issue_access_token(user_id=user_id(number), company_id=company, email=user_email(number),
-                                  role="staff", permissions=permissions_for("staff"))
+                                  role="staff", permissions=permissions_for("staff"), settings=get_settings())
     return token
 
 
