@@ -21,7 +21,8 @@ from auth.clients import check_client_token
 from auth.permissions import Permission
 from auth.revocation import check_token_authority
 from auth.tokens import decode_access_token
-from core.database import session_scope, tenant
+from core.db.engines import session_scope
+from core.db.tenant_scope import tenant
 from core.errors import Forbidden, ServiceError, Unauthorized
 from core.settings import Settings, get_settings
 

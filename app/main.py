@@ -27,7 +27,7 @@ from app.routes import web as web_routes
 from app.routes.api_docs import install_api_docs
 from auth.tokens import check_auth_configuration
 from core import SERVICE_NAME, __version__, metrics
-from core.database import check_database
+from core.db.checks import check_database
 from core.embeddings import get_embed_model
 from core.errors import ConfigurationError
 from core.migrate import upgrade

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from auth.models import Company
 from auth.users import create_company, create_user, find_user_in_company
-from core.database import admin_session_scope
+from core.db.owner import admin_session_scope
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 

@@ -3,7 +3,7 @@
 Any package may record actions (document deletions, role changes...):
 `record(session, company_id, user_id, "documents.delete", target=document_id)`. The row is
 written in the caller's transaction, so it commits or rolls back with the change it describes;
-open that session inside `core.database.tenant(company_id)`.
+open that session inside `core.db.tenant_scope.tenant(company_id)`.
 """
 
 from __future__ import annotations

@@ -38,9 +38,10 @@ from auth.models import Company
 from auth.permissions import Permission
 from auth.rate_limit import RateLimited, RateLimiter, limiter_for
 from auth.tokens import can_issue_tokens, issue_access_token
-from core.database import Base, session_scope, tenant
+from core.db.engines import Base, session_scope
+from core.db.tenant_scope import tenant
 from core.errors import Conflict, Forbidden, NotFound, ServiceError, Unauthorized
-from core.settings import Settings, get_settings
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -195,9 +196,8 @@ def _limiters(storage: str, per_client: int, per_address: int, window_s: int) ->
                           limiter_for(storage, "client.address", per_address, window_s))
 
 
-def client_limiters(settings: Settings | None = None) -> ClientLimiters:
+def client_limiters(settings: Settings) -> ClientLimiters:
     """Failed exchanges are throttled with the sign-in limits (LOGIN_MAX_FAILURES_*)."""
-    settings = settings or get_settings()
     return _limiters(settings.rate_limit_storage, settings.login_max_failures_per_account,
                      settings.login_max_failures_per_address, settings.login_failure_window_s)
 
@@ -220,10 +220,9 @@ def _choose_company(client: ServiceClient, company_id: str | None) -> str:
 
 
 def exchange(client_id: str, client_secret: str, *, company_id: str | None = None, scope: str | None = None,
-             client_ip: str | None = None, settings: Settings | None = None) -> ClientToken:
+             client_ip: str | None = None, settings: Settings) -> ClientToken:
     """Client credentials -> an access token for one company; raises 401 INVALID_CLIENT,
     429 when throttled, 400/403 for a company or scope the client may not have."""
-    settings = settings or get_settings()
     if not can_issue_tokens(settings):
         raise ServiceError("This service only verifies platform-issued tokens (JWT_ALGORITHM="
                            f"{settings.jwt_algorithm} without JWT_PRIVATE_KEY), so it cannot issue client tokens.",

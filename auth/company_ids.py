@@ -25,7 +25,7 @@ from auth import audit
 from auth.clients import rename_company_in_clients
 from auth.models import Company
 from auth.users import check_company_id
-from core.database import tenant_tables
+from core.db.checks import tenant_tables
 from core.errors import Conflict, NotFound, ServiceError
 from core.sql_text import quoted_identifier
 from core.tenant_plans import tenant_index_name

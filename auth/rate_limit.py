@@ -41,7 +41,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from core import metrics
-from core.database import get_admin_engine, get_auth_engine, is_unavailable
+from core.db.connections import is_unavailable
+from core.db.engines import get_auth_engine
+from core.db.owner import get_admin_engine
 from core.errors import DatabaseUnavailable, ServiceError
 
 

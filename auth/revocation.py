@@ -31,7 +31,8 @@ from sqlalchemy.orm import Session
 
 from auth.models import User
 from auth.permissions import ROLES
-from core.database import get_auth_engine, is_unavailable
+from core.db.connections import is_unavailable
+from core.db.engines import get_auth_engine
 from core.errors import DatabaseUnavailable, Unauthorized
 
 REVOKED = "TOKEN_REVOKED"

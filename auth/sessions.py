@@ -36,9 +36,11 @@ from auth.permissions import permissions_for
 from auth.rate_limit import RateLimiter, Reservation, limiter_for, reserve_failures
 from auth.revocation import bump_auth_epoch
 from auth.tokens import can_issue_tokens, issue_access_token
-from core.database import get_auth_engine, is_unavailable, session_scope, tenant
+from core.db.connections import is_unavailable
+from core.db.engines import get_auth_engine, session_scope
+from core.db.tenant_scope import tenant
 from core.errors import Conflict, DatabaseUnavailable, ServiceError, Unauthorized
-from core.settings import Settings, get_settings
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +94,9 @@ def _limiters(storage: str, per_account: int, per_address: int, window_s: int) -
                          limiter_for(storage, "login.address", per_address, window_s))
 
 
-def login_limiters(settings: Settings | None = None) -> LoginLimiters:
+def login_limiters(settings: Settings) -> LoginLimiters:
     """The failed-login counters for these settings, shared by every process when
     RATE_LIMIT_STORAGE is shared (see auth.rate_limit)."""
-    settings = settings or get_settings()
     return _limiters(settings.rate_limit_storage, settings.login_max_failures_per_account,
                      settings.login_max_failures_per_address, settings.login_failure_window_s)
 
@@ -218,7 +219,7 @@ def _candidates(email: str, company_slug: str | None) -> list[_Candidate]:
 
 
 def login(email: str, password: str, *, company_slug: str | None = None, client_ip: str | None = None,
-          settings: Settings | None = None) -> SessionTokens:
+          settings: Settings) -> SessionTokens:
     """Check a password and open a new session (a new refresh-token family).
 
     Every failure looks the same to the caller (one message, one argon2 verification at
@@ -227,7 +228,6 @@ def login(email: str, password: str, *, company_slug: str | None = None, client_
     is taken before the password check (`_reserve_attempt`), so parallel guesses cannot
     outrun it: at most LOGIN_MAX_FAILURES_PER_ACCOUNT password checks per window.
     """
-    settings = settings or get_settings()
     _require_issuer(settings)
     email = email.strip().lower()
     limiters = login_limiters(settings)
@@ -280,13 +280,12 @@ def login(email: str, password: str, *, company_slug: str | None = None, client_
 # --- refresh and logout ----------------------------------------------------------------------
 
 
-def refresh(token: str, *, client_ip: str | None = None, settings: Settings | None = None) -> SessionTokens:
+def refresh(token: str, *, client_ip: str | None = None, settings: Settings) -> SessionTokens:
     """Rotate a refresh token: the presented one is spent, a new pair is returned.
 
     Works after the access token expired (only the refresh token is needed). Re-use of a
     spent token revokes its whole family, including the token that replaced it.
     """
-    settings = settings or get_settings()
     _require_issuer(settings)
     company_id, jti = _parse_refresh_token(token)
     failure: Unauthorized | None = None
@@ -344,7 +343,7 @@ def _stored_hash(company_id: str, user_id: str) -> str | None:
 
 
 def change_password(company_id: str, user_id: str, current_password: str, new_password: str, *,
-                    client_ip: str | None = None, settings: Settings | None = None) -> SessionTokens:
+                    client_ip: str | None = None, settings: Settings) -> SessionTokens:
     """Replace a user's password after checking the current one, and end every session they had.
 
     A password change is what someone does when they fear the old one leaked: every refresh
@@ -352,7 +351,6 @@ def change_password(company_id: str, user_id: str, current_password: str, new_pa
     fails on its next request. The caller gets a new sign-in (a new family) in return. Wrong
     current passwords count against the same per-account budget as failed sign-ins.
     """
-    settings = settings or get_settings()
     _require_issuer(settings)
     if len(new_password) < MIN_PASSWORD_LENGTH:
         raise ServiceError(f"The new password must be at least {MIN_PASSWORD_LENGTH} characters.",

@@ -33,7 +33,7 @@ from jose import ExpiredSignatureError, JOSEError, jwk, jwt
 
 from auth.permissions import Permission, platform_role_permissions
 from core.errors import ConfigurationError, Unauthorized
-from core.settings import PLACEHOLDER_SECRET, Settings, get_settings
+from core.settings import PLACEHOLDER_SECRET, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +122,12 @@ def _development_secret(path: Path) -> str:
     return secret
 
 
-def resolve_jwt_secret(settings: Settings | None = None) -> str:
+def resolve_jwt_secret(settings: Settings) -> str:
     """The HS256 secret to sign and verify with; raises ConfigurationError when unusable.
 
     JWT_SECRET wins; outside development it is required. In development without one, the
     secret lives in DATA_DIR/jwt_secret, generated on first use.
     """
-    settings = settings or get_settings()
     secret = _configured_secret(settings)
     if secret is not None:
         _check_secret_strength(secret, "JWT_SECRET")
@@ -146,9 +145,8 @@ def _construct_key(pem: str, algorithm: str, name: str) -> None:
         raise ConfigurationError(f"{name} is not a valid PEM key for JWT_ALGORITHM={algorithm} ({exc}).") from exc
 
 
-def check_auth_configuration(settings: Settings | None = None) -> None:
+def check_auth_configuration(settings: Settings) -> None:
     """Start-up check: everything token signing and verification needs, or a one-line error."""
-    settings = settings or get_settings()
     known = {p.value for p in Permission}
     for role, names in settings.platform_role_permissions.items():
         if unknown := [name for name in names if name not in known]:
@@ -169,9 +167,8 @@ def check_auth_configuration(settings: Settings | None = None) -> None:
         _construct_key(settings.jwt_private_key, settings.jwt_algorithm, "JWT_PRIVATE_KEY")
 
 
-def can_issue_tokens(settings: Settings | None = None) -> bool:
+def can_issue_tokens(settings: Settings) -> bool:
     """False in verify-only mode (RS256/ES256 with the platform's public key and no private key)."""
-    settings = settings or get_settings()
     return settings.jwt_algorithm == "HS256" or bool(settings.jwt_private_key)
 
 
@@ -199,7 +196,7 @@ def _verification_key(settings: Settings) -> str | list[str]:
 
 
 def issue_access_token(*, user_id: str, company_id: str, email: str, role: str, permissions: list[str],
-                       settings: Settings | None = None,
+                       settings: Settings,
                        extra_claims: dict[str, Any] | None = None,
                        session_id: str | None = None, auth_epoch: int | None = None) -> tuple[str, int]:
     """Returns the token and its lifetime in seconds. `extra_claims` (e.g. a service client's
@@ -208,7 +205,6 @@ def issue_access_token(*, user_id: str, company_id: str, email: str, role: str, 
     `session_id` (the refresh family) and `auth_epoch` (users.auth_epoch now) bind the token to
     the sign-in and to the user's current authority; auth.revocation checks both per request.
     """
-    settings = settings or get_settings()
     now = datetime.now(UTC)
     lifetime = timedelta(minutes=settings.access_token_minutes)
     claims: dict[str, Any] = {
@@ -252,13 +248,12 @@ def _identifier(value: object) -> str | None:
     return None
 
 
-def decode_access_token(token: str, settings: Settings | None = None) -> TokenClaims:
+def decode_access_token(token: str, settings: Settings) -> TokenClaims:
     """Verify an access token (ours or the platform's) and return its claims.
 
     Raises Unauthorized: TOKEN_EXPIRED for an expired but otherwise genuine token,
     INVALID_TOKEN for everything else. Never lets a parsing error escape as a 500.
     """
-    settings = settings or get_settings()
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
         raise _invalid("malformed token")
     key = _verification_key(settings)

@@ -23,7 +23,9 @@ from typing import Any, Protocol
 
 from benchmarks import RESULTS_DIR
 from benchmarks.throwaway import drop_company, stats_ms, timed_ms
-from core.database import admin_session_scope, session_scope, tenant
+from core.db.engines import session_scope
+from core.db.owner import admin_session_scope
+from core.db.tenant_scope import tenant
 from core.settings import Settings
 from evals.metrics import percentile
 
@@ -61,8 +63,8 @@ def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200)
             user = create_user(session, company.id, f"bench-{uuid.uuid4().hex[:6]}@example.com", PASSWORD, "staff")
         for name, text in TEXTS:
             index_text(company.id, name, text)
-        token = login(user.email, PASSWORD).access_token
-        claims = decode_access_token(token)
+        token = login(user.email, PASSWORD, settings=get_settings()).access_token
+        claims = decode_access_token(token, settings=get_settings())
 
         def check() -> None:
             check_token_authority(company_id=claims.company_id, user_id=claims.user_id, role=claims.role,

@@ -26,7 +26,7 @@ from llama_index.core import Document as LIDocument
 
 from benchmarks import RESULTS_DIR
 from benchmarks.throwaway import drop_company
-from core.database import get_admin_engine
+from core.db.owner import get_admin_engine
 from core.embeddings import embedding_info, get_embed_model
 from indexing.chunking import build_splitter, chunk_plan
 from indexing.documents import queue_upload

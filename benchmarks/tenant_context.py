@@ -2,7 +2,7 @@
 the row-level security that verifies it cost per request.
 
 Every transaction of the service role that works for a company first reads the backend's pid
-and the transaction's start, then sets the HMAC-signed claim (two round trips, core.database),
+and the transaction's start, then sets the HMAC-signed claim (two round trips, core.db.tenant_scope),
 and every statement on a tenant table evaluates `ils_current_company()` once (migration
 0004). Measured on a throwaway company with a few documents, interleaved one by one so load
 drift hits both sides alike:
@@ -29,7 +29,9 @@ from llama_index.core.vector_stores.types import VectorStoreQuery
 
 from benchmarks import RESULTS_DIR
 from benchmarks.throwaway import drop_company, paired_difference_ms, stats_ms, timed_ms
-from core.database import admin_session_scope, get_admin_engine, get_engine, tenant
+from core.db.engines import get_engine
+from core.db.owner import admin_session_scope, get_admin_engine
+from core.db.tenant_scope import tenant
 from core.embeddings import get_embed_model
 from core.vector_store import TenantGuardedPGVectorStore, company_filter, get_vector_store
 

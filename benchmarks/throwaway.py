@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from core.database import get_admin_engine, tenant_tables
+from core.db.checks import tenant_tables
+from core.db.owner import get_admin_engine
 from evals.metrics import percentile
 
 

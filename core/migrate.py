@@ -8,7 +8,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
-from core.database import check_app_role, get_admin_engine
+from core.db.checks import check_app_role
+from core.db.owner import get_admin_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

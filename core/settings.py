@@ -1,11 +1,14 @@
 """The one settings object: environment variables, then `.env`, then defaults.
 
 Every field is documented in the README's configuration table; keep both in step.
+A command that needs other values than the environment gives (`ils-rag eval --runtime`, the
+search benchmark's own database) builds a copy and installs it with `configure_settings`
+(core.reconfigure also drops what was built from the old one), rather than editing
+os.environ: the process's configuration stays one object, visible where it is decided.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -222,6 +225,25 @@ class Settings(BaseSettings):
         return (self.model_cache_dir or self.data_dir / "models").expanduser().resolve()
 
 
-@lru_cache
+_process_settings: Settings | None = None
+
+
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings: the ones `configure_settings` installed, else read once from the environment."""
+    global _process_settings
+    if _process_settings is None:
+        _process_settings = Settings()
+    return _process_settings
+
+
+def configure_settings(settings: Settings | None) -> None:
+    """Install `settings` as the process's own (None: read the environment again at the next
+    `get_settings()`).
+
+    Why: a CLI command is a composition root; it decides its settings once (a copy with
+    `settings.model_copy(update={...})`, by field name) and everything it calls reads them
+    through `get_settings()`. Objects already built from the previous settings (engines,
+    models) are not rebuilt here: core.reconfigure does both.
+    """
+    global _process_settings
+    _process_settings = settings

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from core.database import get_admin_engine
+from core.db.owner import get_admin_engine
 from core.settings import get_settings
 from core.sql_text import quoted_identifier, quoted_literal
 from core.tenant_plans import INDEX_PREFIX, forget_tenant_plans, tenant_index_name

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from core.database import read_engine, tenant
+from core.db.replica import read_engine
+from core.db.tenant_scope import tenant
 
 INDEX_PREFIX = "data_chunks_hnsw_"
 TENANT_PLAN_TTL_S = 300.0

@@ -17,7 +17,9 @@ from llama_index.vector_stores.postgres.base import DBEmbeddingRow
 from sqlalchemy import VARCHAR, Column
 
 from core.chunk_filters import COMPANY_KEY, compile_filter
-from core.database import current_company, get_async_engine, get_engine, read_engine, transaction_settings
+from core.db.engines import get_async_engine, get_engine
+from core.db.replica import read_engine
+from core.db.tenant_scope import current_company, transaction_settings
 from core.embeddings import configured_dimensions
 from core.tenant_plans import tenant_plan
 
@@ -35,7 +37,7 @@ TEXT_SEARCH_CONFIG = "english"
 #   shared HNSW index well before that size with the connection's default candidate list:
 #   slower than the scan there, and it misses some of the top 10;
 # - a large tenant whose own index is not built yet walks the shared index (iterative scan,
-#   see core.database) with a wider candidate list, fetching HNSW_OVERFETCH times the rows
+#   see core.db.connections) with a wider candidate list, fetching HNSW_OVERFETCH times the rows
 #   asked for (at least HNSW_MIN_CANDIDATES) and keeping the nearest: relaxed-order
 #   iterations return rows slightly out of order, so a bare LIMIT could cut a true top-k row.
 HNSW_MIN_TENANT_CHUNKS = 5_000
@@ -44,7 +46,7 @@ HNSW_OVERFETCH = 2
 HNSW_MIN_CANDIDATES = 20
 TENANT_INDEX_EF_SEARCH = 100
 MAX_EF_SEARCH = 1000  # pgvector's upper bound
-# Transaction-local planner settings of each plan (core.database.transaction_settings: set
+# Transaction-local planner settings of each plan (core.db.tenant_scope.transaction_settings: set
 # in the same round trip as the tenant, at BEGIN).
 _EXACT_PLAN = {"enable_indexscan": "off"}  # the b-tree as a bitmap scan + top-k sort, never an HNSW walk
 _SHARED_HNSW_PLAN = {"enable_sort": "off", "hnsw__ef_search": str(HNSW_EF_SEARCH)}  # only an index yields the order
@@ -122,7 +124,7 @@ class TenantGuardedPGVectorStore(PGVectorStore):
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         # IngestionPipeline calls delete(ref_doc_id) on upserts; the upstream version matches
-        # the id alone, so scope it to the tenant the caller entered with core.database.tenant().
+        # the id alone, so scope it to the tenant the caller entered with core.db.tenant_scope.tenant().
         company_id = current_company()
         if not company_id:
             raise UnscopedQueryError("delete(ref_doc_id) outside a tenant() scope")

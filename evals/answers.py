@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from core.settings import get_settings
 from evals.metrics import percentile
 from evals.report import report_paths
 from retrieval.extractive import is_duplicate, normalise, overlap
@@ -378,7 +379,9 @@ def prepare_practices(companies: Iterable[str], samples: Path = SAMPLES_DIR,
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_company, create_user, find_user_in_company
-    from core.database import admin_session_scope, session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
     from core.embeddings import get_embed_model
     from indexing.folder import ingest_folder
     from retrieval.statements import precompute
@@ -401,7 +404,7 @@ def prepare_practices(companies: Iterable[str], samples: Path = SAMPLES_DIR,
             ingest_folder(samples / name, company_id=company_id, sync=True)
         precompute(company_id, get_embed_model())
         token, _ = issue_access_token(user_id=user_id, company_id=company_id, email=email, role="staff",
-                                      permissions=permissions_for("staff"))
+                                      permissions=permissions_for("staff"), settings=get_settings())
         headers[name] = {"Authorization": f"Bearer {token}"}
     return headers
 

@@ -30,7 +30,7 @@ from statistics import fmean
 from llama_index.core.schema import QueryBundle
 from rich.console import Console
 
-from core.database import tenant
+from core.db.tenant_scope import tenant
 from core.settings import get_settings
 from evals.beir import Dataset, load_dataset
 from evals.metrics import ndcg_at_k
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=REPORTS_DIR)
     parser.add_argument("--reuse-sides", action="store_true", help="rankings of the last run (new fusions only)")
     args = parser.parse_args(argv)
-    from core.database import check_database
+    from core.db.checks import check_database
     from core.migrate import upgrade
 
     console = Console()

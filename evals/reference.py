@@ -57,7 +57,9 @@ def service_chunk_reference(dataset_dir: Path) -> dict[str, dict[str, float]]:
     from sqlalchemy import select
 
     from auth.models import Company
-    from core.database import admin_session_scope, get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
     from evals.runner import eval_company_slug, index_fingerprint
 
     dataset = load_dataset(dataset_dir)

@@ -75,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", action="store_true", help="measure and write the baseline file")
     args = parser.parse_args()
-    from core.database import check_database
+    from core.db.checks import check_database
     from core.migrate import upgrade
 
     check_database()

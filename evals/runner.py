@@ -25,7 +25,9 @@ from sqlalchemy import select
 
 from auth.models import Company
 from auth.users import create_company
-from core.database import admin_session_scope, get_engine, tenant
+from core.db.engines import get_engine
+from core.db.owner import admin_session_scope
+from core.db.tenant_scope import tenant
 from core.embeddings import embedding_runtime, get_embed_model
 from core.search_modes import MODE_NAMES
 from core.settings import get_settings

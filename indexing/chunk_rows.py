@@ -10,7 +10,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from core.database import get_engine, tenant
+from core.db.engines import get_engine
+from core.db.tenant_scope import tenant
 from indexing.docstore import docstore_namespace, ref_doc_base
 
 

@@ -14,7 +14,8 @@ from llama_index.storage.kvstore.postgres import PostgresKVStore
 from sqlalchemy import VARCHAR, Column
 from sqlalchemy.dialects.postgresql import insert
 
-from core.database import get_async_engine, get_engine, tenant
+from core.db.engines import get_async_engine, get_engine
+from core.db.tenant_scope import tenant
 
 DOCSTORE_TABLE = "docstore"  # PostgresKVStore prefixes it: data_docstore (migration 0001)
 

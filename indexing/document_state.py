@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy import select
 
-from core.database import get_engine, session_scope, tenant
+from core.db.engines import get_engine, session_scope
+from core.db.tenant_scope import tenant
 from core.errors import ServiceError
 from indexing.chunk_rows import chunk_ref_ids, delete_chunks_and_hashes
 from indexing.models import Document

@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select, text
 
-from core.database import get_admin_engine, get_engine, session_scope, tenant
+from core.db.engines import get_engine, session_scope
+from core.db.owner import get_admin_engine
+from core.db.tenant_scope import tenant
 from core.errors import Conflict, NotFound, ServiceError
 from indexing.chunk_rows import purge_document, set_chunk_metadata
 from indexing.document_state import document_lock_key, document_locks, mark_failed

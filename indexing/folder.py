@@ -20,7 +20,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy import select
 
-from core.database import get_engine, session_scope, tenant
+from core.db.engines import get_engine, session_scope
+from core.db.tenant_scope import tenant
 from core.errors import NotFound, ServiceError
 from core.settings import get_settings
 from core.terminal import plural, progress

@@ -28,7 +28,9 @@ import sqlalchemy as sa
 from llama_index.core import Document as LIDocument
 from sqlalchemy.engine import make_url
 
-from core.database import get_admin_engine, session_scope, tenant
+from core.db.engines import session_scope
+from core.db.owner import get_admin_engine
+from core.db.tenant_scope import tenant
 from core.embeddings import configured_dimensions
 from core.errors import ConfigurationError, ServiceError
 from core.terminal import progress

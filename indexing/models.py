@@ -14,7 +14,7 @@ from typing import Literal
 from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.database import Base
+from core.db.engines import Base
 
 DocumentStatus = Literal["queued", "indexing", "indexed", "failed"]
 

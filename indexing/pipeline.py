@@ -38,7 +38,8 @@ from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
 from llama_index.core.schema import BaseNode, TransformComponent
 from sqlalchemy import select
 
-from core.database import get_engine, session_scope, tenant
+from core.db.engines import get_engine, session_scope
+from core.db.tenant_scope import tenant
 from core.embeddings import get_embed_model
 from core.settings import get_settings
 from core.vector_store import get_vector_store

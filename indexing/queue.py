@@ -36,7 +36,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from core import metrics
-from core.database import get_admin_engine, get_engine, is_unavailable, tenant
+from core.db.connections import is_unavailable
+from core.db.engines import get_engine
+from core.db.owner import get_admin_engine
+from core.db.tenant_scope import tenant
 from core.errors import DatabaseUnavailable, ServiceError
 from core.settings import get_settings
 from indexing.chunk_rows import purge_document

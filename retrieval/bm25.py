@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
-from core.database import read_engine
+from core.db.replica import read_engine
 from core.settings import get_settings
 
 # Document frequencies the first match may add up to: the chunks scored before the bound check.

@@ -30,7 +30,8 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.database import session_scope, tenant
+from core.db.engines import session_scope
+from core.db.tenant_scope import tenant
 from core.embeddings import get_embed_model
 from core.errors import ServiceError
 from core.settings import Settings, get_settings

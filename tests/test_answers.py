@@ -246,7 +246,9 @@ def test_statement_vectors_are_stored_once_per_chunk_behind_the_tenant_wall(clie
                                                                             statements, embed_model):
     import sqlalchemy as sa
 
-    from core.database import get_admin_engine, get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.owner import get_admin_engine
+    from core.db.tenant_scope import tenant
     from retrieval.statements import precompute
 
     company, headers = lens_practice

@@ -158,7 +158,7 @@ def test_missing_aud_is_refused_by_decode_itself() -> None:
     """python-jose skips the audience check when `aud` is absent unless it is required."""
     token = _hs({k: v for k, v in _seed_claims().items() if k != "aud"})
     with pytest.raises(Unauthorized) as caught:
-        decode_access_token(token)
+        decode_access_token(token, settings=get_settings())
     assert caught.value.code == "INVALID_TOKEN"
 
 
@@ -166,7 +166,7 @@ def test_missing_aud_is_refused_by_decode_itself() -> None:
 @given(st.one_of(st.text(max_size=300), st.from_regex(JWT_SHAPED)))
 def test_arbitrary_strings_never_escape_as_anything_but_unauthorized(token: str) -> None:
     with pytest.raises(Unauthorized) as caught:
-        decode_access_token(token)
+        decode_access_token(token, settings=get_settings())
     assert caught.value.code in ("INVALID_TOKEN", "TOKEN_EXPIRED")
 
 
@@ -185,7 +185,7 @@ def test_pyjwt_token_with_the_seeds_claims_is_accepted(client, company, known) -
 
 def test_our_tokens_verify_with_pyjwt_and_carry_the_seed_claims() -> None:
     token, lifetime = issue_access_token(user_id="u-9", company_id="c-9", email="a@b.example", role="staff",
-                                         permissions=["chat:use"])
+                                         permissions=["chat:use"], settings=get_settings())
     claims = pyjwt.decode(token, _secret(), algorithms=["HS256"], audience="ils-api", issuer="ils-platform")
     assert {"userId", "companyId", "email", "role", "permissions", "iat", "exp", "iss", "aud", "jti", "typ",
             "sub", "nbf"} <= set(claims)
@@ -257,7 +257,7 @@ def test_rs256_with_a_private_key_issues_tokens_that_verify(rsa_keys) -> None:
     assert decode_access_token(token, settings).user_id == "u"
     assert pyjwt.decode(token, rsa_keys[1], algorithms=["RS256"], audience="ils-api")["companyId"] == "c"
     with pytest.raises(Unauthorized):
-        decode_access_token(token)  # the HS256 service does not accept it
+        decode_access_token(token, settings=get_settings())  # the HS256 service does not accept it
 
 
 def test_es256_platform_token_is_accepted_and_other_keys_are_not() -> None:
@@ -328,7 +328,8 @@ def test_server_exits_with_a_one_line_message_on_a_bad_secret(tmp_path, override
 
 
 def test_unique_jti_per_token() -> None:
-    tokens = {issue_access_token(user_id="u", company_id="c", email="", role="staff", permissions=[])[0]
+    tokens = {issue_access_token(user_id="u", company_id="c", email="", role="staff", permissions=[],
+                                 settings=get_settings())[0]
               for _ in range(3)}
     assert len({pyjwt.decode(t, options={"verify_signature": False})["jti"] for t in tokens}) == 3
     assert str(uuid.UUID(pyjwt.decode(tokens.pop(), options={"verify_signature": False})["jti"]))

@@ -16,8 +16,9 @@ from auth.rate_limit import RateLimited, SlidingWindowLimiter
 from auth.sessions import login_limiters
 from auth.tokens import decode_access_token, issue_access_token
 from auth.users import create_user, get_user
-from core.database import session_scope, tenant
-from core.settings import Settings
+from core.db.engines import session_scope
+from core.db.tenant_scope import tenant
+from core.settings import Settings, get_settings
 
 PASSWORD = "correct horse battery"
 LOGIN, REFRESH, LOGOUT, ME = "/api/auth/login", "/api/auth/refresh", "/api/auth/logout", "/api/auth/me"
@@ -27,7 +28,7 @@ LOGIN, REFRESH, LOGOUT, ME = "/api/auth/login", "/api/auth/refresh", "/api/auth/
 def _fresh_limits():
     """Failed-login counters are per process; keep one test's failures out of the next."""
     yield
-    login_limiters().reset()
+    login_limiters(get_settings()).reset()
 
 
 def _login(client, email: str, password: str = PASSWORD, **extra: str):
@@ -215,7 +216,7 @@ def test_role_change_is_audited_and_reaches_the_next_refresh(client, company, ma
     response = client.patch(f"/api/users/{user.id}", json={"role": "admin"}, headers=admin)
     assert response.status_code == 200 and response.json()["role"] == "admin"
     refreshed = client.post(REFRESH, json={"refresh_token": pair["refresh_token"]}).json()
-    assert "users:manage" in decode_access_token(refreshed["token"]).permissions
+    assert "users:manage" in decode_access_token(refreshed["token"], settings=get_settings()).permissions
     [entry] = _audit(company.id, audit.ROLE_CHANGED)
     assert entry.user_id == admin_user.id and entry.details == {"email": user.email, "from": "staff", "to": "admin"}
 

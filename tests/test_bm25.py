@@ -37,7 +37,8 @@ def _lexemes(connection: sa.Connection, text: str) -> list[str]:
 
 def _stats(company_id: str) -> tuple[tuple[int, int], dict[str, int]]:
     """(chunks, total length) and df per lexeme as the triggers keep them."""
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:
         corpus = connection.execute(sa.text(
@@ -50,7 +51,8 @@ def _stats(company_id: str) -> tuple[tuple[int, int], dict[str, int]]:
 def _recomputed(company_id: str) -> tuple[tuple[int, int], dict[str, int]]:
     """The same statistics computed from scratch, in Python, from the active chunks' text and
     search context (what the text-search columns index)."""
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:
         rows = connection.execute(sa.text(
@@ -76,7 +78,8 @@ def test_scores_match_reference_implementation(company, index_texts, k1: float, 
     import bm25s
     import numpy as np
 
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
     from retrieval.bm25 import bm25_search
 
     ids = index_texts(company, HAND_CORPUS)
@@ -109,7 +112,7 @@ def test_scores_match_reference_implementation(company, index_texts, k1: float, 
 
 
 def test_ties_are_broken_by_chunk_id_and_unknown_words_match_nothing(company, index_texts) -> None:
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from retrieval.bm25 import bm25_search
 
     same = "Tinted lenses for driving at dusk."
@@ -122,7 +125,7 @@ def test_ties_are_broken_by_chunk_id_and_unknown_words_match_nothing(company, in
     assert len(first) == 5 and len({hit.bm25 for hit in first}) == 1
     assert [h.node.node_id for h in first] == [h.node.node_id for h in again]
     with tenant(company.id):
-        from core.database import get_engine
+        from core.db.engines import get_engine
 
         with get_engine().connect() as connection:
             order = connection.execute(sa.text(
@@ -134,7 +137,7 @@ def test_ties_are_broken_by_chunk_id_and_unknown_words_match_nothing(company, in
 def test_pruned_top_k_equals_scoring_every_match(company, index_texts) -> None:
     """The MaxScore shortcut (score the rare words' chunks first, stop once the common words
     cannot catch up) returns exactly what scoring every matching chunk returns."""
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from retrieval.bm25 import bm25_search
 
     common = "Lenses and frames for every patient; lenses checked at collection."
@@ -152,7 +155,7 @@ def test_pruned_top_k_equals_scoring_every_match(company, index_texts) -> None:
 
 
 def test_query_text_is_a_bound_parameter(company, index_texts, statements) -> None:
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from retrieval.bm25 import bm25_search
 
     index_texts(company, HAND_CORPUS)
@@ -230,7 +233,8 @@ def test_statistics_in_step_under_concurrent_ingestion(company) -> None:
 _HOLD_OPEN = """
 import sys, time, json, uuid
 import sqlalchemy as sa
-from core.database import get_engine, tenant
+from core.db.engines import get_engine
+from core.db.tenant_scope import tenant
 company = sys.argv[1]
 with tenant(company), get_engine().connect() as connection:
     for n in range(3):
@@ -264,7 +268,7 @@ def test_statistics_survive_a_killed_ingest(company, index_texts) -> None:
 
 def _backend_alive(company_id: str) -> bool:
     """Whether the killed client's server process still holds its transaction (until Postgres notices)."""
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:
         return bool(connection.execute(sa.text(
@@ -305,7 +309,8 @@ def test_statistics_after_killed_folder_ingest_and_rerun(make_company, samples_d
 
 
 def test_statistics_are_per_company_and_behind_row_level_security(make_company, index_texts) -> None:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
     from retrieval.bm25 import bm25_search
 
     a, b = make_company(), make_company()
@@ -333,7 +338,7 @@ def test_statistics_are_per_company_and_behind_row_level_security(make_company, 
 
 
 def test_no_tenant_scope_sees_no_statistics(company, index_texts) -> None:
-    from core.database import get_engine
+    from core.db.engines import get_engine
 
     index_texts(company, HAND_CORPUS)
     with get_engine().connect() as connection:
@@ -344,7 +349,8 @@ def test_no_tenant_scope_sees_no_statistics(company, index_texts) -> None:
 def test_bm25_matches_returns_only_the_verified_tenants_chunks(make_company, index_texts) -> None:
     """The GIN lookup runs with the owner's rights (row-level security would keep the index from
     evaluating `@@`), so it must filter on the verified tenant itself."""
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     a, b = make_company(), make_company()
     index_texts(a, HAND_CORPUS)
@@ -368,7 +374,7 @@ def test_bm25_matches_returns_only_the_verified_tenants_chunks(make_company, ind
 
 def test_truncate_empties_the_statistics_with_the_chunks(company, index_texts) -> None:
     """Inside a transaction that is rolled back, so the session's other companies keep their rows."""
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     index_texts(company, HAND_CORPUS)
     with get_admin_engine().connect() as connection:

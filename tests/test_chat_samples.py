@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from core.settings import get_settings
+
 PRICES = {"brightsight-optical": ("£189", "£249"), "clearview-eyecare": ("£249", "£189")}
 QUESTION = "what do progressive lenses cost?"
 
@@ -20,7 +22,9 @@ def practices(database, embed_model, samples_dir):
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_company, create_user
-    from core.database import admin_session_scope, session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
     from indexing.folder import ingest_folder
 
     out = {}
@@ -34,7 +38,7 @@ def practices(database, embed_model, samples_dir):
         report = ingest_folder(samples_dir / slug, company_id=company.id, sync=True)
         print(f"\n{slug}: {report.summary()} in {time.perf_counter() - start:.1f}s")
         token, _ = issue_access_token(user_id=user.id, company_id=company.id, email=user.email, role="staff",
-                                      permissions=permissions_for("staff"))
+                                      permissions=permissions_for("staff"), settings=get_settings())
         out[slug] = (company, {"Authorization": f"Bearer {token}"})
     return out
 

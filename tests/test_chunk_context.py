@@ -29,7 +29,8 @@ def _files(name: str, data: bytes) -> list[tuple[str, tuple[str, io.BytesIO, str
 
 
 def _chunks(company_id: str) -> list[tuple[str, dict, str]]:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:
         return [(row.text, row.metadata_, row.tsv) for row in connection.execute(sa.text(

@@ -64,7 +64,7 @@ def citus_blockers(connection: sa.Connection) -> list[str]:
 
 
 def test_the_schema_has_no_citus_blocker(database: str) -> None:
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:
         tables = [row[1] for row in connection.execute(sa.text(_TENANT_TABLES))]
@@ -74,7 +74,7 @@ def test_the_schema_has_no_citus_blocker(database: str) -> None:
 
 def test_the_check_finds_each_kind_of_blocker(database: str) -> None:
     """The inspection itself, on a throwaway schema of deliberately wrong tables (rolled back)."""
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:
         connection.execute(sa.text("""
@@ -99,7 +99,7 @@ def test_the_check_finds_each_kind_of_blocker(database: str) -> None:
 
 
 def test_stores_name_company_id_in_every_insert_and_upsert_on_the_company_key(company) -> None:
-    from core.database import get_engine
+    from core.db.engines import get_engine
     from indexing.documents import index_upload
 
     statements: list[str] = []
@@ -126,7 +126,7 @@ def test_stores_name_company_id_in_every_insert_and_upsert_on_the_company_key(co
 def test_company_id_must_agree_with_what_it_was_derived_from(company, make_company) -> None:
     from sqlalchemy.exc import IntegrityError
 
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     other = make_company()
     with get_admin_engine().connect() as connection:  # the owner: no policy in the way, only the CHECKs
@@ -150,7 +150,8 @@ def test_company_id_must_agree_with_what_it_was_derived_from(company, make_compa
 
 def test_the_tenant_claim_can_be_set_with_set_local(company, make_user) -> None:
     """TENANT_SET_LOCAL (Citus forwards SET LOCAL to its workers): the wall still holds."""
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
     from core.settings import get_settings
 
     settings = get_settings()

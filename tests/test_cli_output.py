@@ -189,8 +189,9 @@ def test_ask_goes_to_the_running_service(company, embed_model, tmp_path, monkeyp
 
     from app.cli import app
     from app.cli.ask import cli_credentials
-    from core.database import admin_session_scope, tenant
-    from core.settings import Settings, get_settings
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
+    from core.settings import Settings, configure_settings, get_settings
     from indexing.documents import index_text
     from retrieval.conversations import Conversation
     from tests.servers import serve
@@ -199,7 +200,8 @@ def test_ask_goes_to_the_running_service(company, embed_model, tmp_path, monkeyp
         index_text(company.id, "prices.md", "Progressive lenses start at £189 per pair.")
     with serve({**os.environ, "LOG_LEVEL": "WARNING"}, tmp_path / "server.log") as (base, _):
         monkeypatch.setenv("PORT", str(urlsplit(base).port))
-        get_settings.cache_clear()
+        original = get_settings()
+        configure_settings(Settings())
         try:
             result = CliRunner().invoke(app, ["ask", "--company", company.slug, "what do progressive lenses cost?"])
             assert result.exit_code == 0, result.output
@@ -218,7 +220,7 @@ def test_ask_goes_to_the_running_service(company, embed_model, tmp_path, monkeyp
             local = CliRunner().invoke(app, ["ask", "--local", "--company", company.slug, "progressive lenses?"])
             assert local.exit_code == 0 and "answered by the service" not in local.stdout
         finally:
-            get_settings.cache_clear()
+            configure_settings(original)
 
 
 def test_listings_keep_ids_whole_and_speak_json(company, monkeypatch) -> None:

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 
 def _chunk_meta(company_id: str, document_id: str) -> list[dict]:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:  # row-level security: the company's rows only
         return list(connection.execute(sa.text(

@@ -25,6 +25,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from core.settings import get_settings
 from tests.servers import serve, wait_for
 
 CONNECT_TIMEOUT_S = 3
@@ -65,7 +66,8 @@ def _token(database_url: str) -> dict[str, str]:
             "VALUES (:c, :u, 'admin@fault.example', 'not-a-hash', 'admin', true)"), {"c": company_id, "u": user_id})
     engine.dispose()
     token, _ = issue_access_token(user_id=user_id, company_id=company_id,
-                                  email="admin@fault.example", role="admin", permissions=permissions_for("admin"))
+                                  email="admin@fault.example", role="admin", permissions=permissions_for("admin"),
+                                  settings=get_settings())
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -207,14 +209,16 @@ def test_llm_timeout_with_fallback_answers_extractively(app, company, make_user,
 def test_a_stuck_statement_is_cancelled_not_waited_on(database) -> None:
     """A frozen or overloaded database cannot hold a request forever: the service role's
     statements carry DB_STATEMENT_TIMEOUT_S, and a cancelled one reads as "unavailable" (503)."""
-    from core.database import _create_engine, app_database_url, get_engine, is_unavailable
+    from core.db.connections import is_unavailable
+    from core.db.engines import create_service_engine, get_engine
+    from core.db.roles import app_database_url
     from core.settings import get_settings
 
     with get_engine().connect() as connection:
         shown = connection.execute(sa.text("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'")).scalar()
     assert int(shown) == get_settings().db_statement_timeout_s * 1000 > 0
 
-    engine = _create_engine(app_database_url(), statement_timeout_s=1)
+    engine = create_service_engine(app_database_url(), statement_timeout_s=1)
     try:
         with engine.connect() as connection, pytest.raises(sa.exc.OperationalError) as caught:
             connection.execute(sa.text("SELECT pg_sleep(30)"))

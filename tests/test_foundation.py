@@ -64,7 +64,7 @@ def test_unhandled_error_is_json_500() -> None:
 
 
 def test_every_tenant_table_keys_on_company_id(database: str) -> None:
-    from core.database import get_engine
+    from core.db.engines import get_engine
 
     tenant_tables = ["users", "refresh_tokens", "documents", "data_chunks", "data_docstore", "conversations",
                      "messages", "audit_log"]
@@ -76,7 +76,7 @@ def test_every_tenant_table_keys_on_company_id(database: str) -> None:
 
 
 def test_chunk_table_has_hnsw_cosine_index_and_384_dims(database: str) -> None:
-    from core.database import get_engine
+    from core.db.engines import get_engine
 
     with get_engine().connect() as connection:
         indexdef = connection.execute(sa.text(
@@ -105,7 +105,7 @@ def test_unreachable_database_exits_with_one_line_message(tmp_path: Path) -> Non
 def test_database_without_pgvector_exits_with_clear_message(monkeypatch: pytest.MonkeyPatch, database: str) -> None:
     """No Postgres without pgvector can be installed here, so the catalogue answer is replaced:
     the server reports no `vector` among its available extensions."""
-    from core import database as db
+    from core.db import checks
     from core.errors import ConfigurationError
 
     real_execute = sa.engine.Connection.execute
@@ -117,4 +117,4 @@ def test_database_without_pgvector_exits_with_clear_message(monkeypatch: pytest.
 
     monkeypatch.setattr(sa.engine.Connection, "execute", execute)
     with pytest.raises(ConfigurationError, match="no pgvector extension: install pgvector"):
-        db.check_database()
+        checks.check_database()

@@ -93,7 +93,7 @@ def test_each_sides_clear_winner_leads_the_hybrid_results(brightsight, question)
     """A chunk a side ranks first by a clear margin is never fused out of the lead."""
     from llama_index.core.schema import QueryBundle
 
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from retrieval.fusion import clear_winner
     from retrieval.retriever import DEFAULT_FUSION, TenantRetriever
 

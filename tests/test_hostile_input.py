@@ -300,7 +300,8 @@ def test_exception_tracebacks_are_redacted() -> None:
 
 def _audit_actions(company_id: str) -> list[tuple[str, str | None, str | None]]:
     from auth.audit import list_entries
-    from core.database import session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.tenant_scope import tenant
 
     with tenant(company_id), session_scope() as session:
         return [(e.action, e.user_id, e.target) for e in list_entries(session, company_id)]

@@ -64,7 +64,7 @@ def _expected_chunks(data: bytes, filename: str) -> int:
 
 
 def _job(company_id: str, document_id: str) -> sa.Row:
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:
         return connection.execute(sa.text(
@@ -74,7 +74,7 @@ def _job(company_id: str, document_id: str) -> sa.Row:
 
 
 def _chunk_stats(company_id: str, document_id: str) -> tuple[int, int, int]:
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:
         row = connection.execute(sa.text(
@@ -204,7 +204,8 @@ def test_poisoned_files_fail_with_their_reason(company, no_api_worker) -> None:
 
 def test_a_queued_upload_outlives_a_restart_and_jobs_stay_in_their_company(client, company, make_company,
                                                                            make_user, no_api_worker) -> None:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
     from indexing.documents import queue_upload, recover_interrupted_uploads
     from indexing.queue import Worker
 

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _chunks(company_id: str) -> list[tuple[str, dict]]:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:  # row-level security: the company's rows only
         return [(r.text, r.metadata_) for r in connection.execute(sa.text(
@@ -28,7 +29,8 @@ def _chunks(company_id: str) -> list[tuple[str, dict]]:
 
 
 def _docstore_keys(company_id: str) -> set[str]:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:  # row-level security: the company's rows only
         return set(connection.execute(sa.text(
@@ -37,7 +39,8 @@ def _docstore_keys(company_id: str) -> set[str]:
 
 
 def _registry(company_id: str) -> dict[str, tuple[str, int]]:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:  # row-level security: the company's rows only
         return {r.source_key: (r.status, r.chunk_count) for r in connection.execute(sa.text(

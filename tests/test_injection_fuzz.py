@@ -137,7 +137,7 @@ def fuzz_client(app) -> Iterator[TestClient]:
 
 
 def _canary_rows(company_id: str) -> dict[str, list[str]]:
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:
         return {table: sorted(json.dumps([str(v) for v in row]) for row in connection.execute(

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
+from core.settings import get_settings
+
 # Public by design: sign-in and its session cookie, the OAuth client-credentials exchange (its
 # credential is the client secret), health, the page and its icon.
 PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/"), ("POST", "/api/auth/login"), ("POST", "/api/auth/refresh"),
@@ -100,7 +102,9 @@ def _tenant(client: Any, tag: str) -> Tenant:
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_company, create_user
-    from core.database import admin_session_scope, session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
 
     slug = f"iso-{tag}-{uuid.uuid4().hex[:8]}"
     with admin_session_scope() as session:
@@ -111,7 +115,8 @@ def _tenant(client: Any, tag: str) -> Tenant:
             users[role] = create_user(session, company.id, f"{role}-{uuid.uuid4().hex[:8]}@{slug}.example",
                                       PASSWORD, role)
     tokens = {role: issue_access_token(user_id=u.id, company_id=company.id, email=u.email, role=role,
-                                       permissions=permissions_for(role))[0] for role, u in users.items()}
+                                       permissions=permissions_for(role), settings=get_settings())[0]
+              for role, u in users.items()}
     t = Tenant(company.id, slug, users["admin"].id, users["admin"].email, users["staff"].id, users["staff"].email,
                {"Authorization": f"Bearer {tokens['admin']}"}, {"Authorization": f"Bearer {tokens['staff']}"},
                tokens["admin"])
@@ -243,7 +248,7 @@ def _signed(claims: dict[str, Any], key: str | None = None, algorithm: str = "HS
 
     from auth.tokens import resolve_jwt_secret
 
-    return jwt.encode(claims, key or resolve_jwt_secret(), algorithm=algorithm)
+    return jwt.encode(claims, key or resolve_jwt_secret(get_settings()), algorithm=algorithm)
 
 
 def _tampered(world: World) -> str:

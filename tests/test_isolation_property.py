@@ -10,6 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.settings import get_settings
+
 VOCAB = ["varifocal", "lenses", "price", "pounds", "contact", "frames", "eye", "test", "appointment", "children",
          "glaucoma", "coating", "anti-glare", "repair", "warranty", "refund", "parking", "opening", "hours",
          "discount", "student", "NHS", "voucher", "optician", "dry", "retina", "scan", "myopia", "sunglasses"]
@@ -27,7 +29,9 @@ def _company(client: Any, tag: int) -> tuple[str, dict[str, str], dict[str, str]
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
     from auth.users import create_company, create_user
-    from core.database import admin_session_scope, session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
 
     with admin_session_scope() as session:
         company = create_company(session, f"prop-{tag}-{uuid.uuid4().hex[:10]}", f"Property practice {tag}")
@@ -37,7 +41,7 @@ def _company(client: Any, tag: int) -> tuple[str, dict[str, str], dict[str, str]
             user = create_user(session, company.id, f"{role}-{uuid.uuid4().hex[:8]}@example.com",
                                "property test password", role)
             token, _ = issue_access_token(user_id=user.id, company_id=company.id, email=user.email, role=role,
-                                          permissions=permissions_for(role))
+                                          permissions=permissions_for(role), settings=get_settings())
             headers[role] = {"Authorization": f"Bearer {token}"}
     return company.id, headers["admin"], headers["staff"]
 

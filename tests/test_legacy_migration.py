@@ -44,7 +44,7 @@ def _snapshot(engine: sa.Engine) -> list[tuple]:
 
 
 def test_migrate_legacy_rows(company, legacy_url, embed_model) -> None:
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
     from indexing.legacy import migrate_legacy
 
     new_company = f"legacy-co-{uuid.uuid4().hex[:8]}"

@@ -44,7 +44,7 @@ def rag_server(database: str, embed_model: object, tmp_path_factory: pytest.Temp
 def platform_company(database: str):
     """A practice created with the platform's own id, as `ils-rag companies create --id` does."""
     from auth.users import create_company
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     platform_id = str(uuid.uuid4())
     with admin_session_scope() as session:
@@ -69,7 +69,7 @@ def _run_flow(base: str, env: dict[str, str], tmp_path: Path) -> dict:
 def test_the_plans_client_runs_against_the_service(rag_server: str, platform_company, make_user,
                                                    tmp_path: Path) -> None:
     from auth.clients import create_client
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     assert _node_major() >= 20
     user, _ = make_user(platform_company, "staff")  # the platform's user, known to the service
@@ -97,7 +97,7 @@ def test_the_plans_client_runs_against_the_service(rag_server: str, platform_com
 
 def test_a_revoked_credential_fails_with_the_services_code(rag_server: str, platform_company, tmp_path: Path) -> None:
     from auth.clients import create_client, revoke_client
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     with admin_session_scope() as session:
         credential = create_client(session, f"node-revoked-{uuid.uuid4().hex[:6]}", "knowledge:read",

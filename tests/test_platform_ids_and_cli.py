@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from app.cli import app as cli_app
+from core.settings import get_settings
 
 runner = CliRunner()
 
@@ -40,13 +41,13 @@ def _token_headers(company_id: str, user) -> dict[str, str]:
     from auth.tokens import issue_access_token
 
     token, _ = issue_access_token(user_id=user.id, company_id=company_id, email=user.email, role=user.role,
-                                  permissions=permissions_for(user.role))
+                                  permissions=permissions_for(user.role), settings=get_settings())
     return {"Authorization": f"Bearer {token}"}
 
 
 def test_companies_create_with_the_platforms_id(database: str) -> None:
     from auth.models import Company
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     platform_id, slug = str(uuid.uuid4()), f"t-{uuid.uuid4().hex[:12]}"
     assert platform_id in _invoke("companies", "create", slug, "--id", platform_id)
@@ -58,7 +59,8 @@ def test_companies_create_with_the_platforms_id(database: str) -> None:
 
 def test_set_id_moves_every_row_of_the_company(client, company, make_company, make_user) -> None:
     from auth.clients import create_client
-    from core.database import admin_session_scope, get_admin_engine, tenant_tables
+    from core.db.checks import tenant_tables
+    from core.db.owner import admin_session_scope, get_admin_engine
     from indexing.documents import index_text
 
     other = make_company("Bystander")

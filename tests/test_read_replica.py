@@ -98,7 +98,9 @@ def _search(client: object, headers: dict[str, str], query: str) -> list[dict]:
 
 def test_searches_read_from_the_replica_and_fall_back_to_the_primary(client, company, make_user,
                                                                      replica: Replica) -> None:
-    from core.database import forget_read_replica, get_admin_engine, read_engine, replica_status, tenant
+    from core.db.owner import get_admin_engine
+    from core.db.replica import forget_read_replica, read_engine, replica_status
+    from core.db.tenant_scope import tenant
     from core.settings import get_settings
     from indexing.documents import index_upload
 

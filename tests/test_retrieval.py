@@ -86,7 +86,7 @@ RANKING = [  # keyword-heavy text ranks high on BM25 but not on cosine, and the 
 
 def _native(company_id: str, mode: str, query: str) -> list[tuple[str, float]]:
     """The mode's own ranking with its own scores (cosine from the store, BM25), no threshold."""
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from core.embeddings import get_embed_model
     from core.vector_store import get_vector_store
     from retrieval.bm25 import bm25_search

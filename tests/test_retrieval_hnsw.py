@@ -45,7 +45,7 @@ def _perturbed(base: np.ndarray, n: int, rng: np.random.Generator, sigma: float 
 
 
 def _copy_rows(company_id: str, vectors: np.ndarray) -> None:
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     buffer = io.StringIO()
     document_id = uuid.uuid4().hex
@@ -69,7 +69,7 @@ HNSW_INDEX = "data_chunks_embedding_idx"
 def hnsw_rebuilt_after() -> Iterator[None]:
     """Drop the HNSW index for the bulk load and rebuild it from its own stored definition
     afterwards: one build is several times faster than 20k incremental insertions."""
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:
         definition = connection.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :i"),
@@ -90,7 +90,7 @@ def hnsw_rebuilt_after() -> Iterator[None]:
 def skewed_store(database, embed_model):
     """{company_id: vectors} for the measured tenants, after loading the 20k-row section."""
     from auth.users import create_company
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     rng = np.random.default_rng(7)
     base = _base_vectors(embed_model)
@@ -155,7 +155,8 @@ def test_filtered_top10_is_full_and_recalls_exact_scan(skewed_store, force_hnsw)
 
 
 def _explain(company_id: str, query: list[float], limit: int, *settings: str) -> tuple[str, int]:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
     from core.vector_store import get_vector_store
     from retrieval.retriever import tenant_filters
 
@@ -172,7 +173,7 @@ def _explain(company_id: str, query: list[float], limit: int, *settings: str) ->
 
 def test_forced_path_is_the_hnsw_index_with_iterative_scan_on(skewed_store):
     """So the 'hnsw' case above really measures filtered HNSW, with iterative scans on by default."""
-    from core.database import get_engine
+    from core.db.engines import get_engine
 
     tenants, base, rng = skewed_store
     with get_engine().connect() as connection:

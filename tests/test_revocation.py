@@ -12,6 +12,7 @@ import pytest
 from auth.permissions import permissions_for
 from auth.sessions import login_limiters
 from auth.tokens import decode_access_token, issue_access_token
+from core.settings import get_settings
 
 PASSWORD = "correct horse battery"
 ME, USERS = "/api/auth/me", "/api/users"
@@ -20,7 +21,7 @@ ME, USERS = "/api/auth/me", "/api/users"
 @pytest.fixture(autouse=True)
 def _fresh_limits():
     yield
-    login_limiters().reset()
+    login_limiters(get_settings()).reset()
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -50,10 +51,11 @@ def _assert_revoked(client, token: str, path: str = ME) -> None:
 def test_tokens_from_a_sign_in_name_their_session_and_epoch(client, company, make_user) -> None:
     user, _ = make_user(company, "staff")
     session = _sign_in(client, user.email)
-    claims = decode_access_token(session["token"])
+    claims = decode_access_token(session["token"], settings=get_settings())
     assert claims.session_id and claims.auth_epoch == 0
     refreshed = client.post("/api/auth/refresh", json={"refresh_token": session["refresh_token"]}).json()
-    assert decode_access_token(refreshed["token"]).session_id == claims.session_id  # one family per sign-in
+    # one family per sign-in
+    assert decode_access_token(refreshed["token"], settings=get_settings()).session_id == claims.session_id
 
 
 def test_logout_ends_that_sign_ins_access_tokens_only(client, company, make_user) -> None:
@@ -145,7 +147,7 @@ def test_a_short_new_password_is_refused(client, company, make_user) -> None:
 
 def test_a_token_naming_a_user_that_does_not_exist_is_refused(client, company) -> None:
     token, _ = issue_access_token(user_id=str(uuid.uuid4()), company_id=company.id, email="ghost@example.com",
-                                  role="admin", permissions=permissions_for("admin"))
+                                  role="admin", permissions=permissions_for("admin"), settings=get_settings())
     for path in (ME, USERS, "/api/documents"):
         response = client.get(path, headers=_bearer(token))
         assert response.status_code == 401 and response.json()["code"] == "UNKNOWN_USER", response.text
@@ -154,7 +156,7 @@ def test_a_token_naming_a_user_that_does_not_exist_is_refused(client, company) -
 def test_a_token_for_a_company_that_does_not_exist_is_refused(client, company, make_user) -> None:
     user, _ = make_user(company, "admin")
     token, _ = issue_access_token(user_id=user.id, company_id=str(uuid.uuid4()), email=user.email, role="admin",
-                                  permissions=permissions_for("admin"))
+                                  permissions=permissions_for("admin"), settings=get_settings())
     response = client.post("/api/rag/search", headers=_bearer(token), json={"query": "opening hours"})
     assert response.status_code == 401 and response.json()["code"] == "UNKNOWN_COMPANY", response.text
 
@@ -184,7 +186,7 @@ def test_a_platform_token_without_a_role_claim_is_judged_by_the_user_row(client,
     settings, now = get_settings(), int(time.time())
     claims = {"userId": user.id, "companyId": company.id, "permissions": ["knowledge:read"], "iat": now,
               "exp": now + 600, "iss": settings.jwt_issuer, "aud": settings.jwt_audience}
-    token = jwt.encode(claims, resolve_jwt_secret(), algorithm="HS256")
+    token = jwt.encode(claims, resolve_jwt_secret(get_settings()), algorithm="HS256")
     assert _works(client, token)
     assert client.patch(f"{USERS}/{user.id}", headers=boss, json={"is_active": False}).status_code == 200
     _assert_revoked(client, token)

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from core.settings import get_settings
+
 EXPECTED_TENANT_TABLES = {"users", "refresh_tokens", "documents", "data_chunks", "data_docstore", "conversations",
                           "messages", "audit_log"}
 PASSWORD = "correct horse battery"
@@ -34,7 +36,7 @@ def _seed(company, make_user) -> Seeded:
     from retrieval.chat import ChatService
 
     user, _ = make_user(company, "admin", PASSWORD)
-    login(user.email, PASSWORD)  # refresh_tokens + audit_log
+    login(user.email, PASSWORD, settings=get_settings())  # refresh_tokens + audit_log
     document = index_text(company.id, "rls-notes", "Varifocal lenses are adjusted free for life at this practice.")
     result = ChatService(company.id, user.id).ask("Are varifocal adjustments free?")  # conversations + messages
     return Seeded(company.id, user.id, document.id, result.conversation_id)
@@ -54,7 +56,10 @@ def _count(engine: sa.Engine, table: str, where: str = "true", **params: object)
 
 
 def test_service_connects_as_a_role_bound_by_rls(database) -> None:
-    from core.database import APP_ROLE, app_role_problems, get_admin_engine, get_engine
+    from core.db.checks import app_role_problems
+    from core.db.engines import get_engine
+    from core.db.owner import get_admin_engine
+    from core.db.roles import APP_ROLE
 
     with get_engine().connect() as connection:
         role = connection.execute(sa.text(
@@ -69,7 +74,8 @@ def test_service_connects_as_a_role_bound_by_rls(database) -> None:
 
 
 def test_every_tenant_table_has_forced_rls_and_a_tenant_policy(database) -> None:
-    from core.database import get_admin_engine, tenant_tables
+    from core.db.checks import tenant_tables
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:
         tables = set(tenant_tables(connection))
@@ -88,7 +94,7 @@ def test_every_tenant_table_has_forced_rls_and_a_tenant_policy(database) -> None
 
 
 def test_service_role_cannot_write_companies_or_read_migrations(database) -> None:
-    from core.database import get_engine
+    from core.db.engines import get_engine
 
     with get_engine().connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM companies")).scalar() >= 0  # read: allowed
@@ -106,7 +112,9 @@ def test_service_role_cannot_write_companies_or_read_migrations(database) -> Non
 
 
 def test_no_or_wrong_tenant_sees_zero_rows(two_companies) -> None:
-    from core.database import get_admin_engine, get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.owner import get_admin_engine
+    from core.db.tenant_scope import tenant
 
     a, b = two_companies
     for table in sorted(EXPECTED_TENANT_TABLES):
@@ -122,7 +130,9 @@ def test_no_or_wrong_tenant_sees_zero_rows(two_companies) -> None:
 
 
 def test_wrong_tenant_cannot_update_or_delete(two_companies) -> None:
-    from core.database import get_admin_engine, get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.owner import get_admin_engine
+    from core.db.tenant_scope import tenant
 
     a, b = two_companies
     before = {t: _count(get_admin_engine(), t, "company_id = :c", c=a.company_id) for t in EXPECTED_TENANT_TABLES}
@@ -141,7 +151,8 @@ def test_wrong_tenant_cannot_update_or_delete(two_companies) -> None:
 
 def test_planner_statistics_do_not_leak_other_companies_values(two_companies) -> None:
     """pg_stats holds most-common values (file names, emails...); it hides RLS tables from the service."""
-    from core.database import get_admin_engine, get_engine
+    from core.db.engines import get_engine
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:
         connection.execute(sa.text("ANALYZE documents, users"))
@@ -178,7 +189,8 @@ def _foreign_inserts(a: Seeded) -> dict[str, tuple[str, dict[str, object]]]:
 
 @pytest.mark.parametrize("table", sorted(EXPECTED_TENANT_TABLES))
 def test_cannot_insert_another_companys_rows(two_companies, table: str) -> None:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     a, b = two_companies
     statement, extra = _foreign_inserts(a)[table]
@@ -196,7 +208,8 @@ def test_cannot_insert_another_companys_rows(two_companies, table: str) -> None:
 
 
 def test_rows_cannot_be_moved_to_another_company(two_companies) -> None:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     a, b = two_companies
     with tenant(a.company_id), get_engine().connect() as connection:
@@ -219,7 +232,8 @@ def _no_tenant():
 
 
 def test_pooled_connection_never_carries_a_tenant(two_companies) -> None:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     a, _ = two_companies
     engine = get_engine()
@@ -258,7 +272,7 @@ def test_pooled_connection_never_carries_a_tenant(two_companies) -> None:
 
 
 def test_tenant_scope_is_restored_after_errors_and_nesting(database) -> None:
-    from core.database import current_company, tenant
+    from core.db.tenant_scope import current_company, tenant
 
     assert current_company() is None
     with tenant("a"):
@@ -273,7 +287,8 @@ def test_tenant_scope_is_restored_after_errors_and_nesting(database) -> None:
 
 def test_async_engine_gets_the_tenant_too(two_companies) -> None:
     """LlamaIndex stores hold an async engine as well; the same begin hook scopes it."""
-    from core.database import get_async_engine, tenant
+    from core.db.engines import get_async_engine
+    from core.db.tenant_scope import tenant
 
     a, _ = two_companies
 
@@ -292,7 +307,8 @@ def test_async_engine_gets_the_tenant_too(two_companies) -> None:
 
 
 def test_login_lookup_goes_through_the_narrow_definer_function_on_its_own_role(two_companies) -> None:
-    from core.database import AUTH_ROLE, get_auth_engine, get_engine
+    from core.db.engines import get_auth_engine, get_engine
+    from core.db.roles import AUTH_ROLE
 
     a, _ = two_companies
     with get_engine().connect() as connection:
@@ -318,7 +334,7 @@ def test_login_lookup_goes_through_the_narrow_definer_function_on_its_own_role(t
 @pytest.fixture
 def role_engine(database) -> Iterator:
     """`role_engine(attributes, grants)`: an engine logged in as a throwaway role."""
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     created: list[tuple[str, sa.Engine]] = []
 
@@ -347,7 +363,8 @@ def role_engine(database) -> Iterator:
     ("", "postgres", "owns documents"),  # a member of the tables' owner gets the owner's all-rows policy
 ])
 def test_startup_refuses_a_role_that_bypasses_rls(role_engine, attributes: str, grant: str, expected: str) -> None:
-    from core.database import check_app_role, get_admin_engine
+    from core.db.checks import check_app_role
+    from core.db.owner import get_admin_engine
     from core.errors import ConfigurationError
     from core.settings import Settings
 
@@ -361,7 +378,7 @@ def test_startup_refuses_a_role_that_bypasses_rls(role_engine, attributes: str, 
 
 
 def test_startup_refuses_a_role_without_privileges_or_that_cannot_connect(role_engine, database) -> None:
-    from core.database import check_app_role
+    from core.db.checks import check_app_role
     from core.errors import ConfigurationError
     from core.settings import Settings
 

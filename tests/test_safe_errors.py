@@ -70,7 +70,7 @@ def test_a_500_says_only_internal_error_and_its_request_id(faulty_client, caplog
 
 
 def test_stored_document_errors_never_hold_exception_text(client, company, make_user) -> None:
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from indexing.pipeline import mark_failed
 
     _, admin = make_user(company, "admin")
@@ -99,7 +99,7 @@ def _claims(company, user, **changes: Any) -> dict[str, Any]:
 
 
 def _signed(claims: dict[str, Any], key: str | None = None) -> str:
-    return jwt.encode(claims, key or resolve_jwt_secret(), algorithm="HS256")
+    return jwt.encode(claims, key or resolve_jwt_secret(get_settings()), algorithm="HS256")
 
 
 @pytest.mark.parametrize(("changes", "key", "reason"), [

@@ -29,7 +29,7 @@ TEXTS = [
 def _search(company_id: str, vector: list[float]) -> list[tuple[str, float]]:
     from llama_index.core.vector_stores.types import MetadataFilter, VectorStoreQuery
 
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from core.vector_store import company_filter, get_vector_store
 
     with tenant(company_id):
@@ -83,7 +83,8 @@ def test_plan_settings_hold_for_their_transaction_only(company) -> None:
     one search's planner settings to the next statement."""
     import sqlalchemy as sa
 
-    from core.database import get_engine, tenant, transaction_settings
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant, transaction_settings
 
     engine = get_engine()
     with tenant(company.id):

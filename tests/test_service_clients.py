@@ -10,7 +10,10 @@ import pytest
 import sqlalchemy as sa
 
 from auth import clients
-from core.database import admin_session_scope, session_scope, tenant
+from core.db.engines import session_scope
+from core.db.owner import admin_session_scope
+from core.db.tenant_scope import tenant
+from core.settings import get_settings
 
 TOKEN_URL = "/api/auth/token"
 
@@ -22,9 +25,9 @@ def _basic(client_id: str, secret: str) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def _fresh_limiters():
     """Failed exchanges of other tests share the TestClient's address; each test starts clean."""
-    clients.client_limiters().reset()
+    clients.client_limiters(get_settings()).reset()
     yield
-    clients.client_limiters().reset()
+    clients.client_limiters(get_settings()).reset()
 
 
 @pytest.fixture
@@ -134,7 +137,7 @@ def test_revocation_takes_effect_on_the_next_request(client, company, make_clien
 
 def test_guessing_a_secret_is_throttled(client, company, make_client):
     created = make_client("knowledge:read", [company.id])
-    limit = clients.client_limiters().client.limit
+    limit = clients.client_limiters(get_settings()).client.limit
     for _ in range(limit):
         wrong = client.post(TOKEN_URL, data={"grant_type": "client_credentials"},
                             headers=_basic(created.id, "not-the-secret"))
@@ -146,7 +149,7 @@ def test_guessing_a_secret_is_throttled(client, company, make_client):
 
 
 def test_guessing_client_ids_is_throttled_per_address(client, make_client):
-    limit = clients.client_limiters().address.limit
+    limit = clients.client_limiters(get_settings()).address.limit
     statuses = [client.post(TOKEN_URL, data={"grant_type": "client_credentials"},
                             headers=_basic(f"svc-guess-{n}", "nothing")).status_code for n in range(limit + 1)]
     assert statuses[:limit] == [401] * limit and statuses[-1] == 429

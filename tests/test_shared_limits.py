@@ -186,7 +186,8 @@ def test_an_unreachable_redis_answers_503_not_unlimited() -> None:
 
 
 def test_keys_are_stored_hashed_and_the_request_role_cannot_touch_the_table(database: str) -> None:
-    from core.database import get_admin_engine, get_engine
+    from core.db.engines import get_engine
+    from core.db.owner import get_admin_engine
 
     scope = _scope()
     limiter_for("postgres", scope, 3, 60).hit("someone@example.com")

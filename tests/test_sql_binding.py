@@ -62,7 +62,7 @@ def test_a_key_that_is_not_an_identifier_is_refused(database) -> None:
 
 def _sql_texts() -> list[str]:
     """Start recording the SQL text (without parameters) the service engine sends."""
-    from core.database import get_engine
+    from core.db.engines import get_engine
 
     seen: list[str] = []
     sa.event.listen(get_engine(), "before_cursor_execute",
@@ -72,7 +72,7 @@ def _sql_texts() -> list[str]:
 
 def test_store_paths_with_hostile_values_match_exactly_and_only_the_tenant(database, make_company,
                                                                            index_texts) -> None:
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from core.vector_store import company_filter, get_vector_store
 
     a, b = make_company("Bind A"), make_company("Bind B")
@@ -96,7 +96,7 @@ def test_store_paths_with_hostile_values_match_exactly_and_only_the_tenant(datab
 
 
 def test_delete_by_ref_doc_id_binds_the_id(database, make_company) -> None:
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from core.vector_store import get_vector_store
 
     company = make_company("Bind ref")
@@ -122,8 +122,8 @@ ALLOWED = {
     ("0006_bm25_statistics.py", "upgrade"): "the policy expression is data_chunks' own, read from pg_policies",
     ("0009_chunk_statements.py", "upgrade"): "the policy expression is data_chunks' own, read from pg_policies",
     ("embedding_cache.py", "_lookup"): "SQLite placeholders only: one '?' per key, the keys themselves bound",
-    ("database.py", "_set_local_claim"): "SET takes no parameter: the claim is matched against a hex MAC and an "
-                                         "id-shaped company id first",
+    ("tenant_scope.py", "_set_local_claim"): "SET takes no parameter: the claim is matched against a hex MAC "
+                                             "and an id-shaped company id first",
 }
 
 

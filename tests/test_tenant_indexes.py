@@ -23,7 +23,7 @@ def _texts(n: int, seed: int) -> list[tuple[str, str, str | None]]:
 
 def _index_of(company_id: str) -> tuple[str | None, bool | None]:
     """(predicate, valid) of the company's own index, or (None, None)."""
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
     from core.tenant_indexes import tenant_index_name
 
     with get_admin_engine().connect() as connection:
@@ -35,7 +35,8 @@ def _index_of(company_id: str) -> tuple[str | None, bool | None]:
 
 
 def _explain(company_id: str, vector: list[float]) -> str:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
     from core.vector_store import get_vector_store
     from retrieval.retriever import tenant_filters
 
@@ -47,7 +48,8 @@ def _explain(company_id: str, vector: list[float]) -> str:
 
 
 def _exact_top(company_id: str, vector: list[float], k: int = 10) -> list[str]:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:
         connection.execute(sa.text("SET LOCAL enable_indexscan = off"))
@@ -87,7 +89,8 @@ def test_a_large_company_gets_its_own_index_and_only_its_searches_use_it(make_co
 
 
 def test_a_company_keeps_its_index_down_to_half_the_threshold_then_loses_it(make_company, index_texts) -> None:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
     from core.tenant_indexes import sync_tenant_indexes, tenant_index_name
 
     company = make_company()
@@ -103,7 +106,7 @@ def test_a_company_keeps_its_index_down_to_half_the_threshold_then_loses_it(make
 
 
 def test_an_interrupted_build_is_dropped_and_built_again(make_company, index_texts) -> None:
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
     from core.tenant_indexes import sync_tenant_indexes, tenant_index_name
 
     company = make_company()
@@ -119,7 +122,7 @@ def test_an_interrupted_build_is_dropped_and_built_again(make_company, index_tex
 
 
 def test_a_company_id_that_is_not_a_plain_id_never_reaches_ddl(database) -> None:
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
     from core.tenant_indexes import sync_tenant_indexes
 
     hostile = "x' OR true) --"
@@ -138,7 +141,7 @@ def test_a_company_id_that_is_not_a_plain_id_never_reaches_ddl(database) -> None
 
 
 def test_one_sync_at_a_time_across_processes(database) -> None:
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
     from core.tenant_indexes import _LOCK_KEY, sync_tenant_indexes
 
     with get_admin_engine().connect() as holder:  # another process mid-sync

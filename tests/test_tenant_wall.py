@@ -17,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
+from core.settings import get_settings
+
 PASSWORD = "correct horse battery"
 ARGON2 = "$argon2"
 
@@ -32,7 +34,7 @@ def a_and_b(make_company, make_user, embed_model):
     for name in ("Wall A", "Wall B"):
         company = make_company(name)
         user, _ = make_user(company, "admin", PASSWORD)
-        login(user.email, PASSWORD)
+        login(user.email, PASSWORD, settings=get_settings())
         index_text(company.id, f"{name}-notes", f"{name} keeps its secret price list: varifocals cost £999.")
         ChatService(company.id, user.id).ask("What do varifocals cost?")
         seeded.append((company, user))
@@ -46,7 +48,8 @@ def _comparable(value: object) -> str:
 
 def _snapshot(company_id: str) -> dict[str, list[tuple]]:
     """Every row of B in every table, read by the owner (who sees all companies)."""
-    from core.database import get_admin_engine, tenant_tables
+    from core.db.checks import tenant_tables
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:
         snapshot = {}
@@ -62,7 +65,8 @@ def _snapshot(company_id: str) -> dict[str, list[tuple]]:
 @contextmanager
 def _as_request_of(company_id: str) -> Iterator[sa.Connection]:
     """A request role connection whose transaction carries company A's signed claim."""
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:
         connection.execute(sa.text("SELECT 1"))  # BEGIN: the claim is set here
@@ -104,7 +108,8 @@ def _b_visible(connection: sa.Connection, b_id: str) -> int:
 
 
 def test_tenant_switching_by_every_means_the_role_has_fails(a_and_b) -> None:
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
 
     (a, _), (b, _) = a_and_b
     attempts = [

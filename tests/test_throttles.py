@@ -19,7 +19,8 @@ from auth import audit
 from auth.passwords import verify_password
 from auth.rate_limit import RateLimited, SlidingWindowLimiter, reserve_failures
 from auth.sessions import login_limiters
-from core.database import session_scope, tenant
+from core.db.engines import session_scope
+from core.db.tenant_scope import tenant
 from core.settings import get_settings
 
 PASSWORD = "correct horse battery"
@@ -28,9 +29,9 @@ LOGIN = "/api/auth/login"
 
 @pytest.fixture(autouse=True)
 def _fresh_limits():
-    login_limiters().reset()
+    login_limiters(get_settings()).reset()
     yield
-    login_limiters().reset()
+    login_limiters(get_settings()).reset()
 
 
 @pytest.fixture

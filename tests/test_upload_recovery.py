@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 
 def _stuck_upload(company_id: str, name: str, status: str) -> str:
-    from core.database import session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.tenant_scope import tenant
     from indexing.models import Document
     from indexing.sources import UPLOAD_PREFIX
 
@@ -23,7 +24,7 @@ def _stuck_upload(company_id: str, name: str, status: str) -> str:
 
 
 def test_interrupted_uploads_fail_with_a_reason_and_can_be_uploaded_again(client, company, make_user) -> None:
-    from core.database import get_engine
+    from core.db.engines import get_engine
     from indexing.document_state import document_lock_key
     from indexing.documents import recover_interrupted_uploads
     from indexing.sources import UPLOAD_PREFIX

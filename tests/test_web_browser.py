@@ -127,7 +127,7 @@ def page(open_page, server: str):
 def practice(make_company, samples_dir: Path, tmp_path: Path):
     """`practice(folder, files)`: a company with a few sample documents ingested."""
     from app.samples import SAMPLE_COMPANIES
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from indexing.folder import ingest_folder
 
     def _make(folder: str | None, files: tuple[str, ...] = ()):
@@ -153,7 +153,8 @@ def member(database: str):
     """`member(company, role)`: a user with a fixed display name, so the screenshots do not
     change with each run's random email address (the page shows the name when there is one)."""
     from auth.users import create_user
-    from core.database import session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.tenant_scope import tenant
 
     def _make(company, role: str = "staff"):
         with tenant(company.id), session_scope() as session:
@@ -379,7 +380,8 @@ def test_nothing_relevant_is_shown_as_such(page, practice, member) -> None:
 
 def test_sign_in_errors_and_an_email_shared_by_two_practices(page, practice, member) -> None:
     from auth.users import create_user
-    from core.database import session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.tenant_scope import tenant
 
     first, second = practice(None), practice(None)
     staff = member(first, "staff")

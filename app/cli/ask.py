@@ -42,7 +42,8 @@ def ask(
 ) -> None:
     """Answer a question from one company's documents and list the cited sources."""
     from auth.users import get_company_by_slug
-    from core.database import admin_session_scope, check_database
+    from core.db.checks import check_database
+    from core.db.owner import admin_session_scope
     from core.settings import get_settings
 
     settings = get_settings()
@@ -84,7 +85,7 @@ def cli_credentials(settings: Settings, *, renew: bool = False) -> tuple[str, st
     live one of the same name, whose secret is lost) and written there readable by its owner only."""
     from auth.clients import create_client, revoke_client
     from auth.permissions import Permission
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
     from core.errors import NotFound
 
     path = _credential_path(settings)

@@ -72,7 +72,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def prepared() -> None:
     """Check the database and apply migrations before a command touches data."""
-    from core.database import check_database
+    from core.db.checks import check_database
     from core.migrate import upgrade
 
     check_database()

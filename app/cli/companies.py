@@ -16,7 +16,7 @@ def companies_create(slug: str, name: Annotated[str | None, typer.Option(help="D
                                       "default a new UUID.")] = None) -> None:
     """Create a company (tenant)."""
     from auth.users import create_company
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     prepared()
     with admin_session_scope() as session:
@@ -28,7 +28,7 @@ def companies_create(slug: str, name: Annotated[str | None, typer.Option(help="D
 def companies_list(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """List companies."""
     from auth.users import list_companies
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     prepared()
     with admin_session_scope() as session:

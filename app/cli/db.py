@@ -8,7 +8,7 @@ from app.cli.common import console, db_app, prepared, sync_tenant_indexes_verbos
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration."""
-    from core.database import check_database
+    from core.db.checks import check_database
     from core.migrate import current_revision, upgrade
 
     version = check_database()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,15 +12,13 @@ from app.cli.common import app, console, fail, prepared
 Runtime = Literal["torch", "onnx", "onnx-int8"]
 
 
-def use_runtime(runtime: str) -> None:
-    """Switch EMBEDDING_RUNTIME for this process before the model is loaded: the setting is
-    read through get_settings(), so the cached settings and model are dropped too."""
-    from core.embeddings import get_embed_model
+def use_runtime(runtime: Runtime) -> None:
+    """Run this command with another embedding runtime than EMBEDDING_RUNTIME: the process's
+    settings become a copy with that runtime, and a model loaded with the old one is dropped."""
+    from core.reconfigure import reconfigure
     from core.settings import get_settings
 
-    os.environ["EMBEDDING_RUNTIME"] = runtime
-    get_settings.cache_clear()
-    get_embed_model.cache_clear()
+    reconfigure(get_settings().model_copy(update={"embedding_runtime": runtime}))
 
 
 @app.command("eval")

@@ -23,7 +23,7 @@ def ingest(
 ) -> None:
     """Index a folder into a company's knowledge base (incremental and idempotent)."""
     from auth.users import get_company_by_slug
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
     from core.embeddings import get_embed_model
     from core.settings import get_settings
     from indexing.folder import ingest_folder

@@ -27,7 +27,7 @@ def clients_create(
 ) -> None:
     """Create a client; its secret is printed once and only its hash is kept."""
     from auth.clients import create_client
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     if all_companies == bool(company):
         raise fail("give --company (one or more) or --all-companies")
@@ -47,7 +47,7 @@ def clients_list(include_revoked: Annotated[bool, typer.Option("--all/--active",
                  as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """List service clients (never their secrets)."""
     from auth.clients import list_clients
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     prepared()
     with admin_session_scope() as session:
@@ -63,7 +63,7 @@ def clients_list(include_revoked: Annotated[bool, typer.Option("--all/--active",
 def clients_revoke(client: Annotated[str, typer.Argument(help="The client's name or client_id.")]) -> None:
     """Revoke a client: its tokens are refused from their next request on."""
     from auth.clients import revoke_client
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     prepared()
     with admin_session_scope() as session:
@@ -76,7 +76,7 @@ def companies_set_id(company: Annotated[str, typer.Argument(help="The company's 
                      platform_id: Annotated[str, typer.Argument(help="The ILS platform's id for it.")]) -> None:
     """Give an existing company the platform's id: every row moves in one transaction."""
     from auth.company_ids import change_company_id
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     prepared()
     with admin_session_scope() as session:

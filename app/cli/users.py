@@ -32,7 +32,7 @@ def users_create(
 ) -> None:
     """Create a user; the password is prompted for, or read from standard input."""
     from auth.users import create_user, get_company_by_slug
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     prepared()
     password = _read_password()
@@ -47,7 +47,7 @@ def users_list(company: Annotated[str | None, typer.Option(help="Company slug.")
                as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """List users, optionally of one company."""
     from auth.users import get_company_by_slug, list_companies, list_users
-    from core.database import admin_session_scope
+    from core.db.owner import admin_session_scope
 
     prepared()
     with admin_session_scope() as session:
@@ -66,7 +66,9 @@ def users_deactivate(
 ) -> None:
     """Deactivate a user (sign-in and refresh stop at once), or re-enable one with --reactivate."""
     from auth.users import find_user_in_company, get_company_by_slug, update_user
-    from core.database import admin_session_scope, session_scope, tenant
+    from core.db.engines import session_scope
+    from core.db.owner import admin_session_scope
+    from core.db.tenant_scope import tenant
     from core.errors import NotFound
 
     prepared()

@@ -18,7 +18,8 @@ from app.errors import error_response
 from app.request_models import RequestModel
 from auth import audit
 from auth.permissions import Permission
-from core.database import session_scope, tenant
+from core.db.engines import session_scope
+from core.db.tenant_scope import tenant
 from core.errors import ServiceError
 from indexing import documents as service
 from indexing.models import Document

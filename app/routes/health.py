@@ -9,7 +9,9 @@ from sqlalchemy import text
 
 from app.routes.web import PAGE_PATH, prefers_html
 from core import SERVICE_NAME, __version__
-from core.database import get_engine, pgvector_version, replica_status
+from core.db.checks import pgvector_version
+from core.db.engines import get_engine
+from core.db.replica import replica_status
 from core.embeddings import embedding_info, get_embed_model
 
 router = APIRouter(tags=["health"])

@@ -1,10 +1,11 @@
 """The benchmark's own database: `ils_bench` beside the service's, same migrations, the
 synthetic store bulk-loaded into it.
 
-Pointing the process at it: `use_bench_database()` sets DATABASE_URL (and the service
-role's URL) in this process's environment and clears the cached settings, engines and store,
-so everything imported from core afterwards (migrations included) talks to the bench
-database; a server started from this process inherits the same environment.
+Pointing the process at it: `use_bench_database()` installs a copy of the settings with
+DATABASE_URL (and the service role's URL) set to it and drops the cached engines, store and
+model (core.reconfigure), so everything imported from core afterwards (migrations included)
+talks to the bench database; a server started from this process is given the same URLs in its
+environment (`database_environment`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from typing import Any
 
 import numpy as np
 
 from benchmarks.search.corpus import Store, company_id, user_email, user_id
+from core.settings import Settings
 from core.sql_text import quoted_identifier
 from core.tenant_indexes import HNSW_WITH
 from core.terminal import progress
@@ -52,11 +53,14 @@ def use_bench_database(name: str = BENCH_DATABASE) -> str:
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
-    import core.database as database
-    import core.vector_store as vector_store
+    from core.db.checks import check_database
+    from core.db.owner import database_url
+    from core.db.roles import APP_ROLE
+    from core.migrate import upgrade
+    from core.reconfigure import reconfigure
     from core.settings import get_settings
 
-    main_url = database.database_url()  # starts the embedded server when DATABASE_URL is unset
+    main_url = database_url()  # starts the embedded server when DATABASE_URL is unset
     url = bench_database_url(main_url, name)
     admin = sa.create_engine(main_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -64,21 +68,24 @@ def use_bench_database(name: str = BENCH_DATABASE) -> str:
             connection.execute(sa.text(f"CREATE DATABASE {quoted_identifier(name)}"))
     admin.dispose()
     settings = get_settings()
-    os.environ["DATABASE_URL"] = url
+    update = {"database_url": url}
     # The service role (row-level security applies to it) must follow into the bench database.
     if settings.app_database_url:
-        os.environ["APP_DATABASE_URL"] = bench_database_url(settings.app_database_url, name)
-    elif settings.embedded_database:  # trust authentication on the private socket, as core.database derives it
-        os.environ["APP_DATABASE_URL"] = make_url(url).set(username=database.APP_ROLE, password=None).render_as_string(
+        update["app_database_url"] = bench_database_url(settings.app_database_url, name)
+    elif settings.embedded_database:  # trust authentication on the private socket, as core.db.roles derives it
+        update["app_database_url"] = make_url(url).set(username=APP_ROLE, password=None).render_as_string(
             hide_password=False)
-    get_settings.cache_clear()
-    database.reset_engines()
-    vector_store.get_vector_store.cache_clear()
-    from core.migrate import upgrade
-
-    database.check_database()
+    reconfigure(settings.model_copy(update=update))
+    check_database()
     upgrade()
     return url
+
+
+def database_environment(settings: Settings) -> dict[str, str]:
+    """The variables that point a server started from this process at the same database: it
+    reads its settings from its environment, not from this process's settings object."""
+    urls = {"DATABASE_URL": settings.database_url, "APP_DATABASE_URL": settings.app_database_url}
+    return {name: url for name, url in urls.items() if url}
 
 
 def _node_metadata(chunk: int, company: str) -> dict[str, Any]:
@@ -114,7 +121,7 @@ def load_store(store: Store, log: Any = print) -> tuple[bool, float]:
     interrupted index build is finished on the next run."""
     import sqlalchemy as sa
 
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
     from core.tenant_plans import INDEX_PREFIX
 
     engine = get_admin_engine()  # the owner: bulk load and DDL across every bench tenant (maintenance, not a request)
@@ -177,7 +184,7 @@ def ensure_users(companies: int) -> None:
     their tokens itself. Run after every load (reloading the companies drops their users)."""
     import sqlalchemy as sa
 
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().begin() as connection:  # the owner: rows of every bench tenant at once
         connection.execute(sa.text(
@@ -189,7 +196,7 @@ def ensure_users(companies: int) -> None:
 def store_size() -> dict[str, float]:
     import sqlalchemy as sa
 
-    from core.database import get_admin_engine
+    from core.db.owner import get_admin_engine
 
     with get_admin_engine().connect() as connection:  # counts every tenant's rows
         row = connection.execute(sa.text(

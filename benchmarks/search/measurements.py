@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.search.corpus import OPTICAL_DIR, REPO_ROOT, Store, company_id, company_number, user_email, user_id
+from core.settings import get_settings
 from evals.metrics import percentile
 
 TOP_K = 10
@@ -53,7 +54,7 @@ def store_search(company: str, vector: list[float], top_k: int = TOP_K) -> list[
     (the store itself over-fetches where its plan needs it); sorted by similarity."""
     from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
 
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from core.vector_store import get_vector_store
 
     with tenant(company):
@@ -112,7 +113,7 @@ def measure_store(store: Store, plan: Plan, query_vectors: np.ndarray) -> dict[s
 def measure_text(plan: Plan, queries: list[str]) -> dict[str, Any]:
     """`text` mode's store query per bucket: BM25 over the GIN-matched chunks (retrieval.bm25),
     top 10, inside the tenant's scope, as TenantRetriever runs it (without the query embedding)."""
-    from core.database import tenant
+    from core.db.tenant_scope import tenant
     from retrieval.bm25 import bm25_search
 
     out: dict[str, Any] = {}
@@ -132,7 +133,8 @@ def measure_jaccard(plan: Plan, queries: list[str], per_bucket: int) -> dict[str
     """Legacy search per request: load the tenant's rows (as the seed did), score them all."""
     import sqlalchemy as sa
 
-    from core.database import get_engine, tenant
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
     from evals.jaccard import jaccard_search
 
     out: dict[str, Any] = {}
@@ -260,7 +262,7 @@ def _token(company: str) -> str:
 
     number = company_number(company)  # its user exists (database.ensure_users)
     token, _ = issue_access_token(user_id=user_id(number), company_id=company, email=user_email(number),
-                                  role="staff", permissions=permissions_for("staff"))
+                                  role="staff", permissions=permissions_for("staff"), settings=get_settings())
     return token
 
 

@@ -38,6 +38,7 @@ from benchmarks.search.database import (
     STANDARD_CHUNKS,
     STANDARD_COMPANIES,
     bench_database_name,
+    database_environment,
     ensure_users,
     load_store,
     store_size,
@@ -199,7 +200,8 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
         yield "http"
         log("HTTP: starting the server...")
         log_path = settings.data_dir.resolve() / "bench" / "server.log"  # not a result: DATA_DIR
-        with running_server(server_environment(dict(os.environ)), log_path, uvicorn_command, request_timeout=2,
+        environment = server_environment({**os.environ, **database_environment(settings)})
+        with running_server(environment, log_path, uvicorn_command, request_timeout=2,
                             stop_timeout=15, on_start=lambda process: monitor.add_root(process.pid)) as (url, server):
             cpu_roots = [pid for pid in (server.pid, postmaster_pid(settings.pgdata_dir)) if pid]
             requests = [(company_id(c), queries[q]) for items in plan.items.values() for c, q in items]
@@ -212,7 +214,7 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
         if options.http_workers > 1:
             yield "http_workers"
             log(f"HTTP: {options.http_workers} worker processes on one port (uvicorn --workers)...")
-            with running_server(server_environment(dict(os.environ)), log_path,
+            with running_server(environment, log_path,
                                 lambda port: uvicorn_command(port, options.http_workers), request_timeout=2,
                                 stop_timeout=15,
                                 on_start=lambda process: monitor.add_root(process.pid)) as (url, server):

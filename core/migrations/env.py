@@ -3,7 +3,7 @@ as the service's row-level-security-bound role."""
 
 from alembic import context
 
-from core.database import get_admin_engine
+from core.db.owner import get_admin_engine
 
 with get_admin_engine().connect() as connection:
     context.configure(connection=connection, transaction_per_migration=True)

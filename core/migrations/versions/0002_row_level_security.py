@@ -3,7 +3,7 @@
 The service connects as `ils_app` (no SUPERUSER, no BYPASSRLS, owns nothing); migrations,
 the CLI and bootstrap keep running as the owner (DATABASE_URL's role). Every tenant table
 gets ENABLE + FORCE ROW LEVEL SECURITY and a policy comparing `company_id` with the
-transaction-local setting `app.company_id` (core.database sets it from `tenant()` on every
+transaction-local setting `app.company_id` (core.db.tenant_scope sets it from `tenant()` on every
 transaction begin). Unset or wrong setting: zero rows, and inserts of another company's
 rows fail. The owner keeps an explicit all-rows policy (it is the operator's role, and a
 non-superuser owner would otherwise be locked out of cross-tenant maintenance by FORCE).
@@ -29,7 +29,7 @@ TENANT_EXPR = "company_id = current_setting('app.company_id', true)"
 
 def upgrade() -> None:
     # Roles are cluster-wide: create it once; an owner without CREATEROLE gets a notice and
-    # core.database refuses to run the service on a role that bypasses RLS (outside development).
+    # core.db.checks refuses to run the service on a role that bypasses RLS (outside development).
     op.execute(f"""
         DO $$
         BEGIN

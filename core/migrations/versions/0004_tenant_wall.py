@@ -150,7 +150,7 @@ def upgrade() -> None:
     op.execute("REVOKE ALL ON FUNCTION ils_password_hash(text, text) FROM PUBLIC")
     readable = ", ".join(_quoted(c) for c in _user_columns())
     # Roles are cluster-wide: created once; an owner without CREATEROLE gets a notice, and
-    # core.database refuses to sign in through a role that does not exist.
+    # core.db.roles refuses to sign in through a role that does not exist.
     op.execute(f"""
         DO $$
         BEGIN
