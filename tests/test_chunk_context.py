@@ -7,8 +7,9 @@ import io
 
 import sqlalchemy as sa
 
+from core.settings import get_settings
 from indexing.chunk_context import context_metadata, context_of, document_title, embedded_keys
-from indexing.readers import Part, read_parts
+from indexing.readers import ExtractionLimits, Part, read_parts
 
 GUIDE = b"""# Gift Vouchers
 
@@ -39,7 +40,7 @@ def _chunks(company_id: str) -> list[tuple[str, dict, str]]:
 
 
 def test_markdown_parts_carry_their_heading_path() -> None:
-    parts = read_parts("vouchers.md", GUIDE)
+    parts = read_parts("vouchers.md", GUIDE, ExtractionLimits.of(get_settings()))
     assert [p.metadata.get("section_path") for p in parts] == [
         "Gift Vouchers", "Gift Vouchers > Expiry", "Gift Vouchers > Expiry > Lost / stolen"]
     assert parts[2].text == "Lost / stolen\nBring the receipt and we reissue it."  # a "/" stays in its heading
