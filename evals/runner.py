@@ -67,7 +67,8 @@ def index_fingerprint() -> str:
     from indexing.chunking import chunk_plan
 
     plan = chunk_plan(get_embed_model())
-    raw = f"{model_key()}|{plan.chunk_size}|{plan.chunk_overlap}|sections|context={get_settings().chunk_context}"
+    raw = (f"{model_key()}|{plan.chunk_size}|{plan.chunk_overlap}|sections|whole-rows"
+           f"|context={get_settings().chunk_context}")
     return hashlib.sha256(raw.encode()).hexdigest()[:8]
 
 

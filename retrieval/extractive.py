@@ -92,6 +92,12 @@ def is_duplicate(a: str, b: str) -> bool:
     return min(len(content_words(a)), len(content_words(b))) >= 3 and overlap(a, b) >= DUPLICATE_OVERLAP
 
 
+def _completes(longer: str, shorter: str) -> bool:
+    """`longer` is `shorter` continued: the same statement, whole where `shorter` was cut."""
+    whole, start = normalise(longer), normalise(shorter)
+    return len(whole) > len(start) and whole.startswith(start)
+
+
 def passages(nodes: Sequence[NodeWithScore]) -> list[Rendered]:
     """Each retrieved chunk read into statements (see retrieval.passages)."""
     out = []
@@ -172,8 +178,15 @@ def answer(company_id: str, questions: list[str], nodes: Sequence[NodeWithScore]
         text = unit(candidates[i]).text
         twin = next((k for k, line in enumerate(lines) if is_duplicate(text, line.text)), None)
         if twin is not None:  # the same fact in another passage: cite it on the existing line
-            if candidates[i][0] not in {n for n, _ in lines[twin].cited}:
-                lines[twin].cited.append(candidates[i])
+            line = lines[twin]
+            if _completes(text, line.text):
+                # The line was this statement's beginning, cut where its chunk ended (the next chunk
+                # repeats it whole, in its overlap): answer with the whole statement, citing the
+                # passages that hold all of it.
+                line.text = text
+                line.cited = [candidates[i], *(c for c in line.cited if normalise(unit(c).text) == normalise(text))]
+            elif candidates[i][0] not in {n for n, _ in line.cited}:
+                line.cited.append(candidates[i])
             continue
         if len(lines) == limit or float(scores[i]) < best - KEEP_WITHIN:
             continue

@@ -94,3 +94,35 @@ def test_hostile_headings_and_names_are_data_on_first_call_and_replace(client, c
     assert "Title'); DELETE FROM documents; -- > \\' OR 1=1 --" in contexts
     listing = client.get("/api/documents", headers=admin).json()
     assert listing["total"] == 1
+
+
+def test_evaluation_parses_corpus_files_as_uploads() -> None:
+    """The evaluation indexes a corpus document as an upload of its file would be: a Markdown
+    file by sections, a CSV by rows (one part marked as rows), the corpus title on the first part."""
+    from evals.beir import CorpusDoc
+    from evals.runner import corpus_parts
+    from indexing.readers import ROWS_KEY
+
+    guide = corpus_parts(CorpusDoc("p/vouchers.md", "Gift Vouchers", GUIDE.decode()))
+    assert len(guide) == 3 and guide[0].metadata["title"] == "Gift Vouchers"
+    assert guide[2].metadata["section_path"].endswith("Expiry > Lost / stolen")
+    table = corpus_parts(CorpusDoc("p/prices.csv", "Prices", "item,price\nLens,35.00\nCase,5.00\n"))
+    assert len(table) == 1 and table[0].metadata[ROWS_KEY] == "rows"
+    assert table[0].text == "item: Lens; price: 35.00\nitem: Case; price: 5.00"
+
+
+def test_csv_rows_are_never_split_across_chunks(embed_model) -> None:
+    from llama_index.core import Document as LIDocument
+
+    from indexing.pipeline import chunk_splitter
+
+    rows = "\n".join(f"item: Lens {n}; category: Coatings; notes: Grey, brown, green and {n} other tints, "
+                     f"each fitted, checked, and boxed" for n in range(200))
+    parts = read_parts("prices.csv", ("item,category,notes\n" + "\n".join(
+        f'Lens {n},Coatings,"Grey, brown, green and {n} other tints, each fitted, checked, and boxed"'
+        for n in range(200))).encode())
+    assert parts[0].text == rows
+    chunks = chunk_splitter().get_nodes_from_documents([LIDocument(text=parts[0].text, metadata=parts[0].metadata)])
+    assert len(chunks) > 3
+    lines = set(rows.split("\n"))
+    assert all(line in lines for chunk in chunks for line in chunk.get_content().split("\n"))
