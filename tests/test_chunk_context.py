@@ -120,7 +120,7 @@ def test_csv_rows_are_never_split_across_chunks(embed_model) -> None:
                      f"each fitted, checked, and boxed" for n in range(200))
     parts = read_parts("prices.csv", ("item,category,notes\n" + "\n".join(
         f'Lens {n},Coatings,"Grey, brown, green and {n} other tints, each fitted, checked, and boxed"'
-        for n in range(200))).encode())
+        for n in range(200))).encode(), ExtractionLimits.of(get_settings()))
     assert parts[0].text == rows
     chunks = chunk_splitter().get_nodes_from_documents([LIDocument(text=parts[0].text, metadata=parts[0].metadata)])
     assert len(chunks) > 3
