@@ -59,14 +59,15 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
         if prepare:
             prepare_runtime(settings)
         app.state.embed_model_loaded = True
-        maintainer = TenantIndexMaintainer(settings.tenant_index_check_s).start() if prepare else None
+        maintainer = (TenantIndexMaintainer(settings.tenant_index_check_s, settings.tenant_index_min_chunks).start()
+                      if prepare else None)
         # The embedded default runs one ingestion worker here, so `make run` stays one command;
         # fleets set INGEST_IN_PROCESS_WORKER=false and run `ils-rag worker` processes.
         # A second lifespan on the same app (a test's nested client) reuses the running worker
         # rather than starting another that nothing would stop.
         running = getattr(app.state, "ingest_worker", None)
         start = prepare and settings.ingest_in_process_worker and running is None
-        worker = BackgroundWorker().start() if start else None
+        worker = BackgroundWorker(settings).start() if start else None
         if worker is not None:
             app.state.ingest_worker = worker
         try:

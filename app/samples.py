@@ -11,6 +11,7 @@ from sqlalchemy import select
 from auth.models import Company
 from auth.users import create_company, create_user, find_user_in_company
 from core.db.owner import admin_session_scope
+from core.settings import Settings
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 
@@ -37,15 +38,16 @@ def ensure_sample_company(slug: str) -> Company:
         return company
 
 
-def load_samples(console: Console) -> None:
+def load_samples(console: Console, settings: Settings) -> None:
     from core.embeddings import get_embed_model
     from indexing.folder import ingest_folder
     from retrieval.statements import precompute
 
     for slug in SAMPLE_COMPANIES:
         company = ensure_sample_company(slug)
-        report = ingest_folder(SAMPLES_DIR / slug, company_id=company.id, sync=True, show_progress=True)
-        precompute(company.id, get_embed_model())  # statement vectors: no offline answer embeds them
+        report = ingest_folder(SAMPLES_DIR / slug, company_id=company.id, settings=settings, sync=True,
+                               show_progress=True)
+        precompute(company.id, get_embed_model(), settings.embedding_key)  # no offline answer embeds statements
         console.print(f"[bold]{SAMPLE_COMPANIES[slug]}[/] ({slug}): {report.summary()}")
     console.print(f"\nSample sign-ins (password for all: [bold]{SAMPLE_PASSWORD}[/]):")
     for slug in SAMPLE_COMPANIES:

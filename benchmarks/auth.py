@@ -62,7 +62,7 @@ def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200)
         with tenant(company.id), session_scope() as session:
             user = create_user(session, company.id, f"bench-{uuid.uuid4().hex[:6]}@example.com", PASSWORD, "staff")
         for name, text in TEXTS:
-            index_text(company.id, name, text)
+            index_text(company.id, name, text, settings=get_settings())
         token = login(user.email, PASSWORD, settings=get_settings()).access_token
         claims = decode_access_token(token, settings=get_settings())
 

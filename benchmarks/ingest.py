@@ -28,12 +28,13 @@ from benchmarks import RESULTS_DIR
 from benchmarks.throwaway import drop_company
 from core.db.owner import get_admin_engine
 from core.embeddings import embedding_info, get_embed_model
+from core.settings import get_settings
 from indexing.chunking import build_splitter, chunk_plan
 from indexing.documents import queue_upload
 from indexing.folder import ingest_folder, list_files
 from indexing.legacy import ensure_company
 from indexing.queue import wait_until_drained
-from indexing.readers import read_parts
+from indexing.readers import ExtractionLimits, read_parts
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 RESULT = RESULTS_DIR / "ingest.json"
@@ -43,7 +44,7 @@ TARGET_RATIO = 0.8
 def _chunk_texts(folders: list[Path]) -> list[str]:
     splitter = build_splitter(get_embed_model())
     docs = [LIDocument(text=p.text) for folder in folders for f in list_files(folder)
-            for p in read_parts(f.name, f.read_bytes())]
+            for p in read_parts(f.name, f.read_bytes(), ExtractionLimits.of(get_settings()))]
     return [n.get_content() for n in splitter.get_nodes_from_documents(docs)]
 
 
@@ -66,7 +67,7 @@ def run_ingest_bench(output: Path = RESULT, repeat: int = 1, folders: list[Path]
             started = time.perf_counter()
             chunks = 0
             for folder in folders:
-                report = ingest_folder(folder, company_id)
+                report = ingest_folder(folder, company_id, settings=get_settings())
                 if report.failed:
                     raise RuntimeError(f"bench ingest of {folder.name} failed: {report.summary()}")
                 chunks += report.chunks_embedded
@@ -108,7 +109,8 @@ READY_LINE = "waiting for jobs"
 def _upload_bytes(kb: int, n: int) -> bytes:
     """About `kb` KB of the sample practices' own prose, numbered so every upload is its own file."""
     texts = [p.text for folder in sorted(p for p in SAMPLES.iterdir() if p.is_dir()) for f in list_files(folder)
-             if f.suffix in (".md", ".txt") for p in read_parts(f.name, f.read_bytes())]
+             if f.suffix in (".md", ".txt")
+             for p in read_parts(f.name, f.read_bytes(), ExtractionLimits.of(get_settings()))]
     out, i = [], 0
     while sum(len(t) for t in out) < kb * 1024:
         out.append(f"\n\n# Upload {n}, section {i}\n\n{texts[i % len(texts)]}")
@@ -185,7 +187,7 @@ def run_queue_bench(worker_counts: tuple[int, ...] = (1, 2), uploads: int = 6, k
         try:
             started = time.perf_counter()
             for n, data in enumerate(files):
-                queue_upload(company_id, f"upload-{n}.md", data)
+                queue_upload(company_id, f"upload-{n}.md", data, settings=get_settings())
             wait_until_drained(company_id, timeout_s=3600)
             elapsed = time.perf_counter() - started
             with get_admin_engine().connect() as connection:

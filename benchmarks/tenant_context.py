@@ -53,13 +53,14 @@ def _owner_store() -> TenantGuardedPGVectorStore:
 
 def run_tenant_context_bench(output: Path = RESULT, requests: int = 300) -> dict[str, Any]:
     from auth.users import create_company
+    from core.settings import get_settings
     from indexing.documents import index_text
 
     with admin_session_scope() as session:
         company = create_company(session, f"bench-tenant-{uuid.uuid4().hex[:8]}", "Tenant-context benchmark")
     try:
         for filename, text in TEXTS * 10:
-            index_text(company.id, f"{uuid.uuid4().hex[:6]}-{filename}", text)
+            index_text(company.id, f"{uuid.uuid4().hex[:6]}-{filename}", text, settings=get_settings())
         engine = get_engine()
         trivial = sa.text("SELECT 1")
 

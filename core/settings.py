@@ -221,6 +221,12 @@ class Settings(BaseSettings):
         return self.data_dir.resolve() / "pg"
 
     @property
+    def embedding_key(self) -> str:
+        """Names the vectors the configured model makes: stored statement vectors and score
+        calibrations are only valid for the model they were made with, so both are keyed by it."""
+        return f"{self.embedding_backend}:{self.embedding_model}"
+
+    @property
     def models_dir(self) -> Path:
         return (self.model_cache_dir or self.data_dir / "models").expanduser().resolve()
 

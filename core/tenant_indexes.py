@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from core.db.owner import get_admin_engine
-from core.settings import get_settings
 from core.sql_text import quoted_identifier, quoted_literal
 from core.tenant_plans import INDEX_PREFIX, forget_tenant_plans, tenant_index_name
 
@@ -71,13 +70,12 @@ def _existing(connection: sa.Connection) -> dict[str, bool]:
         {"prefix": INDEX_PREFIX})}
 
 
-def sync_tenant_indexes(min_chunks: int | None = None, companies: Collection[str] | None = None,
+def sync_tenant_indexes(min_chunks: int, companies: Collection[str] | None = None,
                         on_build: Callable[[str, int], None] | None = None) -> IndexSync:
     """Build the missing tenant indexes (largest tenant first) and drop the unneeded ones.
 
-    `min_chunks` 0 drops every tenant index; `companies` limits the sync to those companies
-    (after one company's ingestion, say) instead of every company in the table."""
-    threshold = get_settings().tenant_index_min_chunks if min_chunks is None else min_chunks
+    `min_chunks` (TENANT_INDEX_MIN_CHUNKS) 0 drops every tenant index; `companies` limits the
+    sync to those companies (after one company's ingestion, say) instead of every company in the table."""
     started = time.perf_counter()
     result = IndexSync()
     engine = get_admin_engine()
@@ -93,9 +91,9 @@ def sync_tenant_indexes(min_chunks: int | None = None, companies: Collection[str
                 scope = {tenant_index_name(company) for company in companies}
                 existing = {name: valid for name, valid in existing.items() if name in scope}
             names = {tenant_index_name(company): company for company in sizes}
-            wanted = {} if threshold <= 0 else {
+            wanted = {} if min_chunks <= 0 else {
                 name: company for name, company in names.items()
-                if sizes[company] >= threshold or (existing.get(name) and sizes[company] * 2 >= threshold)}
+                if sizes[company] >= min_chunks or (existing.get(name) and sizes[company] * 2 >= min_chunks)}
             for name, valid in sorted(existing.items()):
                 if name not in wanted or not valid:
                     connection.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {quoted_identifier(name)}"))
@@ -121,27 +119,28 @@ def sync_tenant_indexes(min_chunks: int | None = None, companies: Collection[str
     return result
 
 
-def tenant_index_summary() -> str:
+def tenant_index_summary(min_chunks: int) -> str:
     """One line for operators: how many companies have their own index, and the threshold."""
     with get_admin_engine().connect() as connection:
         existing = _existing(connection)
     valid = sum(existing.values())
     invalid = f", {len(existing) - valid} invalid" if valid < len(existing) else ""
     return (f"{valid} companies have their own HNSW index{invalid} "
-            f"(TENANT_INDEX_MIN_CHUNKS={get_settings().tenant_index_min_chunks})")
+            f"(TENANT_INDEX_MIN_CHUNKS={min_chunks})")
 
 
 class TenantIndexMaintainer:
     """Runs `sync_tenant_indexes` in a background thread: at once, then every `interval_s`
     (not at all while TENANT_INDEX_MIN_CHUNKS is 0: the indexes are then the operator's)."""
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, min_chunks: int) -> None:
         self.interval_s = interval_s
+        self.min_chunks = min_chunks
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tenant-indexes", daemon=True)
 
     def start(self) -> TenantIndexMaintainer:
-        if get_settings().tenant_index_min_chunks > 0:
+        if self.min_chunks > 0:
             self._thread.start()
         return self
 
@@ -153,7 +152,7 @@ class TenantIndexMaintainer:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                sync_tenant_indexes()
+                sync_tenant_indexes(self.min_chunks)
             except Exception:  # a database outage must not end the loop: the next round retries
                 logger.warning("tenant index maintenance failed; retrying in %.0f s", self.interval_s,
                                exc_info=True)

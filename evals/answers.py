@@ -121,11 +121,12 @@ def citation_checks(answer: str, sources: list[dict[str, Any]], *,
 @lru_cache(maxsize=8)
 def document_statements(company: str, samples: Path = SAMPLES_DIR) -> frozenset[str]:
     """Every whole statement (sentence, list item, table row) of a practice's files, normalised."""
-    from indexing.readers import read_parts
+    from indexing.readers import ExtractionLimits, read_parts
 
+    limits = ExtractionLimits.of(get_settings())
     found: set[str] = set()
     for path in sorted((samples / company).iterdir()):
-        for part in read_parts(path.name, path.read_bytes()):
+        for part in read_parts(path.name, path.read_bytes(), limits):
             found.update(normalise(u.text) for u in units(part.text, part.metadata.get("section"),
                                                           starts_document=True) if u.answerable)
     return frozenset(found)
@@ -401,8 +402,8 @@ def prepare_practices(companies: Iterable[str], samples: Path = SAMPLES_DIR,
                 user = create_user(session, company_id, email, "answer-evaluation-only", "staff")
             user_id = user.id
         with tenant(company_id):
-            ingest_folder(samples / name, company_id=company_id, sync=True)
-        precompute(company_id, get_embed_model())
+            ingest_folder(samples / name, company_id=company_id, settings=get_settings(), sync=True)
+        precompute(company_id, get_embed_model(), get_settings().embedding_key)
         token, _ = issue_access_token(user_id=user_id, company_id=company_id, email=email, role="staff",
                                       permissions=permissions_for("staff"), settings=get_settings())
         headers[name] = {"Authorization": f"Bearer {token}"}

@@ -21,7 +21,6 @@ from retrieval.calibration import (
     CALIBRATION_DIR,
     Calibration,
     calibration_path,
-    current_model_key,
     fit_calibration,
 )
 
@@ -31,12 +30,14 @@ CALIBRATION_DEPTH = 10  # passages per question: twice the search's default limi
 def collect_pairs(dataset_dir: Path, cache_dir: Path, console: Console,
                   depth: int = CALIBRATION_DEPTH) -> tuple[list[float], list[bool], list[str], str]:
     """(cosines, relevant, question ids, dataset name) from the top passages of every question."""
+    from core.settings import get_settings
     from retrieval.retriever import TenantRetriever
 
+    settings = get_settings()
     dataset = load_dataset(dataset_dir)
     companies = index_corpus(dataset, cached_embedder(cache_dir), console)
     retrievers = {company: TenantRetriever(company_id, mode="vector", top_k=depth, threshold=-1.0,
-                                           order="similarity")
+                                           order="similarity", settings=settings)
                   for company, company_id in companies.items()}
     cosines: list[float] = []
     relevant: list[bool] = []
@@ -54,7 +55,9 @@ def refit(dataset_dir: Path, cache_dir: Path, console: Console, *, directory: Pa
           plot: Path | None = None) -> tuple[Calibration, Path]:
     """Fit on `dataset_dir` for the configured model, write the calibration file (and a plot)."""
     cosines, relevant, groups, name = collect_pairs(dataset_dir, cache_dir, console)
-    calibration = fit_calibration(current_model_key(), cosines, relevant, groups, {
+    from core.settings import get_settings
+
+    calibration = fit_calibration(get_settings().embedding_key, cosines, relevant, groups, {
         "dataset": name, "questions": len(set(groups)), "depth": CALIBRATION_DEPTH,
         "relevance": "passage's document judged relevant (qrels grade >= 1)"})
     path = calibration_path(calibration.model, directory)

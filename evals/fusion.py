@@ -72,7 +72,8 @@ def _documents(ranking: Iterable[tuple[str, float]], documents: dict[str, str], 
 def collect_sides(dataset: Dataset, companies: dict[str | None, str], console: Console) -> dict[str, Sides]:
     from retrieval.retriever import TenantRetriever
 
-    retrievers = {company: TenantRetriever(company_id, mode="hybrid", top_k=CHUNK_DEPTH, threshold=-1.0)
+    retrievers = {company: TenantRetriever(company_id, mode="hybrid", top_k=CHUNK_DEPTH, threshold=-1.0,
+                                           settings=get_settings())
                   for company, company_id in companies.items()}
     sides: dict[str, Sides] = {}
     for query in dataset.queries:

@@ -132,7 +132,7 @@ def _index_batch(company_id: str, docs: dict[str, Any], hashes: dict[str, str], 
     sources = [Source(source_key=doc.id, filename=doc.id, data_hash=hashes[doc.id],
                       size_bytes=len(indexed_text(doc).encode()), parts=corpus_parts(doc))
                for doc in (docs[doc_id] for doc_id in doc_ids) if indexed_text(doc).strip()]
-    outcomes = index_sources(company_id, sources, embed_model=embedder)
+    outcomes = index_sources(company_id, sources, settings=get_settings(), embed_model=embedder)
     return len(doc_ids), [o for o in outcomes if o.action == "failed"]
 
 
@@ -183,10 +183,10 @@ def service_retriever(mode: str, company_id: str) -> Callable[[str], list[NodeWi
     # threshold -1: every candidate is ranked; the threshold is studied separately below
     if mode == "ts_rank":
         retriever = TenantRetriever(company_id, mode="text", top_k=CHUNK_DEPTH, threshold=-1.0, order="rank",
-                                    text_ranking="ts_rank")
+                                    text_ranking="ts_rank", settings=get_settings())
     else:
         retriever = TenantRetriever(company_id, mode=mode, top_k=CHUNK_DEPTH,  # type: ignore[arg-type]
-                                    threshold=-1.0, order="rank")
+                                    threshold=-1.0, order="rank", settings=get_settings())
     return retriever.retrieve
 
 
@@ -347,7 +347,7 @@ def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: i
     embedder = cached_embedder(cache_dir or settings.data_dir.resolve() / "eval-cache")
     companies = index_corpus(dataset, embedder, console, workers)
     if settings.tenant_index_min_chunks > 0:  # as `ils-rag ingest`: a large corpus is searched through its own index
-        sync_tenant_indexes(companies=list(companies.values()))
+        sync_tenant_indexes(settings.tenant_index_min_chunks, companies=list(companies.values()))
     index_seconds = time.perf_counter() - started
     console.print(f"corpus ready in {index_seconds:.1f}s "
                   f"({embedder.misses} chunks embedded, {embedder.hits} from cache)")

@@ -19,7 +19,6 @@ from llama_index.core.node_parser import SentenceSplitter, TokenTextSplitter
 from llama_index.core.schema import BaseNode, TransformComponent
 
 from core.embeddings import counting_tokenizer, embedding_info, get_embed_model
-from core.settings import get_settings
 from indexing.readers import ROWS_KEY
 
 SEAM_MARGIN = 8  # word pieces kept free for splits that tokenize longer once joined
@@ -51,7 +50,7 @@ def _hf_tokenizer(model: BaseEmbedding) -> Any | None:
 def chunk_plan(model: BaseEmbedding | None = None) -> ChunkPlan:
     model = model or get_embed_model()
     info = embedding_info(model)
-    tokenizer = _hf_tokenizer(model) if get_settings().embedding_backend == "local" else None
+    tokenizer = _hf_tokenizer(model)  # None for a model without word pieces of its own (OpenAI)
     if tokenizer is None:
         size = min(OPENAI_CHUNK_SIZE, info.max_input_tokens)
         return ChunkPlan(info.max_input_tokens, 0, size, size // 8)
@@ -61,10 +60,7 @@ def chunk_plan(model: BaseEmbedding | None = None) -> ChunkPlan:
 
 
 def embed_tokenizer(model: BaseEmbedding | None = None) -> ModelTokenizer | None:
-    model = model or get_embed_model()
-    if get_settings().embedding_backend != "local":
-        return None
-    tokenizer = _hf_tokenizer(model)
+    tokenizer = _hf_tokenizer(model or get_embed_model())
     return ModelTokenizer(tokenizer) if tokenizer is not None else None
 
 

@@ -18,12 +18,14 @@ from core.db.engines import get_engine, session_scope
 from core.db.owner import get_admin_engine
 from core.db.tenant_scope import tenant
 from core.errors import Conflict, NotFound, ServiceError
+from core.settings import Settings
 from indexing.chunk_rows import purge_document, set_chunk_metadata
 from indexing.document_state import document_lock_key, document_locks, mark_failed
 from indexing.models import Document
 from indexing.pipeline import index_sources
 from indexing.queue import enqueue, has_pending_job, wait_until_drained
 from indexing.readers import (
+    ExtractionLimits,
     IngestError,
     check_container,
     check_extension,
@@ -42,7 +44,7 @@ class UploadCheck:
     filename: str
 
 
-def check_upload(filename: str, data: bytes, max_bytes: int) -> UploadCheck:
+def check_upload(filename: str, data: bytes, max_bytes: int, limits: ExtractionLimits) -> UploadCheck:
     """The cheap checks every upload gets before it is accepted (inline or queued)."""
     name = safe_source_key(filename)
     if "/" in name:
@@ -55,27 +57,30 @@ def check_upload(filename: str, data: bytes, max_bytes: int) -> UploadCheck:
         raise IngestError(f"{name!r} is empty.", code="EMPTY_FILE")
     if suffix not in (".pdf", ".docx"):
         decode_text(name, data)
-    check_container(name, data)  # a zip bomb is refused (413) here, not later in the background
+    check_container(name, data, limits)  # a zip bomb is refused (413) here, not later in the background
     return UploadCheck(source_key=f"{UPLOAD_PREFIX}{name}", filename=name)
 
 
-def _source(check: UploadCheck, data: bytes, category: str | None, uploaded_by: str | None) -> Source:
+def _source(check: UploadCheck, data: bytes, category: str | None, uploaded_by: str | None,
+            limits: ExtractionLimits) -> Source:
     return Source(source_key=check.source_key, filename=check.filename, data_hash=content_hash(data),
-                  size_bytes=len(data), parts=read_parts(check.filename, data), category=category,
+                  size_bytes=len(data), parts=read_parts(check.filename, data, limits), category=category,
                   uploaded_by=uploaded_by)
 
 
-def index_upload(company_id: str, filename: str, data: bytes, *, category: str | None = None,
+def index_upload(company_id: str, filename: str, data: bytes, *, settings: Settings, category: str | None = None,
                  uploaded_by: str | None = None, max_bytes: int = 1 << 62) -> Document:
-    """Index one in-memory file now and return its registry row (status 'indexed').
+    """Index one in-memory file now and return its registry row (status 'indexed'), under the
+    caller's `settings` (extraction limits, chunk context).
 
     Raises IngestError (with a per-cause code) if the file cannot be indexed; then nothing
     of it is stored (a failed replacement keeps the previous version's chunks only if the
     failure happened before indexing started, i.e. while parsing).
     """
-    check = check_upload(filename, data, max_bytes)
-    source = _source(check, data, category, uploaded_by)
-    outcome = index_sources(company_id, [source])[0]
+    limits = ExtractionLimits.of(settings)
+    check = check_upload(filename, data, max_bytes, limits)
+    source = _source(check, data, category, uploaded_by, limits)
+    outcome = index_sources(company_id, [source], settings=settings)[0]
     if outcome.action == "failed":
         raise IngestError(outcome.reason or "indexing failed", code=outcome.code or "INDEXING_FAILED",
                           status_code=500 if outcome.code == "INDEXING_FAILED" else 422)
@@ -86,19 +91,19 @@ def _text_name(filename: str) -> str:
     return filename if "." in filename.rsplit("/", 1)[-1] else f"{filename}.txt"
 
 
-def index_text(company_id: str, filename: str, content: str, *, category: str | None = None,
+def index_text(company_id: str, filename: str, content: str, *, settings: Settings, category: str | None = None,
                uploaded_by: str | None = None) -> Document:
     """The seed's /api/rag/index-document: text content under a file name (.txt if none)."""
-    return index_upload(company_id, _text_name(filename), content.encode("utf-8"), category=category,
-                        uploaded_by=uploaded_by)
+    return index_upload(company_id, _text_name(filename), content.encode("utf-8"), settings=settings,
+                        category=category, uploaded_by=uploaded_by)
 
 
-def queue_upload(company_id: str, filename: str, data: bytes, *, category: str | None = None,
+def queue_upload(company_id: str, filename: str, data: bytes, *, settings: Settings, category: str | None = None,
                  uploaded_by: str | None = None, max_bytes: int = 1 << 62) -> Document:
     """Accept a large upload: the row is 'queued' and its job is in the ingestion queue, in one
     transaction; a worker moves it to 'indexing' -> 'indexed' | 'failed' (with the reason), the
     client polls GET."""
-    check = check_upload(filename, data, max_bytes)
+    check = check_upload(filename, data, max_bytes, ExtractionLimits.of(settings))
     with tenant(company_id), session_scope() as session:
         row = session.scalar(select(Document).where(Document.company_id == company_id,
                                                     Document.source_key == check.source_key).with_for_update())
@@ -116,15 +121,15 @@ def queue_upload(company_id: str, filename: str, data: bytes, *, category: str |
         session.flush()
         document_id = row.id
         enqueue(session.connection(), company_id, document_id, check.filename, data, category=category,
-                uploaded_by=uploaded_by)
+                uploaded_by=uploaded_by, max_attempts=settings.ingest_max_attempts)
     return get_document(company_id, document_id)
 
 
-def queue_text(company_id: str, filename: str, content: str, *, category: str | None = None,
+def queue_text(company_id: str, filename: str, content: str, *, settings: Settings, category: str | None = None,
                uploaded_by: str | None = None) -> Document:
     """The seed's /api/rag/index-document above the inline limit: queued like a large upload."""
-    return queue_upload(company_id, _text_name(filename), content.encode("utf-8"), category=category,
-                        uploaded_by=uploaded_by)
+    return queue_upload(company_id, _text_name(filename), content.encode("utf-8"), settings=settings,
+                        category=category, uploaded_by=uploaded_by)
 
 
 def recover_interrupted_uploads() -> int:

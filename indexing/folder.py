@@ -23,12 +23,12 @@ from sqlalchemy import select
 from core.db.engines import get_engine, session_scope
 from core.db.tenant_scope import tenant
 from core.errors import NotFound, ServiceError
-from core.settings import get_settings
+from core.settings import Settings
 from core.terminal import plural, progress
 from indexing.chunk_rows import purge_document, set_chunk_metadata
 from indexing.models import Document
 from indexing.pipeline import index_sources
-from indexing.readers import IngestError, check_extension, read_parts, safe_source_key
+from indexing.readers import ExtractionLimits, IngestError, check_extension, read_parts, safe_source_key
 from indexing.sources import RESERVED_PREFIXES, Outcome, Source, content_hash
 
 
@@ -91,9 +91,10 @@ def list_files(root: Path) -> list[Path]:
                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def _parse(path: Path, key: str, data: bytes, category: str | None, uploaded_by: str | None) -> Source | FileFailure:
+def _parse(path: Path, key: str, data: bytes, category: str | None, uploaded_by: str | None,
+           limits: ExtractionLimits) -> Source | FileFailure:
     try:
-        parts = read_parts(path.name, data)
+        parts = read_parts(path.name, data, limits)
     except ServiceError as exc:
         return FileFailure(key, exc.code, exc.message)
     except Exception as exc:  # a reader bug must not stop the other files
@@ -102,8 +103,9 @@ def _parse(path: Path, key: str, data: bytes, category: str | None, uploaded_by:
                   parts=parts, category=category, keep_category=category is None, uploaded_by=uploaded_by)
 
 
-def _batches(sources: Iterator[Source | FileFailure], report: IngestReport) -> Iterator[list[Source]]:
-    limit = get_settings().ingest_batch_chars  # ~200 chunks by default: full embedding batches, bounded memory
+def _batches(sources: Iterator[Source | FileFailure], report: IngestReport, limit: int) -> Iterator[list[Source]]:
+    """Batches of about `limit` characters (INGEST_BATCH_CHARS, ~200 chunks by default): full
+    embedding batches, bounded memory."""
     batch: list[Source] = []
     size = 0
     for item in sources:
@@ -119,10 +121,11 @@ def _batches(sources: Iterator[Source | FileFailure], report: IngestReport) -> I
         yield batch
 
 
-def ingest_folder(path: Path, company_id: str, *, category: str | None = None, sync: bool = False,
+def ingest_folder(path: Path, company_id: str, *, settings: Settings, category: str | None = None, sync: bool = False,
                   workers: int = 1, uploaded_by: str | None = None, show_progress: bool = False) -> IngestReport:
-    """Index new and changed files of `path` for `company_id`; with `sync`, remove the
-    company's folder documents whose files are gone. Idempotent; safe to re-run after a crash."""
+    """Index new and changed files of `path` for `company_id` under the caller's `settings`; with
+    `sync`, remove the company's folder documents whose files are gone. Idempotent; safe to
+    re-run after a crash."""
     started = time.perf_counter()
     root = Path(path)
     if not root.is_dir():
@@ -169,9 +172,10 @@ def ingest_folder(path: Path, company_id: str, *, category: str | None = None, s
             bar.advance(files_task, chunk=outcome.chunk_count if outcome.action != "failed" else 0)
 
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ingest-read") as pool:
-            parsed = pool.map(lambda item: _parse(item[0], item[1], item[2], category, uploaded_by), todo)
-            for batch in _batches(parsed, report):
-                for outcome in index_sources(company_id, batch, on_done=done):
+            limits = ExtractionLimits.of(settings)
+            parsed = pool.map(lambda item: _parse(item[0], item[1], item[2], category, uploaded_by, limits), todo)
+            for batch in _batches(parsed, report, settings.ingest_batch_chars):
+                for outcome in index_sources(company_id, batch, settings=settings, on_done=done):
                     report.add(outcome)
         bar.update(files_task, completed=len(todo))
 

@@ -33,6 +33,7 @@ from core.db.owner import get_admin_engine
 from core.db.tenant_scope import tenant
 from core.embeddings import configured_dimensions
 from core.errors import ConfigurationError, ServiceError
+from core.settings import Settings
 from core.terminal import progress
 from indexing.models import Document
 from indexing.pipeline import chunk_splitter, index_sources
@@ -137,7 +138,7 @@ def _already_migrated(company_id: str, legacy_id: str) -> bool:
         return status == "indexed"
 
 
-def migrate_row(row: sa.Row) -> LegacyRow:
+def migrate_row(row: sa.Row, settings: Settings) -> LegacyRow:
     legacy_id = str(row.id)
     company_id = str(row.company_id) if row.company_id is not None else None
     if not company_id:
@@ -168,14 +169,14 @@ def migrate_row(row: sa.Row) -> LegacyRow:
                     data_hash=content_hash(data), size_bytes=len(data), parts=[Part(content.strip())],
                     category=row.category, uploaded_by=str(row.uploaded_by) if row.uploaded_by else None,
                     legacy_id=legacy_id, vector=keep, created_at=created_at, is_active=row.is_active is not False)
-    outcome = index_sources(company_id, [source])[0]
+    outcome = index_sources(company_id, [source], settings=settings)[0]
     if outcome.action == "failed":
         return LegacyRow(legacy_id, company_id, "failed", f"[{outcome.code}] {outcome.reason}")
     return LegacyRow(legacy_id, company_id, "migrated", f"{note}; {outcome.chunk_count} chunks")
 
 
-def migrate_legacy(source_url: str, show_progress: bool = False) -> LegacyReport:
-    """Read every ai_knowledge_base row (read-only) and import it; per-row outcomes."""
+def migrate_legacy(source_url: str, settings: Settings, show_progress: bool = False) -> LegacyReport:
+    """Read every ai_knowledge_base row (read-only) and import it under `settings`; per-row outcomes."""
     engine = _source_engine(source_url)
     try:
         with engine.connect() as connection:
@@ -191,7 +192,7 @@ def migrate_legacy(source_url: str, show_progress: bool = False) -> LegacyReport
         task = bar.add_task("rows", total=len(rows))
         for row in rows:
             try:
-                report.rows.append(migrate_row(row))
+                report.rows.append(migrate_row(row, settings))
             except Exception as exc:  # one bad row must not stop the migration
                 report.rows.append(LegacyRow(str(row.id), str(row.company_id), "failed",
                                              f"{type(exc).__name__}: {exc}"))

@@ -41,7 +41,7 @@ from sqlalchemy import select
 from core.db.engines import get_engine, session_scope
 from core.db.tenant_scope import tenant
 from core.embeddings import get_embed_model
-from core.settings import get_settings
+from core.settings import Settings
 from core.vector_store import get_vector_store
 from indexing.chunk_context import context_metadata, document_title, embedded_keys
 from indexing.chunk_rows import chunk_ref_ids, delete_chunks_and_hashes
@@ -149,15 +149,16 @@ def _documents(company_id: str, source: Source, state: RowState, ids: list[str],
     return docs
 
 
-def index_sources(company_id: str, sources: Sequence[Source],
+def index_sources(company_id: str, sources: Sequence[Source], *, settings: Settings,
                   on_done: Callable[[Outcome], None] | None = None,
                   embed_model: BaseEmbedding | None = None) -> list[Outcome]:
-    """Index parsed sources of one company as one pipeline run; isolate failures per source."""
+    """Index parsed sources of one company as one pipeline run; isolate failures per source.
+    `settings` are the caller's: CHUNK_CONTEXT decides what each chunk embeds."""
     if not sources:
         return []
     with tenant(company_id), document_locks(company_id, [s.source_key for s in sources]):
         try:
-            outcomes = _run(company_id, sources, embed_model)
+            outcomes = _run(company_id, sources, settings.chunk_context, embed_model)
         except Exception as exc:
             if len(sources) == 1:
                 logger.warning("indexing %s failed: %s", sources[0].source_key, exc, exc_info=True)
@@ -166,7 +167,8 @@ def index_sources(company_id: str, sources: Sequence[Source],
                 outcomes = None
                 logger.info("batch of %d failed (%s); retrying file by file", len(sources), exc)
     if outcomes is None:  # locks released: each retry takes its own
-        outcomes = [o for s in sources for o in index_sources(company_id, [s], embed_model=embed_model)]
+        outcomes = [o for s in sources
+                    for o in index_sources(company_id, [s], settings=settings, embed_model=embed_model)]
         return outcomes
     if on_done:
         for outcome in outcomes:
@@ -184,11 +186,11 @@ def _failed(company_id: str, source: Source, exc: Exception) -> Outcome:
     return Outcome(source.source_key, document_id, "failed", code=code, reason=message)
 
 
-def _run(company_id: str, sources: Sequence[Source], embed_model: BaseEmbedding | None = None) -> list[Outcome]:
+def _run(company_id: str, sources: Sequence[Source], context_mode: str,
+         embed_model: BaseEmbedding | None = None) -> list[Outcome]:
     states = claim_documents(company_id, sources)
     part_ids = {s.source_key: _part_ids(company_id, s) for s in sources}
     _prepare_clean(company_id, sources, states, part_ids)
-    context_mode = get_settings().chunk_context
     documents = [d for s in sources
                  for d in _documents(company_id, s, states[s.source_key], part_ids[s.source_key], context_mode)]
     vectors = [s for s in sources if s.vector is not None]

@@ -41,11 +41,11 @@ from core.db.engines import get_engine
 from core.db.owner import get_admin_engine
 from core.db.tenant_scope import tenant
 from core.errors import DatabaseUnavailable, ServiceError
-from core.settings import get_settings
+from core.settings import Settings
 from indexing.chunk_rows import purge_document
 from indexing.document_state import document_locks, mark_failed, safe_failure
 from indexing.pipeline import index_sources
-from indexing.readers import read_parts
+from indexing.readers import ExtractionLimits, read_parts
 from indexing.sources import Outcome, Source, content_hash
 
 logger = logging.getLogger(__name__)
@@ -77,11 +77,12 @@ def job_lock_key(company_id: str, job_id: str) -> str:
 
 
 def enqueue(connection: Connection, company_id: str, document_id: str, filename: str, data: bytes, *,
-            category: str | None, uploaded_by: str | None) -> str:
-    """Add a job inside the caller's tenant transaction (it commits with the document's state)."""
+            category: str | None, uploaded_by: str | None, max_attempts: int) -> str:
+    """Add a job inside the caller's tenant transaction (it commits with the document's state);
+    `max_attempts` (INGEST_MAX_ATTEMPTS) is stored with the job, so every worker retries it alike."""
     job_id = str(uuid.uuid4())
     connection.execute(_ENQUEUE, {"c": company_id, "id": job_id, "d": document_id, "f": filename, "cat": category,
-                                  "by": uploaded_by, "payload": data, "max": get_settings().ingest_max_attempts})
+                                  "by": uploaded_by, "payload": data, "max": max_attempts})
     connection.execute(_NOTIFY)
     return job_id
 
@@ -134,8 +135,9 @@ class Worker:
     job in hand and listens for new jobs. Nothing else uses it, so its locks die with it.
     """
 
-    def __init__(self, name: str | None = None, on_result: Callable[[JobResult], None] | None = None,
-                 company_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, name: str | None = None,
+                 on_result: Callable[[JobResult], None] | None = None, company_id: str | None = None) -> None:
+        self.settings = settings  # the process's: extraction limits, chunk context, poll interval
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.company_id = company_id  # a worker dedicated to one company (a large tenant's backlog)
         self._on_result = on_result
@@ -231,10 +233,10 @@ class Worker:
             return JobResult(job, "done")
         data = bytes(row.payload)
         try:
+            parts = read_parts(job.filename, data, ExtractionLimits.of(self.settings))
             source = Source(source_key=row.source_key, filename=job.filename, data_hash=content_hash(data),
-                            size_bytes=len(data), parts=read_parts(job.filename, data), category=job.category,
-                            uploaded_by=job.uploaded_by)
-            outcome = index_sources(job.company_id, [source])[0]
+                            size_bytes=len(data), parts=parts, category=job.category, uploaded_by=job.uploaded_by)
+            outcome = index_sources(job.company_id, [source], settings=self.settings)[0]
             if outcome.document_id and outcome.document_id != job.document_id:
                 outcome = self._deleted_meanwhile(job, row.source_key, outcome)
         except ServiceError as exc:  # the file itself is bad: no retry makes it good
@@ -292,7 +294,7 @@ class Worker:
 
     def run_forever(self, idle_exit_s: float | None = None) -> int:
         """Work until `stop()` (or until the queue has been empty `idle_exit_s`); returns jobs run."""
-        poll_s = get_settings().ingest_poll_s
+        poll_s = self.settings.ingest_poll_s
         done = 0
         idle_since = time.monotonic()
         while not self._stop.is_set():
@@ -325,8 +327,8 @@ class Worker:
 class BackgroundWorker:
     """One worker on a daemon thread: the API's in-process consumer (INGEST_IN_PROCESS_WORKER)."""
 
-    def __init__(self) -> None:
-        self.worker = Worker(name=f"{socket.gethostname()}:{os.getpid()}:api")
+    def __init__(self, settings: Settings) -> None:
+        self.worker = Worker(settings, name=f"{socket.gethostname()}:{os.getpid()}:api")
         self._thread = threading.Thread(target=self.worker.run_forever, name="ingest-worker", daemon=True)
 
     def start(self) -> BackgroundWorker:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import ServiceError
-from core.settings import Settings, get_settings
+from core.settings import Settings
 
 MAX_NAME_LENGTH = 512
 MAX_ZIP_MEMBERS = 10_000  # a real .docx has a few dozen; thousands of entries is a bomb's trick
@@ -43,8 +43,7 @@ class ExtractionLimits:
     max_text_chars: int
 
     @classmethod
-    def of(cls, settings: Settings | None = None) -> ExtractionLimits:
-        settings = settings or get_settings()
+    def of(cls, settings: Settings) -> ExtractionLimits:
         return cls(max_expanded_bytes=settings.max_expanded_mb * 1024 * 1024,
                    max_text_chars=settings.max_extracted_chars)
 
@@ -64,7 +63,7 @@ def is_zip_container(data: bytes) -> bool:
     return data.startswith(_ZIP_MAGIC)
 
 
-def check_container(name: str, data: bytes, limits: ExtractionLimits | None = None) -> None:
+def check_container(name: str, data: bytes, limits: ExtractionLimits) -> None:
     """Refuse (413) a zip-based file whose unpacked size passes the limit, before any reader opens it.
 
     Two checks, because the first can lie: the sizes the archive declares, then the bytes
@@ -73,7 +72,6 @@ def check_container(name: str, data: bytes, limits: ExtractionLimits | None = No
     """
     if not is_zip_container(data):
         return
-    limits = limits or ExtractionLimits.of()
     message = (f"{name!r} unpacks to more than {limits.max_expanded_bytes // (1024 * 1024)} MB "
                "(MAX_EXPANDED_MB); a document that large is refused.")
     try:
@@ -270,15 +268,14 @@ def _docx_parts(name: str, data: bytes, limits: ExtractionLimits) -> list[Part]:
     return [Part(doc.text or "") for doc in docs]
 
 
-def read_parts(name: str, data: bytes, limits: ExtractionLimits | None = None) -> list[Part]:
+def read_parts(name: str, data: bytes, limits: ExtractionLimits) -> list[Part]:
     """Parse `data` (the contents of file `name`) into non-empty text parts.
 
     Raises IngestError with a specific code for every kind of bad input, 413
-    EXTRACTION_TOO_LARGE when the file unpacks to more than `limits` allow (default: settings).
+    EXTRACTION_TOO_LARGE when the file unpacks to more than `limits` allow (`ExtractionLimits.of(settings)`).
     """
     suffix = check_extension(name)
     label = Path(name).name
-    limits = limits or ExtractionLimits.of()
     if not data or not data.strip():
         raise IngestError(f"{label!r} is empty.", code="EMPTY_FILE")
     parts = READERS[suffix](label, data, limits)

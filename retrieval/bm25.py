@@ -13,7 +13,7 @@ scores chunks with Okapi BM25 in Lucene's form (the variant published BM25 basel
   chunk's token count (`data_chunks.text_search_length`); `N`, `avglen` and `df_t` are the
   company's own statistics (`bm25_corpus`, `bm25_terms`, kept by triggers, migration 0006),
   over its active chunks only;
-- k1 and b come from settings (BM25_K1, BM25_B);
+- k1 and b are the caller's (the retriever passes its settings' BM25_K1, BM25_B);
 - ties are broken by chunk id, so a ranking never changes between runs.
 
 Exact top-k without scoring every chunk that shares a common word (MaxScore): a lexeme adds
@@ -46,7 +46,6 @@ from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
 from core.db.replica import read_engine
-from core.settings import get_settings
 
 # Document frequencies the first match may add up to: the chunks scored before the bound check.
 POSTING_BUDGET = 1000
@@ -156,14 +155,10 @@ def _node(row: sa.Row) -> TextNode:
     return node  # type: ignore[return-value]
 
 
-def bm25_search(company_id: str, query: str, k: int, *, embedding: list[float] | None = None,
-                k1: float | None = None, b: float | None = None,
+def bm25_search(company_id: str, query: str, k: int, *, k1: float, b: float, embedding: list[float] | None = None,
                 posting_budget: int = POSTING_BUDGET) -> list[BM25Hit]:
     """The company's top-k active chunks by BM25 (ties by chunk id). Call inside `tenant(company_id)`."""
-    settings = get_settings()
-    params: dict[str, object] = {"company": company_id, "k": int(k),
-                                 "k1": float(settings.bm25_k1 if k1 is None else k1),
-                                 "b": float(settings.bm25_b if b is None else b)}
+    params: dict[str, object] = {"company": company_id, "k": int(k), "k1": float(k1), "b": float(b)}
     statement = BM25_STATEMENT
     if embedding is not None:
         statement = BM25_WITH_COSINE_STATEMENT

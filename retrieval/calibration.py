@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from core.settings import Settings
+
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibrations"
 CURVE_POINTS = 101  # a logistic curve is stored sampled at this many cosines
 NO_RESULTS_FLOOR = 1.01  # a cosine floor above any cosine: the score threshold is out of reach
@@ -34,7 +36,7 @@ NO_RESULTS_FLOOR = 1.01  # a cosine floor above any cosine: the score threshold 
 class Calibration:
     """A fitted cosine -> probability curve for one embedding model."""
 
-    model: str  # settings.embedding_backend:settings.embedding_model
+    model: str  # settings.embedding_key
     method: str  # "isotonic" or "logistic"
     cosines: tuple[float, ...]  # increasing
     probabilities: tuple[float, ...]  # non-decreasing, same length
@@ -81,17 +83,10 @@ def load_calibration(model: str, directory: Path = CALIBRATION_DIR) -> Calibrati
     return _load(path, path.stat().st_mtime)  # a refit file is picked up without a restart
 
 
-def current_model_key() -> str:
-    """The calibration key of the configured embedding model (the runtime does not matter:
+def current_calibration(settings: Settings) -> Calibration | None:
+    """The calibration of the embedding model `settings` configure (the runtime does not matter:
     onnx and torch give the same vectors, int8 within 0.01 of cosine)."""
-    from core.settings import get_settings
-
-    settings = get_settings()
-    return f"{settings.embedding_backend}:{settings.embedding_model}"
-
-
-def current_calibration() -> Calibration | None:
-    return load_calibration(current_model_key())
+    return load_calibration(settings.embedding_key)
 
 
 # --- fitting (evals.calibration collects the pairs) -----------------------------------------

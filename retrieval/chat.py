@@ -34,7 +34,7 @@ from core.db.engines import session_scope
 from core.db.tenant_scope import tenant
 from core.embeddings import get_embed_model
 from core.errors import ServiceError
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from retrieval import conversations, prompts
 from retrieval.extractive import Answer, answer, llm_quotes, passages
 from retrieval.llm import LLMBadResponse, LLMError, build_llm, translate_llm_error
@@ -175,12 +175,12 @@ def llm_source_list(answer_text: str, nodes: list[NodeWithScore]) -> list[dict[s
 class ChatService:
     """One company's user asking questions; the company comes from the verified token."""
 
-    def __init__(self, company_id: str, user_id: str, settings: Settings | None = None,
+    def __init__(self, company_id: str, user_id: str, settings: Settings,
                  embed_model: BaseEmbedding | None = None, *, store: bool = True) -> None:
         self.company_id = company_id
         self.store = store  # False for one-shot questions (the CLI): nothing is written
         self.user_id = user_id
-        self.settings = settings or get_settings()
+        self.settings = settings
         self.embed_model = embed_model or get_embed_model()
         self.llm: LLM | None = build_llm(self.settings)
 
@@ -221,7 +221,7 @@ class ChatService:
         if not nodes:
             return self._nothing(query, conversation_id, started)
         questions = [query] if query == message else [query, message]
-        found: Answer = answer(self.company_id, questions, nodes, self.embed_model)
+        found: Answer = answer(self.company_id, questions, nodes, self.embed_model, self.settings.embedding_key)
         if found.found_nothing:
             return self._nothing(query, conversation_id, started)
         return ChatResult(answer=found.text, conversation_id=conversation_id or "",

@@ -151,10 +151,11 @@ class Answer:
 
 
 def answer(company_id: str, questions: list[str], nodes: Sequence[NodeWithScore], embed_model: BaseEmbedding,
-           limit: int = MAX_LINES) -> Answer:
-    """The best `limit` statements for `questions` (all weigh the same), near-duplicates merged."""
+           model_key: str, limit: int = MAX_LINES) -> Answer:
+    """The best `limit` statements for `questions` (all weigh the same), near-duplicates merged.
+    `model_key` (Settings.embedding_key) tells stored statement vectors of `embed_model` from stale ones."""
     rendered = passages(nodes)
-    stored = statements.vectors_for(company_id, [n.node.node_id for n in nodes], rendered, embed_model)
+    stored = statements.vectors_for(company_id, [n.node.node_id for n in nodes], rendered, embed_model, model_key)
     candidates: list[tuple[int, int]] = []
     for number, passage in enumerate(rendered, start=1):
         candidates += [(number, index) for index, unit in enumerate(passage.units) if unit.answerable]

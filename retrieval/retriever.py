@@ -46,7 +46,7 @@ from core.db.replica import read_engine
 from core.db.tenant_scope import tenant
 from core.embeddings import get_embed_model
 from core.search_modes import MODE_NAMES, SearchMode
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from core.vector_store import UnscopedQueryError, company_filter, get_vector_store
 from retrieval.bm25 import bm25_search
 from retrieval.fusion import Fusion, fuse
@@ -77,14 +77,13 @@ class TenantRetriever(BaseRetriever):
     def __init__(self, company_id: str, *, mode: SearchMode | None = None, top_k: int = 5,
                  threshold: float | None = None, order: ResultOrder = "similarity",
                  embed_model: BaseEmbedding | None = None, fusion: Fusion | None = None,
-                 text_ranking: TextRanking = "bm25", settings: Settings | None = None) -> None:
+                 text_ranking: TextRanking = "bm25", settings: Settings) -> None:
         """`mode` defaults to SEARCH_MODE and `threshold` (minimum cosine similarity) to
-        SEARCH_THRESHOLD, both from `settings` (the caller's; the process's when omitted);
+        SEARCH_THRESHOLD, both from the caller's `settings` (as are BM25_K1 and BM25_B);
         `order` is "similarity" (cosine, highest first) or "rank" (the mode's own ranking);
         `fusion` (hybrid) defaults to DEFAULT_FUSION."""
         if not isinstance(company_id, str) or not company_id.strip():
             raise UnscopedQueryError("TenantRetriever needs the caller's company id")
-        settings = settings or get_settings()
         mode = mode or settings.search_mode
         if mode not in RANKERS:
             raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(RANKERS)}")
@@ -101,6 +100,7 @@ class TenantRetriever(BaseRetriever):
         self.order: ResultOrder = order
         self.top_k = top_k
         self.threshold = settings.search_threshold if threshold is None else threshold
+        self.bm25_k1, self.bm25_b = settings.bm25_k1, settings.bm25_b
         self._filters = tenant_filters(company_id)  # built once, from the verified id only
         self._embed_model = embed_model or get_embed_model()
         super().__init__()
@@ -140,7 +140,8 @@ class TenantRetriever(BaseRetriever):
     def _text(self, query_str: str, k: int, embedding: list[float]) -> list[Candidate]:
         if self.text_ranking == "bm25":  # one statement: BM25 order, with each chunk's cosine
             return [Candidate(hit.node, hit.bm25, float(hit.similarity or 0.0))
-                    for hit in bm25_search(self.company_id, query_str, k, embedding=embedding)]
+                    for hit in bm25_search(self.company_id, query_str, k, k1=self.bm25_k1, b=self.bm25_b,
+                                           embedding=embedding)]
         found = self._query_store(VectorStoreQuery(query_str=query_str, similarity_top_k=k, sparse_top_k=k,
                                                    filters=self._filters, mode=VectorStoreQueryMode.TEXT_SEARCH))
         cosine = self._cosines([n.node.node_id for n in found], embedding)

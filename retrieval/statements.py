@@ -25,7 +25,6 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from core.db.engines import get_engine
 from core.db.replica import read_engine
 from core.db.tenant_scope import tenant
-from core.settings import get_settings
 from retrieval.passages import Rendered, passage_of
 
 logger = logging.getLogger(__name__)
@@ -51,9 +50,9 @@ def statement_texts(rendered: Rendered) -> list[str]:
     return [unit.embed_text for unit in rendered.units if unit.answerable]
 
 
-def digest(texts: Sequence[str]) -> str:
-    settings = get_settings()
-    raw = "\x1e".join([f"{settings.embedding_backend}:{settings.embedding_model}", *texts])
+def digest(texts: Sequence[str], model_key: str) -> str:
+    """`model_key` (Settings.embedding_key) is part of the digest: another model's vectors are stale."""
+    raw = "\x1e".join([model_key, *texts])
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -74,11 +73,11 @@ def _store(company_id: str, rows: Sequence[tuple[str, str, np.ndarray]]) -> None
 
 
 def vectors_for(company_id: str, node_ids: Sequence[str], rendered: Sequence[Rendered],
-                embed_model: BaseEmbedding) -> list[np.ndarray]:
+                embed_model: BaseEmbedding, model_key: str) -> list[np.ndarray]:
     """For each chunk, the unit vectors of its answerable statements (rows, passage order):
     read from the table, or computed (in one batch) and stored when missing or stale."""
     texts = [statement_texts(r) for r in rendered]
-    keys = [digest(t) for t in texts]
+    keys = [digest(t, model_key) for t in texts]
     found: dict[str, np.ndarray] = {}
     with tenant(company_id), read_engine().connect() as connection:
         for row in connection.execute(_READ, {"company": company_id, "ids": list(node_ids)}):
@@ -111,7 +110,7 @@ def vectors_for(company_id: str, node_ids: Sequence[str], rendered: Sequence[Ren
     return [m if m is not None else np.zeros((0, 1), dtype=np.float32) for m in out]
 
 
-def precompute(company_id: str, embed_model: BaseEmbedding, batch: int = PRECOMPUTE_BATCH) -> int:
+def precompute(company_id: str, embed_model: BaseEmbedding, model_key: str, batch: int = PRECOMPUTE_BATCH) -> int:
     """Store the statement vectors of every chunk of `company_id` whose row is missing or stale
     (another normaliser or model); returns how many chunks were (re)computed. Run after
     ingestion, so no chat pays for them."""
@@ -127,7 +126,7 @@ def precompute(company_id: str, embed_model: BaseEmbedding, batch: int = PRECOMP
             rendered = passage_of(row.text, (row.metadata_ or {}).get("section"),
                                   starts_document=_starts_document(row.metadata_))
             texts = statement_texts(rendered)
-            if row.digest != digest(texts):
+            if row.digest != digest(texts, model_key):
                 todo.append((row.node_id, texts))
         for start in range(0, len(todo), batch):
             part = todo[start:start + batch]
@@ -137,7 +136,7 @@ def precompute(company_id: str, embed_model: BaseEmbedding, batch: int = PRECOMP
                 # a chunk with no statements stores an empty matrix, so it is not picked up again
                 vectors = matrix[offset:offset + len(texts)] if texts else np.zeros((0, 1), dtype=np.float32)
                 offset += len(texts)
-                fresh.append((node_id, digest(texts), vectors))
+                fresh.append((node_id, digest(texts, model_key), vectors))
             _store(company_id, fresh)
             done += len(part)
 

@@ -206,6 +206,13 @@ def statements(database: str) -> Iterator[list[str]]:
     sa.event.remove(get_engine(), "before_cursor_execute", record)
 
 
+def bm25_settings() -> dict[str, float]:
+    """BM25_K1 and BM25_B of the configured settings: what the retriever hands `bm25_search`, so a
+    test's direct search ranks as the service does."""
+    settings = get_settings()
+    return {"k1": settings.bm25_k1, "b": settings.bm25_b}
+
+
 @pytest.fixture
 def index_texts(database: str, embed_model):
     """Index `[(filename, text, category)]` as one chunk each for a company, following the chunk
@@ -275,7 +282,7 @@ def brightsight(database: str, embed_model, samples_dir: Path):
     with admin_session_scope() as session:
         company = create_company(session, f"t-{uuid.uuid4().hex[:12]}", "brightsight-optical")
     with tenant(company.id):
-        ingest_folder(samples_dir / "brightsight-optical", company_id=company.id, sync=True)
+        ingest_folder(samples_dir / "brightsight-optical", company_id=company.id, sync=True, settings=get_settings())
     return company
 
 

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from core.settings import get_settings
 from retrieval.passages import HEADING, ITEM, QUESTION, ROW, SENTENCE, passage_of, units
 
 LENS_GUIDE = """Lens Guide Varifocal prices
@@ -253,7 +254,8 @@ def test_statement_vectors_are_stored_once_per_chunk_behind_the_tenant_wall(clie
 
     company, headers = lens_practice
     count = sa.text("SELECT count(*) FROM chunk_statements WHERE company_id = :c")
-    assert precompute(company.id, embed_model) == 3 and precompute(company.id, embed_model) == 0  # once per chunk
+    model_key = get_settings().embedding_key
+    assert precompute(company.id, embed_model, model_key) == 3 and precompute(company.id, embed_model, model_key) == 0
     with get_admin_engine().begin() as connection:
         connection.execute(sa.text("DELETE FROM chunk_statements WHERE company_id = :c"), {"c": company.id})
     assert client.post("/api/chat", json={"message": "How much is a premium varifocal?"},

@@ -1,5 +1,6 @@
-"""The shape of the code, checked: no import cycle among the project's modules, and the layers
-point inward (nothing below `app` imports it).
+"""The shape of the code, checked: no import cycle among the project's modules, the layers
+point inward (nothing below `app` imports it), and settings are handed down to auth, indexing
+and retrieval rather than fetched there.
 
 Imports are read from each module's syntax tree, function-level and TYPE_CHECKING imports
 included: an import hidden inside a function still ties two modules together, it only
@@ -128,6 +129,46 @@ def test_nothing_below_app_imports_it() -> None:
     offenders = {name: sorted(m for m in deps if m == "app" or m.startswith("app."))
                  for name, deps in import_graph().items() if name.split(".")[0] in INNER_LAYERS}
     assert {name: deps for name, deps in offenders.items() if deps} == {}
+
+
+# Layers whose code takes its settings (or the values it needs) from its caller: the composition
+# roots (routes through Depends, CLI commands at their top) decide them once. A module here that
+# asks for `get_settings()` itself would read the process's settings behind a caller's back.
+SETTINGS_HANDED_DOWN = ("auth", "retrieval", "indexing")
+# module -> why it may still read the process's settings itself (none today)
+SETTINGS_READERS_ALLOWED: dict[str, str] = {}
+
+
+def settings_lookups(source: str) -> list[int]:
+    """Lines that use `get_settings` (a call, a reference or an import of it)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            named = [alias.name for alias in node.names]
+        elif isinstance(node, ast.Name):
+            named = [node.id]
+        elif isinstance(node, ast.Attribute):
+            named = [node.attr]
+        else:
+            continue
+        if "get_settings" in named:
+            lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_settings_lookups_are_found() -> None:
+    source = ("from core.settings import get_settings\n"
+              "def f():\n    import core.settings\n    return core.settings.get_settings().x\n"
+              "def g(settings=None):\n    return settings or get_settings()\n")
+    assert settings_lookups(source) == [1, 4, 6]
+    assert settings_lookups("def f(settings):\n    return settings.get('get_settings')\n") == []
+
+
+def test_auth_retrieval_and_indexing_take_their_settings_from_the_caller() -> None:
+    found = {name: settings_lookups(path.read_text()) for name, path in modules().items()
+             if name.split(".")[0] in SETTINGS_HANDED_DOWN}
+    assert {name: lines for name, lines in found.items() if lines and name not in SETTINGS_READERS_ALLOWED} == {}
+    assert set(SETTINGS_READERS_ALLOWED) <= set(found)  # an exception for a module that is gone is stale
 
 
 def test_search_modes_are_named_once() -> None:

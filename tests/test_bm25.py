@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from core.settings import get_settings
+from tests.conftest import bm25_settings
+
 REPO = Path(__file__).resolve().parent.parent
 
 HAND_CORPUS = [
@@ -118,10 +121,10 @@ def test_ties_are_broken_by_chunk_id_and_unknown_words_match_nothing(company, in
     same = "Tinted lenses for driving at dusk."
     index_texts(company, [(f"copy-{n}.txt", same, None) for n in range(5)] + HAND_CORPUS[:2])
     with tenant(company.id):
-        first = bm25_search(company.id, "tinted driving", 10)
-        again = bm25_search(company.id, "tinted driving", 10)
-        assert bm25_search(company.id, "zyxwv qqqq", 10) == []
-        assert bm25_search(company.id, "the and of", 10) == []  # stop words only
+        first = bm25_search(company.id, "tinted driving", 10, **bm25_settings())
+        again = bm25_search(company.id, "tinted driving", 10, **bm25_settings())
+        assert bm25_search(company.id, "zyxwv qqqq", 10, **bm25_settings()) == []
+        assert bm25_search(company.id, "the and of", 10, **bm25_settings()) == []  # stop words only
     assert len(first) == 5 and len({hit.bm25 for hit in first}) == 1
     assert [h.node.node_id for h in first] == [h.node.node_id for h in again]
     with tenant(company.id):
@@ -148,8 +151,8 @@ def test_pruned_top_k_equals_scoring_every_match(company, index_texts) -> None:
     with tenant(company.id):
         for query in ("can I swim in my contact lenses?", "lenses frames patient", "goggles lens note 7"):
             for k in (1, 3, 10):
-                pruned = bm25_search(company.id, query, k, posting_budget=1)
-                full = bm25_search(company.id, query, k, posting_budget=10**9)
+                pruned = bm25_search(company.id, query, k, posting_budget=1, **bm25_settings())
+                full = bm25_search(company.id, query, k, posting_budget=10**9, **bm25_settings())
                 assert [(h.node.node_id, round(h.bm25, 9)) for h in pruned] == \
                     [(h.node.node_id, round(h.bm25, 9)) for h in full], (query, k)
 
@@ -161,7 +164,7 @@ def test_query_text_is_a_bound_parameter(company, index_texts, statements) -> No
     index_texts(company, HAND_CORPUS)
     hostile = "lenses' | 'frames'); DROP TABLE bm25_terms; --"
     with tenant(company.id):
-        bm25_search(company.id, hostile, 5)
+        bm25_search(company.id, hostile, 5, **bm25_settings())
     bm25 = [s for s in statements if "bm25_terms" in s]
     assert bm25 and all("DROP TABLE" not in s.split(" {", 1)[0] for s in bm25)
     assert all(company.id not in s.split(" {", 1)[0] for s in bm25)
@@ -171,7 +174,8 @@ def test_text_mode_ranks_by_bm25_with_cosine_scores(company, index_texts) -> Non
     from retrieval.retriever import TenantRetriever
 
     ids = index_texts(company, HAND_CORPUS)
-    ranked = TenantRetriever(company.id, mode="text", top_k=3, threshold=-1.0, order="rank").retrieve(
+    ranked = TenantRetriever(company.id, mode="text", top_k=3, threshold=-1.0, order="rank",
+                             settings=get_settings()).retrieve(
         "progressive lenses price")
     assert ranked[0].node.node_id == ids[1]
     assert all(-1.0 <= (n.score or 0.0) <= 1.0 for n in ranked)  # cosine, the threshold's scale
@@ -183,12 +187,15 @@ def test_text_mode_ranks_by_bm25_with_cosine_scores(company, index_texts) -> Non
 def test_statistics_follow_ingest_replace_deactivate_delete(company) -> None:
     from indexing.documents import delete_document, index_text, patch_document
 
-    first = index_text(company.id, "care.md", "# Care\n\nRinse lenses in fresh solution. Never use tap water.")
-    second = index_text(company.id, "prices.md", "# Prices\n\nProgressive lenses start at £189 per pair.")
+    first = index_text(company.id, "care.md", "# Care\n\nRinse lenses in fresh solution. Never use tap water.",
+                       settings=get_settings())
+    second = index_text(company.id, "prices.md", "# Prices\n\nProgressive lenses start at £189 per pair.",
+                        settings=get_settings())
     _assert_in_step(company.id)
     assert _stats(company.id)[0][0] == 2
 
-    index_text(company.id, "care.md", "# Care\n\nStore lenses in a clean case. Replace the case monthly.")  # replace
+    index_text(company.id, "care.md", "# Care\n\nStore lenses in a clean case. Replace the case monthly.",
+               settings=get_settings())  # replace
     _assert_in_step(company.id)
     assert "tap" not in _stats(company.id)[1]
 
@@ -216,7 +223,8 @@ def test_statistics_in_step_under_concurrent_ingestion(company) -> None:
         try:
             for round_ in range(3):
                 index_text(company.id, f"doc-{n}.md",
-                           f"# Doc {n}\n\nLenses and frames, round {round_}, writer {n}. Shared words: lens coating.")
+                           f"# Doc {n}\n\nLenses and frames, round {round_}, writer {n}. Shared words: lens coating.",
+                           settings=get_settings())
         except BaseException as exc:
             errors.append(exc)
 
@@ -301,7 +309,7 @@ def test_statistics_after_killed_folder_ingest_and_rerun(make_company, samples_d
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr.read().decode()[-2000:])
     time.sleep(0.5)
     _assert_in_step(company.id)
-    ingest_folder(folder, company.id)
+    ingest_folder(folder, company.id, settings=get_settings())
     _assert_in_step(company.id)
 
 
@@ -316,14 +324,16 @@ def test_statistics_are_per_company_and_behind_row_level_security(make_company, 
     a, b = make_company(), make_company()
     index_texts(a, HAND_CORPUS)
     with tenant(a.id):
-        before = {h.node.node_id: h.bm25 for h in bm25_search(a.id, "progressive lenses cost", 10)}
+        before = {h.node.node_id: h.bm25
+                  for h in bm25_search(a.id, "progressive lenses cost", 10, **bm25_settings())}
     stats_a = _stats(a.id)
     index_texts(b, [(f"b-{n}.txt", "Progressive lenses cost more at B. Lenses, lenses, lenses.", None)
                     for n in range(20)])
     assert _stats(a.id) == stats_a  # B's chunks never count in A's statistics
     assert _stats(b.id)[0][0] == 20
     with tenant(a.id):
-        after = {h.node.node_id: h.bm25 for h in bm25_search(a.id, "progressive lenses cost", 10)}
+        after = {h.node.node_id: h.bm25
+                 for h in bm25_search(a.id, "progressive lenses cost", 10, **bm25_settings())}
         # A's scope sees none of B's statistics, even when it asks for them by id
         with get_engine().connect() as connection:
             seen = connection.execute(sa.text(
@@ -334,7 +344,8 @@ def test_statistics_are_per_company_and_behind_row_level_security(make_company, 
     assert after == before
     assert seen == 0 and corpus == 1
     with tenant(a.id):
-        assert bm25_search(b.id, "progressive lenses cost", 10) == []  # B's chunks are invisible from A's scope
+        # B's chunks are invisible from A's scope
+        assert bm25_search(b.id, "progressive lenses cost", 10, **bm25_settings()) == []
 
 
 def test_no_tenant_scope_sees_no_statistics(company, index_texts) -> None:

@@ -35,7 +35,7 @@ def practices(database, embed_model, samples_dir):
             user = create_user(session, company.id, f"staff-{uuid.uuid4().hex[:6]}@example.com",
                                "correct horse battery", "staff")
         start = time.perf_counter()
-        report = ingest_folder(samples_dir / slug, company_id=company.id, sync=True)
+        report = ingest_folder(samples_dir / slug, company_id=company.id, sync=True, settings=get_settings())
         print(f"\n{slug}: {report.summary()} in {time.perf_counter() - start:.1f}s")
         token, _ = issue_access_token(user_id=user.id, company_id=company.id, email=user.email, role="staff",
                                       permissions=permissions_for("staff"), settings=get_settings())

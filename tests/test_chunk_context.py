@@ -7,8 +7,9 @@ import io
 
 import sqlalchemy as sa
 
+from core.settings import get_settings
 from indexing.chunk_context import context_metadata, context_of, document_title, embedded_keys
-from indexing.readers import Part, read_parts
+from indexing.readers import ExtractionLimits, Part, read_parts
 
 GUIDE = b"""# Gift Vouchers
 
@@ -39,7 +40,7 @@ def _chunks(company_id: str) -> list[tuple[str, dict, str]]:
 
 
 def test_markdown_parts_carry_their_heading_path() -> None:
-    parts = read_parts("vouchers.md", GUIDE)
+    parts = read_parts("vouchers.md", GUIDE, ExtractionLimits.of(get_settings()))
     assert [p.metadata.get("section_path") for p in parts] == [
         "Gift Vouchers", "Gift Vouchers > Expiry", "Gift Vouchers > Expiry > Lost / stolen"]
     assert parts[2].text == "Lost / stolen\nBring the receipt and we reissue it."  # a "/" stays in its heading
@@ -119,7 +120,7 @@ def test_csv_rows_are_never_split_across_chunks(embed_model) -> None:
                      f"each fitted, checked, and boxed" for n in range(200))
     parts = read_parts("prices.csv", ("item,category,notes\n" + "\n".join(
         f'Lens {n},Coatings,"Grey, brown, green and {n} other tints, each fitted, checked, and boxed"'
-        for n in range(200))).encode())
+        for n in range(200))).encode(), ExtractionLimits.of(get_settings()))
     assert parts[0].text == rows
     chunks = chunk_splitter().get_nodes_from_documents([LIDocument(text=parts[0].text, metadata=parts[0].metadata)])
     assert len(chunks) > 3

@@ -15,6 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from core.settings import get_settings
+
 _TENANT_TABLES = """
     SELECT c.oid, c.relname FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
     WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
@@ -109,7 +111,8 @@ def test_stores_name_company_id_in_every_insert_and_upsert_on_the_company_key(co
 
     event.listen(get_engine(), "before_cursor_execute", _record)
     try:
-        document = index_upload(company.id, "routing.md", b"# Routing\n\nEvery insert names its shard.\n")
+        document = index_upload(company.id, "routing.md", b"# Routing\n\nEvery insert names its shard.\n",
+                                settings=get_settings())
     finally:
         event.remove(get_engine(), "before_cursor_execute", _record)
     assert document.status == "indexed" and document.chunk_count >= 1

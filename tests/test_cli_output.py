@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.logs import configure_logging, resolve_format
+from core.settings import get_settings
 
 
 @pytest.fixture
@@ -191,13 +192,13 @@ def test_ask_goes_to_the_running_service(company, embed_model, tmp_path, monkeyp
     from app.cli.ask import cli_credentials
     from core.db.owner import admin_session_scope
     from core.db.tenant_scope import tenant
-    from core.settings import Settings, configure_settings, get_settings
+    from core.settings import Settings, configure_settings
     from indexing.documents import index_text
     from retrieval.conversations import Conversation
     from tests.servers import serve
 
     with tenant(company.id):
-        index_text(company.id, "prices.md", "Progressive lenses start at £189 per pair.")
+        index_text(company.id, "prices.md", "Progressive lenses start at £189 per pair.", settings=get_settings())
     with serve({**os.environ, "LOG_LEVEL": "WARNING"}, tmp_path / "server.log") as (base, _):
         monkeypatch.setenv("PORT", str(urlsplit(base).port))
         original = get_settings()

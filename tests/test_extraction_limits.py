@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import get_settings
 from indexing.readers import ExtractionLimits, IngestError, check_container, read_parts
 
 SMALL = ExtractionLimits(max_expanded_bytes=1024 * 1024, max_text_chars=1000)
@@ -119,7 +120,7 @@ def test_folder_ingest_reports_the_expanding_docx_failed(company, tmp_path: Path
     folder.mkdir()
     (folder / "good.md").write_text("# Opening hours\nWe open at nine on weekdays.\n")
     (folder / "bomb.docx").write_bytes(_bomb(110))
-    report = ingest_folder(folder, company.id)
+    report = ingest_folder(folder, company.id, settings=get_settings())
     assert report.indexed == ["good.md"]
     assert {f.source_key: f.code for f in report.failed} == {"bomb.docx": "EXTRACTION_TOO_LARGE"}
     assert "EXTRACTION_TOO_LARGE" in report.summary()

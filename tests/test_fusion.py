@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.settings import get_settings
 from retrieval.fusion import Fusion, fuse
 
 SHOWCASE = "what do progressive lenses cost?"
@@ -77,7 +78,8 @@ def test_showcase_question_leads_the_fused_ranking_too(brightsight) -> None:
     """Chat reads the hybrid ranking itself (order="rank"), not the cosine order."""
     from retrieval.retriever import TenantRetriever
 
-    ranked = TenantRetriever(brightsight.id, mode="hybrid", top_k=5, order="rank").retrieve(SHOWCASE)
+    ranked = TenantRetriever(brightsight.id, mode="hybrid", top_k=5, order="rank",
+                             settings=get_settings()).retrieve(SHOWCASE)
     assert ranked[0].node.metadata["filename"] == "lens-types-guide.md"
     assert PRICE_SENTENCE in ranked[0].node.get_content()
 
@@ -97,7 +99,8 @@ def test_each_sides_clear_winner_leads_the_hybrid_results(brightsight, question)
     from retrieval.fusion import clear_winner
     from retrieval.retriever import DEFAULT_FUSION, TenantRetriever
 
-    retriever = TenantRetriever(brightsight.id, mode="hybrid", top_k=5, threshold=-1.0, order="rank")
+    retriever = TenantRetriever(brightsight.id, mode="hybrid", top_k=5, threshold=-1.0, order="rank",
+                                settings=get_settings())
     embedding = retriever.query_embedding(QueryBundle(question))
     with tenant(brightsight.id):
         vector, text = retriever.hybrid_sides(embedding, question, 20)

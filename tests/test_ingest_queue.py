@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from core.settings import get_settings
+from indexing.readers import ExtractionLimits
 from tests.servers import ROOT
 
 
@@ -32,7 +34,7 @@ def no_api_worker(app: object, client: object) -> Iterator[None]:
         yield
     finally:
         if running is not None:
-            state.ingest_worker = BackgroundWorker().start()
+            state.ingest_worker = BackgroundWorker(get_settings()).start()
 
 
 def _text(kb: int, tag: str) -> bytes:
@@ -133,7 +135,7 @@ def test_killed_worker_job_is_retried_by_another_with_one_copy_of_chunks(company
     from indexing.documents import queue_upload
 
     data = _text(300, "kill")
-    row = queue_upload(company.id, "handbook.txt", data)
+    row = queue_upload(company.id, "handbook.txt", data, settings=get_settings())
     first = _start_worker(company.id, tmp_path / "worker-1.log")
     try:
         _wait_status(company.id, row.id, {"indexing"}, timeout_s=120)
@@ -173,18 +175,19 @@ def test_poisoned_files_fail_with_their_reason(company, no_api_worker) -> None:
 
     # A file that takes its worker down every time: each claim ends with the worker's
     # connection gone, exactly what the server sees of a killed process.
-    crashing = queue_upload(company.id, "crashes.txt", _text(4, "crash"))
+    crashing = queue_upload(company.id, "crashes.txt", _text(4, "crash"), settings=get_settings())
     tries = get_settings().ingest_max_attempts
     for attempt in range(1, tries + 1):
-        doomed = Worker(company_id=company.id)
+        doomed = Worker(company_id=company.id, settings=get_settings())
         job = _claim_within(doomed, 10)  # the previous backend exits a moment after its socket closes
         assert job is not None and job.attempt == attempt, (attempt, job)
-        assert Worker(company_id=company.id).claim() is None  # a live worker's job is nobody else's
+        assert Worker(company_id=company.id,
+                      settings=get_settings()).claim() is None  # a live worker's job is nobody else's
         doomed.close()
     # a bad file: the reader refuses it, and no retry would change that
-    broken = queue_upload(company.id, "scan.pdf", b"%PDF-1.4\n" + b"x" * 4000)
+    broken = queue_upload(company.id, "scan.pdf", b"%PDF-1.4\n" + b"x" * 4000, settings=get_settings())
     results: list = []
-    worker = Worker(company_id=company.id, on_result=results.append)
+    worker = Worker(company_id=company.id, on_result=results.append, settings=get_settings())
     deadline = time.monotonic() + 10
     while len(results) < 2 and time.monotonic() < deadline:
         worker.run_one()
@@ -209,7 +212,7 @@ def test_a_queued_upload_outlives_a_restart_and_jobs_stay_in_their_company(clien
     from indexing.documents import queue_upload, recover_interrupted_uploads
     from indexing.queue import Worker
 
-    row = queue_upload(company.id, "waiting.txt", _text(4, "wait"))
+    row = queue_upload(company.id, "waiting.txt", _text(4, "wait"), settings=get_settings())
     assert recover_interrupted_uploads() == 0 or _document(company.id, row.id).status == "queued"
     assert _document(company.id, row.id).status == "queued"  # its job will run it: not an orphan
 
@@ -219,7 +222,7 @@ def test_a_queued_upload_outlives_a_restart_and_jobs_stay_in_their_company(clien
     with tenant(company.id), get_engine().connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM ingest_jobs")).scalar() == 1
 
-    worker = Worker(company_id=company.id)
+    worker = Worker(company_id=company.id, settings=get_settings())
     result = worker.run_one()
     worker.close()
     assert result is not None and result.status == "done" and result.chunks > 0
@@ -239,14 +242,14 @@ def test_a_document_deleted_while_its_job_runs_stays_deleted(company, no_api_wor
     from indexing.sources import UPLOAD_PREFIX, Source, content_hash
 
     data = _text(3, "gone")
-    row = queue_upload(company.id, "gone.txt", data)
-    worker = Worker(company_id=company.id)
+    row = queue_upload(company.id, "gone.txt", data, settings=get_settings())
+    worker = Worker(company_id=company.id, settings=get_settings())
     job = _claim_within(worker, 10)
     assert job is not None
     delete_document(company.id, row.id)  # the user deletes it after the worker read its bytes ...
     source = Source(source_key=f"{UPLOAD_PREFIX}gone.txt", filename="gone.txt", data_hash=content_hash(data),
-                    size_bytes=len(data), parts=read_parts("gone.txt", data))
-    outcome = index_sources(company.id, [source])[0]  # ... and the job indexes them anyway
+                    size_bytes=len(data), parts=read_parts("gone.txt", data, ExtractionLimits.of(get_settings())))
+    outcome = index_sources(company.id, [source], settings=get_settings())[0]  # ... and the job indexes them anyway
     assert outcome.document_id != row.id  # the pipeline made a new row for the bytes
     final = worker._deleted_meanwhile(job, source.source_key, outcome)
     worker.close()

@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from llama_index.core.schema import MetadataMode
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
+from core.settings import get_settings
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -72,7 +74,7 @@ def test_sample_folder_idempotent_sync_and_no_truncation(company, samples_dir, t
     shutil.copytree(samples_dir / "brightsight-optical", folder)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
-    first = ingest_folder(folder, company.id)
+    first = ingest_folder(folder, company.id, settings=get_settings())
     assert not first.failed, first.summary()
     assert sorted(first.indexed) == files
     assert first.chunks_embedded > len(files)
@@ -106,7 +108,7 @@ def test_sample_folder_idempotent_sync_and_no_truncation(company, samples_dir, t
         assert meta["source_document_id"] and meta["filename"]
         assert meta["ref_doc_id"].startswith(f"{company.id}:")
 
-    second = ingest_folder(folder, company.id)
+    second = ingest_folder(folder, company.id, settings=get_settings())
     assert second.chunks_embedded == 0
     assert sorted(second.unchanged) == files and not (second.indexed or second.updated or second.failed)
     assert len(_chunks(company.id)) == len(chunks)
@@ -114,7 +116,7 @@ def test_sample_folder_idempotent_sync_and_no_truncation(company, samples_dir, t
     edited, deleted = "lens-coatings.md", "contact-lens-care.txt"
     (folder / edited).write_text((folder / edited).read_text() + "\n\n## Gift vouchers\nVouchers never expire.\n")
     (folder / deleted).unlink()
-    third = ingest_folder(folder, company.id, sync=True)
+    third = ingest_folder(folder, company.id, sync=True, settings=get_settings())
     assert third.updated == [edited] and third.removed == [deleted]
     assert not third.indexed and not third.failed
     assert len(third.unchanged) == len(files) - 2
@@ -136,12 +138,12 @@ def test_same_file_in_two_companies_is_two_documents(make_company, samples_dir, 
     folder.mkdir()
     shutil.copy(samples_dir / "brightsight-optical" / "contact-lens-care.txt", folder)
     a, b = make_company(), make_company()
-    ra, rb = ingest_folder(folder, a.id), ingest_folder(folder, b.id)
+    ra, rb = ingest_folder(folder, a.id, settings=get_settings()), ingest_folder(folder, b.id, settings=get_settings())
     assert ra.indexed == rb.indexed == ["contact-lens-care.txt"]
     assert ra.chunks_embedded == rb.chunks_embedded > 0
     # Removing it from one company leaves the other untouched.
     (folder / "contact-lens-care.txt").unlink()
-    assert ingest_folder(folder, a.id, sync=True).removed == ["contact-lens-care.txt"]
+    assert ingest_folder(folder, a.id, sync=True, settings=get_settings()).removed == ["contact-lens-care.txt"]
     assert _chunks(a.id) == [] and _docstore_keys(a.id) == set()
     assert len(_chunks(b.id)) == rb.chunks_embedded and _docstore_keys(b.id)
 
@@ -159,7 +161,7 @@ def test_bad_files_fail_individually_and_leave_nothing(company, tmp_path, embed_
     (folder / "notpdf.pdf").write_bytes(b"hello")
     (folder / "broken.docx").write_bytes(b"PK\x03\x04 not really a zip")
     (folder / "image.png").write_bytes(b"\x89PNG\r\n")
-    report = ingest_folder(folder, company.id)
+    report = ingest_folder(folder, company.id, settings=get_settings())
     codes = {f.source_key: f.code for f in report.failed}
     assert report.indexed == ["good.md"]
     assert codes == {"empty.txt": "EMPTY_FILE", "junk.txt": "BINARY_CONTENT", "latin1.txt": "NOT_UTF8",
@@ -176,10 +178,10 @@ def test_missing_folder_and_unknown_company(company, tmp_path) -> None:
     from indexing.folder import ingest_folder
 
     with pytest.raises(ServiceError) as missing:
-        ingest_folder(tmp_path / "nope", company.id)
+        ingest_folder(tmp_path / "nope", company.id, settings=get_settings())
     assert missing.value.code == "FOLDER_NOT_FOUND"
     with pytest.raises(ServiceError) as unknown:
-        ingest_folder(tmp_path, "no-such-company")
+        ingest_folder(tmp_path, "no-such-company", settings=get_settings())
     assert unknown.value.code == "COMPANY_NOT_FOUND"
 
 
@@ -213,9 +215,9 @@ def test_sigkill_half_way_then_rerun_converges(make_company, samples_dir, tmp_pa
     partial = _registry(killed.id)
     assert len(partial) < 10 or any(s != "indexed" for s, _ in partial.values())
 
-    rerun = ingest_folder(folder, killed.id)
+    rerun = ingest_folder(folder, killed.id, settings=get_settings())
     assert not rerun.failed
-    whole = ingest_folder(folder, reference.id)
+    whole = ingest_folder(folder, reference.id, settings=get_settings())
     # the rerun counts the chunks it wrote, also those whose vectors the killed run had already made
     finished_before = sum(count for status, count in partial.values() if status == "indexed")
     assert rerun.chunks_written == whole.chunks_written - finished_before > 0, rerun.summary()
@@ -224,4 +226,4 @@ def test_sigkill_half_way_then_rerun_converges(make_company, samples_dir, tmp_pa
     assert sorted(_registry(killed.id).values()) == sorted(_registry(reference.id).values())
     assert len(_docstore_keys(killed.id)) == len(_docstore_keys(reference.id))
     # Idempotent afterwards too.
-    assert ingest_folder(folder, killed.id).chunks_embedded == 0
+    assert ingest_folder(folder, killed.id, settings=get_settings()).chunks_embedded == 0

@@ -22,6 +22,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from core.settings import get_settings
+
 PAYLOADS = [
     "x'; SELECT 1; --",
     "a' OR '1'='1' --",
@@ -158,8 +160,8 @@ def test_hostile_text_in_every_field_twice(fuzz_client, make_company, make_user,
     a, b = make_company("Fuzz A"), make_company("Fuzz B")
     admin, headers = make_user(a, "admin", PASSWORD)
     canary = f"canary-{uuid.uuid4().hex}"
-    index_text(b.id, "canary.txt", f"{canary}: varifocal lenses cost £300 at B.")
-    document = index_text(a.id, "own.txt", "Varifocal lenses cost £300 at A.")
+    index_text(b.id, "canary.txt", f"{canary}: varifocal lenses cost £300 at B.", settings=get_settings())
+    document = index_text(a.id, "own.txt", "Varifocal lenses cost £300 at A.", settings=get_settings())
     before = _canary_rows(b.id)
     failures: list[str] = []
     seen = 0

@@ -9,6 +9,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from core.settings import get_settings
+
 SEED_TABLE = """
 CREATE TABLE ai_knowledge_base (
     id varchar PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -72,7 +74,7 @@ def test_migrate_legacy_rows(company, legacy_url, embed_model) -> None:
                  "e": json.dumps(vector) if vector is not None else None, "cat": category, "a": active})
     before = _snapshot(source)
 
-    report = migrate_legacy(legacy_url)
+    report = migrate_legacy(legacy_url, settings=get_settings())
     by_id = {r.legacy_id: r for r in report.rows}
     assert (report.migrated, report.skipped, report.failed) == (7, 2, 0), report.rows
     assert by_id["good-plain"].reason.startswith("re-embedded (no legacy vector)")
@@ -107,7 +109,7 @@ def test_migrate_legacy_rows(company, legacy_url, embed_model) -> None:
         chunks_before = connection.execute(sa.text("SELECT count(*) FROM data_chunks WHERE company_id = ANY(:c)"),
                                            {"c": [company.id, new_company]}).scalar()
 
-    again = migrate_legacy(legacy_url)
+    again = migrate_legacy(legacy_url, settings=get_settings())
     assert (again.migrated, again.skipped, again.failed) == (0, 9, 0)
     assert {r.reason for r in again.rows} == {"already migrated", "empty content"}
     with engine.connect() as connection:
@@ -125,4 +127,4 @@ def test_migrate_legacy_unreadable_source(database) -> None:
 
     url = make_url(database).render_as_string(hide_password=False)  # our own db: no ai_knowledge_base
     with pytest.raises(ConfigurationError, match="ai_knowledge_base"):
-        migrate_legacy(url)
+        migrate_legacy(url, settings=get_settings())

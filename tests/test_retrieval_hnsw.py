@@ -22,6 +22,8 @@ import pytest
 import sqlalchemy as sa
 from llama_index.core.schema import QueryBundle
 
+from core.settings import get_settings
+
 TOTAL = 20_000
 FRACTIONS = (0.001, 0.01, 0.05, 0.20)
 QUERIES_PER_TENANT = 8
@@ -137,7 +139,7 @@ def test_filtered_top10_is_full_and_recalls_exact_scan(skewed_store, force_hnsw)
 
     tenants, base, rng = skewed_store
     for (company_id, vectors), fraction in zip(tenants.items(), FRACTIONS, strict=True):
-        retriever = TenantRetriever(company_id, mode="vector", top_k=K, threshold=-1.0)
+        retriever = TenantRetriever(company_id, mode="vector", top_k=K, threshold=-1.0, settings=get_settings())
         recalls = []
         for query in _perturbed(base, QUERIES_PER_TENANT, rng):
             with forced_hnsw(force_hnsw):

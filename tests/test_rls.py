@@ -37,8 +37,10 @@ def _seed(company, make_user) -> Seeded:
 
     user, _ = make_user(company, "admin", PASSWORD)
     login(user.email, PASSWORD, settings=get_settings())  # refresh_tokens + audit_log
-    document = index_text(company.id, "rls-notes", "Varifocal lenses are adjusted free for life at this practice.")
-    result = ChatService(company.id, user.id).ask("Are varifocal adjustments free?")  # conversations + messages
+    document = index_text(company.id, "rls-notes", "Varifocal lenses are adjusted free for life at this practice.",
+                          settings=get_settings())
+    result = ChatService(company.id, user.id,
+                         settings=get_settings()).ask("Are varifocal adjustments free?")  # conversations + messages
     return Seeded(company.id, user.id, document.id, result.conversation_id)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.settings import get_settings
 from retrieval.calibration import (
     NO_RESULTS_FLOOR,
     Calibration,
@@ -28,7 +29,7 @@ def test_the_bundled_model_has_a_monotone_calibration_fitted_on_the_optical_set(
 
 
 def test_a_score_threshold_is_the_cosine_floor_where_the_score_reaches_it() -> None:
-    calibration = current_calibration()
+    calibration = current_calibration(get_settings())
     assert calibration is not None
     for threshold in (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
         floor = calibration.min_similarity(threshold)
@@ -57,7 +58,7 @@ def test_search_returns_the_score_beside_the_cosine_and_thresholds_it(client, co
         ("hours.md", "The practice is open Monday to Saturday from 9am to 5:30pm.", None),
         ("care.md", "Rinse contact lenses with fresh solution, never with tap water.", None)])
     _, headers = make_user(company, "staff")
-    calibration = current_calibration()
+    calibration = current_calibration(get_settings())
     assert calibration is not None
 
     everything = client.post("/api/rag/search", json={"query": "How much do progressive lenses cost?",

@@ -12,6 +12,8 @@ import time
 import numpy as np
 import sqlalchemy as sa
 
+from core.settings import get_settings
+
 WORDS = ["progressive", "contact", "lens", "frame", "glaucoma", "price", "children", "coating", "repair",
          "appointment", "dry", "eye", "varifocal", "warranty", "screen", "night", "driving", "myopia"]
 
@@ -79,7 +81,8 @@ def test_a_large_company_gets_its_own_index_and_only_its_searches_use_it(make_co
     assert tenant_index_name(large.id) not in _explain(small.id, query)  # another company never walks it
 
     statements.clear()
-    nodes = TenantRetriever(large.id, mode="vector", top_k=10, threshold=-1.0).retrieve(query_bundle(query))
+    nodes = TenantRetriever(large.id, mode="vector", top_k=10, threshold=-1.0,
+                            settings=get_settings()).retrieve(query_bundle(query))
     assert any("'hnsw.ef_search'" in s and "'100'" in s for s in statements)  # the own-index plan
     assert {n.node.metadata["company_id"] for n in nodes} == {large.id}
     assert [n.node.node_id for n in nodes] == _exact_top(large.id, query)
@@ -153,12 +156,11 @@ def test_one_sync_at_a_time_across_processes(database) -> None:
 
 def test_the_maintainer_syncs_at_start_and_periodically_and_survives_failures(monkeypatch) -> None:
     import core.tenant_indexes as tenant_indexes
-    from core.settings import get_settings
 
     calls: list[float] = []
     ran_twice_after_failure = threading.Event()
 
-    def fake_sync() -> None:
+    def fake_sync(min_chunks: int) -> None:
         calls.append(time.monotonic())
         if len(calls) == 1:
             raise RuntimeError("database went away")
@@ -166,15 +168,13 @@ def test_the_maintainer_syncs_at_start_and_periodically_and_survives_failures(mo
             ran_twice_after_failure.set()
 
     monkeypatch.setattr(tenant_indexes, "sync_tenant_indexes", fake_sync)
-    monkeypatch.setattr(get_settings(), "tenant_index_min_chunks", 100)
-    maintainer = tenant_indexes.TenantIndexMaintainer(interval_s=0.05).start()
+    maintainer = tenant_indexes.TenantIndexMaintainer(interval_s=0.05, min_chunks=100).start()
     try:
         assert ran_twice_after_failure.wait(5)
     finally:
         maintainer.stop()
-    monkeypatch.setattr(get_settings(), "tenant_index_min_chunks", 0)
     calls.clear()
-    tenant_indexes.TenantIndexMaintainer(interval_s=0.05).start().stop()
+    tenant_indexes.TenantIndexMaintainer(interval_s=0.05, min_chunks=0).start().stop()
     assert calls == []  # threshold 0: no background maintenance
 
 

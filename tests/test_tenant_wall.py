@@ -35,8 +35,9 @@ def a_and_b(make_company, make_user, embed_model):
         company = make_company(name)
         user, _ = make_user(company, "admin", PASSWORD)
         login(user.email, PASSWORD, settings=get_settings())
-        index_text(company.id, f"{name}-notes", f"{name} keeps its secret price list: varifocals cost £999.")
-        ChatService(company.id, user.id).ask("What do varifocals cost?")
+        index_text(company.id, f"{name}-notes", f"{name} keeps its secret price list: varifocals cost £999.",
+                   settings=get_settings())
+        ChatService(company.id, user.id, settings=get_settings()).ask("What do varifocals cost?")
         seeded.append((company, user))
     return seeded
 

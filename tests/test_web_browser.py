@@ -19,6 +19,7 @@ import httpx
 import pytest
 from PIL import Image, ImageChops
 
+from core.settings import get_settings
 from tests.servers import ROOT, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -138,7 +139,7 @@ def practice(make_company, samples_dir: Path, tmp_path: Path):
             for name in files:
                 shutil.copy(samples_dir / folder / name, subset / name)
             with tenant(company.id):
-                report = ingest_folder(subset, company.id)
+                report = ingest_folder(subset, company.id, settings=get_settings())
             assert not report.failed and len(report.indexed) == len(files), report.summary()
         return company
 

@@ -79,11 +79,11 @@ def prepared() -> None:
     upgrade()
 
 
-def sync_tenant_indexes_verbose(companies: list[str] | None = None) -> None:
+def sync_tenant_indexes_verbose(min_chunks: int, companies: list[str] | None = None) -> None:
     """Build/drop the per-company HNSW indexes (core.tenant_indexes), saying what changed."""
     from core.tenant_indexes import sync_tenant_indexes
 
-    result = sync_tenant_indexes(companies=companies, on_build=lambda company, chunks: console.print(
+    result = sync_tenant_indexes(min_chunks, companies=companies, on_build=lambda company, chunks: console.print(
         f"built the HNSW index of company {company} ({chunks} chunks)", highlight=False))
     if result.skipped:
         console.print("tenant indexes: another process is updating them", highlight=False)

@@ -19,8 +19,10 @@ def db_upgrade() -> None:
 @db_app.command("tenant-indexes")
 def db_tenant_indexes() -> None:
     """Give each company above TENANT_INDEX_MIN_CHUNKS its own HNSW index (and drop unneeded ones)."""
+    from core.settings import get_settings
     from core.tenant_indexes import tenant_index_summary
 
+    settings = get_settings()
     prepared()
-    sync_tenant_indexes_verbose()
-    console.print(tenant_index_summary(), highlight=False)
+    sync_tenant_indexes_verbose(settings.tenant_index_min_chunks)
+    console.print(tenant_index_summary(settings.tenant_index_min_chunks), highlight=False)

@@ -29,17 +29,19 @@ def ingest(
     from indexing.folder import ingest_folder
     from retrieval.statements import precompute
 
+    settings = get_settings()
     if not folder.is_dir():
         raise fail(f"folder {str(folder)!r} does not exist or is not a directory")
     prepared()
     with admin_session_scope() as session:  # the company directory: row-level security shows it to the owner
         company_id = get_company_by_slug(session, company).id
-    report = ingest_folder(folder, company_id, category=category, sync=sync, workers=workers,
+    report = ingest_folder(folder, company_id, settings=settings, category=category, sync=sync, workers=workers,
                            show_progress=True)
-    precompute(company_id, get_embed_model())  # statement vectors of new chunks: offline answers embed none
+    # statement vectors of new chunks: offline answers embed none
+    precompute(company_id, get_embed_model(), settings.embedding_key)
     console.print(report.summary(), highlight=False)
-    if get_settings().tenant_index_min_chunks > 0:  # grown past the threshold: its own index at once
-        sync_tenant_indexes_verbose([company_id])
+    if settings.tenant_index_min_chunks > 0:  # grown past the threshold: its own index at once
+        sync_tenant_indexes_verbose(settings.tenant_index_min_chunks, [company_id])
     if report.failed:
         raise typer.Exit(1)
 
@@ -49,10 +51,11 @@ def migrate_legacy(
     source_url: Annotated[str, typer.Option(help="SQLAlchemy/Postgres URL of the seed database (read only).")],
 ) -> None:
     """Import the seed's ai_knowledge_base rows as documents (keeps legacy ids; re-runnable)."""
+    from core.settings import get_settings
     from indexing.legacy import migrate_legacy as run
 
     prepared()
-    report = run(source_url, show_progress=True)
+    report = run(source_url, get_settings(), show_progress=True)
     table = Table("legacy id", "company", "outcome", "reason")
     for row in report.rows:
         table.add_row(row.legacy_id, row.company_id or "", row.outcome, row.reason)

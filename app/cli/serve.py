@@ -59,7 +59,7 @@ def _serve(host: str | None, port: int | None, load_samples: bool, workers: int)
     if load_samples:
         from app.samples import load_samples as _load
 
-        _load(console)
+        _load(console, settings)
     duties = _start_background_duties(settings) if workers > 1 else []
     listener = _start_metrics_listener(settings)
     for line in address_lines(settings, host or settings.host, port or settings.port):
@@ -110,11 +110,12 @@ def _start_background_duties(settings: Settings) -> list[Callable[[], None]]:
     worker (the queue hands each job to one consumer, wherever it runs)."""
     from core.tenant_indexes import TenantIndexMaintainer
 
-    stops: list[Callable[[], None]] = [TenantIndexMaintainer(settings.tenant_index_check_s).start().stop]
+    stops: list[Callable[[], None]] = [
+        TenantIndexMaintainer(settings.tenant_index_check_s, settings.tenant_index_min_chunks).start().stop]
     if getattr(settings, "ingest_in_process_worker", False):
         from indexing.queue import BackgroundWorker
 
-        stops.append(BackgroundWorker().start().stop)
+        stops.append(BackgroundWorker(settings).start().stop)
     return stops
 
 
@@ -160,6 +161,7 @@ def _exit_normally(signum: int, frame: object) -> None:
 def load_samples_command() -> None:
     """Create the two sample practices, their users, and ingest their documents (idempotent)."""
     from app.samples import load_samples
+    from core.settings import get_settings
 
     prepared()
-    load_samples(console)
+    load_samples(console, get_settings())

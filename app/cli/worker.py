@@ -25,11 +25,12 @@ def worker(
 ) -> None:
     """Index queued uploads (the ingestion queue) until SIGTERM/Ctrl-C."""
     from core.embeddings import get_embed_model
+    from core.settings import get_settings
     from indexing.queue import Worker
 
     prepared()
     get_embed_model()  # loaded before the first claim, so a job is never held while the model loads
-    runner = Worker(company_id=company_id)
+    runner = Worker(get_settings(), company_id=company_id)
 
     def _stop(signum: int, frame: object) -> None:
         runner.stop()  # the job in hand finishes; a second signal is the default (exit at once)

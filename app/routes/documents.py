@@ -122,11 +122,11 @@ def upload_documents(
         data = upload.file.read(max_bytes + 1)
         try:
             if len(data) > settings.upload_inline_max_kb * 1024:
-                row = service.queue_upload(user.company_id, name, data, category=category,
+                row = service.queue_upload(user.company_id, name, data, settings=settings, category=category,
                                            uploaded_by=user.id, max_bytes=max_bytes)
                 results.append(UploadResult(filename=row.filename, status="queued", document=_out(row)))
             else:
-                row = service.index_upload(user.company_id, name, data, category=category,
+                row = service.index_upload(user.company_id, name, data, settings=settings, category=category,
                                            uploaded_by=user.id, max_bytes=max_bytes)
                 results.append(UploadResult(filename=row.filename, status="indexed", document=_out(row)))
         except ServiceError as exc:
@@ -155,7 +155,8 @@ def index_document(body: IndexDocumentRequest, request: Request, response: Respo
                    user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> IndexDocumentResponse:
     queued = len(body.content.encode("utf-8")) > settings.upload_inline_max_kb * 1024
     index = service.queue_text if queued else service.index_text
-    row = index(user.company_id, body.filename, body.content, category=body.category, uploaded_by=user.id)
+    row = index(user.company_id, body.filename, body.content, settings=settings, category=body.category,
+                uploaded_by=user.id)
     status: Literal["indexed", "queued"] = "queued" if queued else "indexed"
     _audit(request, user, "documents.upload", row.id, {"filename": row.filename, "status": status,
                                                          "category": body.category})

@@ -93,7 +93,7 @@ class EmbeddingResponse(BaseModel):
 def rag_search(body: SearchRequest, settings: AppSettings, user: CurrentUser = Depends(read)) -> SearchResponse:
     company_id = check_company(user, body.company_id)
     query = check_text(body.query, settings)
-    calibration = current_calibration()
+    calibration = current_calibration(settings)
     if body.threshold is None or calibration is None:
         threshold = settings.search_threshold if body.threshold is None else body.threshold
         applies_to, floor = "similarity", threshold

@@ -116,13 +116,14 @@ def measure_text(plan: Plan, queries: list[str]) -> dict[str, Any]:
     from core.db.tenant_scope import tenant
     from retrieval.bm25 import bm25_search
 
+    settings = get_settings()
     out: dict[str, Any] = {}
     for bucket, items in plan.items.items():
         latencies, empty = [], 0
         for company, query in items:
             started = time.perf_counter()
             with tenant(company_id(company)):
-                found = bm25_search(company_id(company), queries[query], TOP_K)
+                found = bm25_search(company_id(company), queries[query], TOP_K, k1=settings.bm25_k1, b=settings.bm25_b)
             latencies.append(time.perf_counter() - started)
             empty += not found
         out[bucket] = {**latency_summary(latencies), "queries": len(items), "empty_share": empty / len(items)}

@@ -154,8 +154,10 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
     ensure_users(len(store.sizes))
     log(f"store: {store.chunks} chunks, {len(store.sizes)} companies (arrays {'cached' if cached else 'built'}, "
         f"table {'reused' if reused else f'loaded in {load_seconds:.0f}s'})")
-    indexes = sync_tenant_indexes(on_build=lambda company, chunks: log(f"  tenant HNSW index: {chunks} chunks"))
-    log(f"tenant indexes: {tenant_index_summary()} ({len(indexes.built)} built in {indexes.seconds:.0f}s)")
+    min_chunks = settings.tenant_index_min_chunks
+    indexes = sync_tenant_indexes(min_chunks,
+                                  on_build=lambda company, chunks: log(f"  tenant HNSW index: {chunks} chunks"))
+    log(f"tenant indexes: {tenant_index_summary(min_chunks)} ({len(indexes.built)} built in {indexes.seconds:.0f}s)")
     result["store"] = {
         "chunks": store.chunks, "companies": len(store.sizes), "largest_share": store.sizes[0] / store.chunks,
         "smallest": store.sizes[-1], "base_texts": len(store.texts), "noise_std": NOISE_STD,
