@@ -33,6 +33,7 @@ from indexing.chunking import build_splitter, chunk_plan
 from indexing.documents import queue_upload
 from indexing.folder import ingest_folder, list_files
 from indexing.legacy import ensure_company
+from indexing.pipeline import part_documents
 from indexing.queue import wait_until_drained
 from indexing.readers import ExtractionLimits, read_parts
 
@@ -42,10 +43,15 @@ TARGET_RATIO = 0.8
 
 
 def _chunk_texts(folders: list[Path]) -> list[str]:
+    """What the pipeline embeds for these folders: each chunk after its context (CHUNK_CONTEXT)."""
+    from llama_index.core.schema import MetadataMode
+
+    settings = get_settings()
     splitter = build_splitter(get_embed_model())
-    docs = [LIDocument(text=p.text) for folder in folders for f in list_files(folder)
-            for p in read_parts(f.name, f.read_bytes(), ExtractionLimits.of(get_settings()))]
-    return [n.get_content() for n in splitter.get_nodes_from_documents(docs)]
+    docs = [doc for folder in folders for f in list_files(folder)
+            for doc in part_documents(f.name, read_parts(f.name, f.read_bytes(), ExtractionLimits.of(settings)),
+                                      settings.chunk_context)]
+    return [n.get_content(metadata_mode=MetadataMode.EMBED) for n in splitter.get_nodes_from_documents(docs)]
 
 
 def run_ingest_bench(output: Path = RESULT, repeat: int = 1, folders: list[Path] | None = None) -> dict[str, Any]:

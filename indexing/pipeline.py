@@ -56,6 +56,7 @@ from indexing.document_state import (
     safe_failure,
 )
 from indexing.models import Document
+from indexing.readers import Part
 from indexing.sources import Outcome, Source
 
 logger = logging.getLogger(__name__)
@@ -123,30 +124,39 @@ def _part_ids(company_id: str, source: Source) -> list[str]:
     return [f"{base}#part-{n}" for n in range(1, len(source.parts) + 1)]
 
 
-def _documents(company_id: str, source: Source, state: RowState, ids: list[str],
-               context_mode: str) -> list[LIDocument]:
-    title = document_title(source.filename, source.parts)
+def part_documents(filename: str, parts: Sequence[Part], context_mode: str,
+                   metadata: dict[str, Any] | None = None, ids: Sequence[str] | None = None) -> list[LIDocument]:
+    """The LlamaIndex documents of a file's parts, each with its context (CHUNK_CONTEXT) and
+    `metadata`. The embed text is the chunk text, after its context when CHUNK_CONTEXT embeds it:
+    the splitter counts embedded metadata against the chunk size, so the model reads all of it
+    (see indexing.chunking). Answers quote the chunk text alone; retrieval reads metadata from
+    its own columns. The ingestion benchmark embeds the same documents bare, so it compares like
+    with like."""
+    title = document_title(filename, list(parts))
     embedded = embedded_keys(context_mode)
     docs = []
-    for part, doc_id in zip(source.parts, ids, strict=True):
-        metadata: dict[str, Any] = {
-            "company_id": company_id,
-            "source_document_id": state.id,
-            "filename": source.filename,
-            "category": state.category,
-            "uploaded_by": source.uploaded_by,
-            "is_active": state.is_active,
-            **part.metadata,
-            **context_metadata(context_mode, title, part),
-        }
-        # The embed text is the chunk text, after its context when CHUNK_CONTEXT embeds it: the
-        # splitter counts embedded metadata against the chunk size, so the model reads all of it
-        # (see indexing.chunking). Answers quote the chunk text alone; retrieval reads metadata
-        # from its own columns.
-        excluded = [key for key in metadata if key not in embedded]
-        docs.append(LIDocument(id_=doc_id, text=part.text, metadata=metadata, metadata_template="{value}",
-                               excluded_embed_metadata_keys=excluded, excluded_llm_metadata_keys=list(metadata)))
+    for n, part in enumerate(parts):
+        full = {**(metadata or {}), **part.metadata, **context_metadata(context_mode, title, part)}
+        excluded = [key for key in full if key not in embedded]
+        kwargs: dict[str, Any] = {"id_": ids[n]} if ids is not None else {}
+        docs.append(LIDocument(text=part.text, metadata=full, metadata_template="{value}",
+                               excluded_embed_metadata_keys=excluded, excluded_llm_metadata_keys=list(full), **kwargs))
     return docs
+
+
+def _documents(company_id: str, source: Source, state: RowState, ids: list[str],
+               context_mode: str) -> list[LIDocument]:
+    if len(ids) != len(source.parts):
+        raise ValueError("one document id per part")
+    metadata: dict[str, Any] = {
+        "company_id": company_id,
+        "source_document_id": state.id,
+        "filename": source.filename,
+        "category": state.category,
+        "uploaded_by": source.uploaded_by,
+        "is_active": state.is_active,
+    }
+    return part_documents(source.filename, source.parts, context_mode, metadata, ids)
 
 
 def index_sources(company_id: str, sources: Sequence[Source], *, settings: Settings,

@@ -49,20 +49,12 @@ def _text(kb: int, tag: str) -> bytes:
 
 def _expected_chunks(data: bytes, filename: str) -> int:
     """Chunks of a .txt upload: its text after the context the embedding carries (CHUNK_CONTEXT)."""
-    from llama_index.core import Document as LIDocument
-
     from core.settings import get_settings
-    from indexing.chunk_context import context_metadata, document_title, embedded_keys
-    from indexing.pipeline import chunk_splitter
+    from indexing.pipeline import chunk_splitter, part_documents
     from indexing.readers import Part
 
-    part = Part(data.decode())
-    mode = get_settings().chunk_context
-    metadata = context_metadata(mode, document_title(filename, [part]), part)
-    document = LIDocument(text=part.text, metadata=metadata, metadata_template="{value}",
-                          excluded_embed_metadata_keys=[k for k in metadata if k not in embedded_keys(mode)],
-                          excluded_llm_metadata_keys=list(metadata))
-    return len(chunk_splitter().get_nodes_from_documents([document]))
+    documents = part_documents(filename, [Part(data.decode())], get_settings().chunk_context)
+    return len(chunk_splitter().get_nodes_from_documents(documents))
 
 
 def _job(company_id: str, document_id: str) -> sa.Row:
