@@ -236,8 +236,13 @@ class _SharedLimiter:
     """What the shared stores have in common: every operation is one atomic `_take` (check and
     record together) on the store, so only `_take` and the store-specific calls differ."""
 
-    scope: str
-    limit: int
+    def __init__(self, scope: str, limit: int, window_s: float) -> None:
+        if limit < 1 or window_s <= 0:
+            raise ValueError("limit must be >= 1 and window_s > 0")
+        self.scope = scope
+        self.limit = limit
+        self.window_s = window_s
+        self._window_us = int(window_s * 1_000_000)  # both stores count in microseconds of their own clock
 
     def _take(self, key: str, limit: int) -> tuple[float, float | None]:
         raise NotImplementedError
@@ -260,14 +265,6 @@ class PostgresSlidingWindowLimiter(_SharedLimiter):
     Stamps are microseconds of the database's clock, so processes on machines whose clocks
     disagree still agree on the window. A database outage answers 503 (fail closed: an
     unlimited sign-in would be worse than a refused one)."""
-
-    def __init__(self, scope: str, limit: int, window_s: float) -> None:
-        if limit < 1 or window_s <= 0:
-            raise ValueError("limit must be >= 1 and window_s > 0")
-        self.scope = scope
-        self.limit = limit
-        self.window_s = window_s
-        self._window_us = int(window_s * 1_000_000)
 
     def _key(self, key: str) -> str:
         # A digest: the table never holds an email or an address, and any key fits the column.
@@ -343,14 +340,9 @@ class RedisSlidingWindowLimiter(_SharedLimiter):
     answers 503, like an unreachable database."""
 
     def __init__(self, url: str, scope: str, limit: int, window_s: float) -> None:
-        if limit < 1 or window_s <= 0:
-            raise ValueError("limit must be >= 1 and window_s > 0")
+        super().__init__(scope, limit, window_s)
         import redis
 
-        self.scope = scope
-        self.limit = limit
-        self.window_s = window_s
-        self._window_us = int(window_s * 1_000_000)
         self._redis = _redis_client(url)
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._take_script = self._redis.register_script(_REDIS_TAKE)

@@ -73,6 +73,11 @@ def _store_lines(result: dict[str, Any]) -> list[str]:
             f"Embedding runtime: `{result['embedding_runtime']}`."]
 
 
+def _section(title: str, *columns: str) -> list[str]:
+    """A report section's heading and its table's header; the caller appends the rows."""
+    return ["", f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def markdown(result: dict[str, Any]) -> str:
     machine = result["machine"]
     lines = [f"# Search benchmark — {result['created_at']}", "",
@@ -85,16 +90,15 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"**Incomplete run**: the {failed['phase']} phase failed ({failed['error']}); "
                   "the sections below hold what was measured before it."]
     if "store_search" in result:
-        lines += ["", "## Store-only filtered search (PGVectorStore + company_id/is_active filters, top-10)", "",
-                  "| bucket | tenant sizes | queries | p50 ms | p95 ms | p99 ms | recall@10 | short |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += _section("Store-only filtered search (PGVectorStore + company_id/is_active filters, top-10)",
+                          "bucket", "tenant sizes", "queries", "p50 ms", "p95 ms", "p99 ms", "recall@10", "short")
         for bucket, row in result["store_search"].items():
             lines.append(f"| {bucket} | {row['tenant_sizes'][0]}–{row['tenant_sizes'][1]} | {row['queries']} | "
                          f"{row['p50']:.2f} | {row['p95']:.2f} | {row['p99']:.2f} | {row['recall_at_10']:.3f} | "
                          f"{row['short_share'] * 100:.1f}% |")
     if "text_search" in result:
-        lines += ["", "## Text search (BM25 over the GIN-matched chunks, retrieval.bm25, top-10)", "",
-                  "| bucket | queries | p50 ms | p95 ms | p99 ms | no match |", "|---|---|---|---|---|---|"]
+        lines += _section("Text search (BM25 over the GIN-matched chunks, retrieval.bm25, top-10)",
+                          "bucket", "queries", "p50 ms", "p95 ms", "p99 ms", "no match")
         for bucket, row in result["text_search"].items():
             lines.append(f"| {bucket} | {row['queries']} | {row['p50']:.2f} | {row['p95']:.2f} | {row['p99']:.2f} | "
                          f"{row['empty_share'] * 100:.1f}% |")
@@ -131,8 +135,8 @@ def markdown(result: dict[str, Any]) -> str:
             ratio = f"{workers['ratio'][c]:.2f}×" if c in workers["ratio"] else "–"
             lines.append(f"| {c} | {rps} | {row['rps']:.1f} | {ratio} | {one_ms} / {n_ms} | {one_cap} / {n_cap} |")
     if "jaccard" in result:
-        lines += ["", "## Legacy Jaccard (load the tenant's rows + score in Python, per request)", "",
-                  "| bucket | p50 ms | p95 ms | mean ms | of which loading ms |", "|---|---|---|---|---|"]
+        lines += _section("Legacy Jaccard (load the tenant's rows + score in Python, per request)",
+                          "bucket", "p50 ms", "p95 ms", "mean ms", "of which loading ms")
         for bucket, row in result["jaccard"].items():
             lines.append(f"| {bucket} | {row['p50']:.1f} | {row['p95']:.1f} | {row['mean']:.1f} | "
                          f"{row['load_ms_mean']:.1f} |")
@@ -163,13 +167,12 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{delta} |")
     phases = machine.get("phases") or {}
     if phases:
-        lines += ["", "## Contention (other processes on the same cores, sampled every second)", "",
-                  "| phase | seconds | load avg (mean / max) | machine CPU busy | used by other processes |",
-                  "|---|---|---|---|---|"]
+        lines += _section("Contention (other processes on the same cores, sampled every second)",
+                          "phase", "seconds", "load avg (mean / max)", "machine CPU busy", "used by other processes")
         for name, row in phases.items():
             lines.append(f"| {name} | {row['seconds']:.0f} | {row['load1_mean']:.1f} / {row['load1_max']:.1f} | "
                          f"{row['cpu_busy_pct']:.0f}% | {row['cpu_others_pct']:.0f}% |")
-    lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    lines += _section("Targets", "target", "measured", "goal", "met")
     for row in result.get("targets", []):
         lines.append(f"| {row['target']} | {row['value']:.3g} {row['unit']} | {row['goal']:g} {row['unit']} | "
                      f"{'yes' if row['met'] else '**no**'} |")
