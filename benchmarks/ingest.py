@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from llama_index.core import Document as LIDocument
+from llama_index.core.schema import MetadataMode
 
 from benchmarks import RESULTS_DIR
 from benchmarks.throwaway import drop_company
@@ -42,14 +42,13 @@ RESULT = RESULTS_DIR / "ingest.json"
 TARGET_RATIO = 0.8
 
 
-def _chunk_texts(folders: list[Path]) -> list[str]:
-    """What the pipeline embeds for these folders: each chunk after its context (CHUNK_CONTEXT)."""
-    from llama_index.core.schema import MetadataMode
-
+def _embed_texts(files: list[tuple[str, bytes]]) -> list[str]:
+    """What the pipeline embeds for these (file name, contents): each chunk after its context
+    (CHUNK_CONTEXT), so the bare model and the pipeline embed the same texts."""
     settings = get_settings()
     splitter = build_splitter(get_embed_model())
-    docs = [doc for folder in folders for f in list_files(folder)
-            for doc in part_documents(f.name, read_parts(f.name, f.read_bytes(), ExtractionLimits.of(settings)),
+    docs = [doc for name, data in files
+            for doc in part_documents(name, read_parts(name, data, ExtractionLimits.of(settings)),
                                       settings.chunk_context)]
     return [n.get_content(metadata_mode=MetadataMode.EMBED) for n in splitter.get_nodes_from_documents(docs)]
 
@@ -57,7 +56,7 @@ def _chunk_texts(folders: list[Path]) -> list[str]:
 def run_ingest_bench(output: Path = RESULT, repeat: int = 1, folders: list[Path] | None = None) -> dict[str, Any]:
     folders = folders or sorted(p for p in SAMPLES.iterdir() if p.is_dir())
     model = get_embed_model()
-    texts = _chunk_texts(folders)
+    texts = _embed_texts([(f.name, f.read_bytes()) for folder in folders for f in list_files(folder)])
     model.get_text_embedding_batch(texts[:16])  # warm-up: first call pays lazy initialisation
 
     bare_best = pipe_best = float("inf")
@@ -171,9 +170,7 @@ def run_queue_bench(worker_counts: tuple[int, ...] = (1, 2), uploads: int = 6, k
     """
     model = get_embed_model()
     files = [_upload_bytes(kb, n) for n in range(uploads)]
-    splitter = build_splitter(model)
-    texts = [node.get_content() for data in files[:2]
-             for node in splitter.get_nodes_from_documents([LIDocument(text=data.decode())])]
+    texts = _embed_texts([(f"upload-{n}.md", data) for n, data in enumerate(files[:2])])
     model.get_text_embedding_batch(texts[:16])
 
     def bare_rate() -> float:
