@@ -50,11 +50,12 @@ DERIVED = {
                              + _REWRITE.format(column="CAST(value AS text)") + " AS jsonb) WHERE company_id = :old"),
 }
 
-# Per-company statistics that data_chunks' triggers keep (migration 0006): what is left under
-# the old id once the chunks moved is empty, and goes.
+# Per-company BM25 tables that data_chunks' triggers keep (migrations 0006, 0015): the triggers
+# move their rows with the chunks; what is left under the old id is empty, and goes.
 TRIGGER_MAINTAINED = {
     "bm25_corpus": sa.text("DELETE FROM bm25_corpus WHERE company_id = :old AND chunks = 0"),
     "bm25_terms": sa.text("DELETE FROM bm25_terms WHERE company_id = :old AND df <= 0"),
+    "bm25_chunk_terms": sa.text("DELETE FROM bm25_chunk_terms WHERE company_id = :old"),
 }
 
 

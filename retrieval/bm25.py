@@ -10,9 +10,11 @@ scores chunks with Okapi BM25 in Lucene's form (the variant published BM25 basel
 - tokens are the lexemes of the `english` text-search configuration, on both sides (the
   chunk's stored tsvector, the query's `to_tsvector`): stemming and stop words as before;
 - `tf` is the number of positions of the lexeme in the chunk's tsvector; `len` is the
-  chunk's token count (`data_chunks.text_search_length`); `N`, `avglen` and `df_t` are the
-  company's own statistics (`bm25_corpus`, `bm25_terms`, kept by triggers, migration 0006),
-  over its active chunks only;
+  chunk's token count (`data_chunks.text_search_length`); both are read from the narrow
+  copy `bm25_chunk_terms` (one row per active chunk, migration 0015) rather than the wide
+  chunk rows; `N`, `avglen` and `df_t` are the company's own statistics (`bm25_corpus`,
+  `bm25_terms`, migration 0006), over its active chunks only; all three are kept by triggers
+  on `data_chunks`;
 - k1 and b are the caller's (the retriever passes its settings' BM25_K1, BM25_B);
 - ties are broken by chunk id, so a ranking never changes between runs.
 
@@ -29,11 +31,12 @@ again, up to the whole query. "Can I swim in my contact lenses?" then reads the 
 Two statements, both bound-parameter only and run inside the caller's tenant scope, so
 row-level security applies to the chunks and the statistics alike: one reads the query's
 lexemes with their statistics, the other scores. The GIN match itself goes through
-`ils_bm25_matches` (migration 0006: row-level security would otherwise keep the index from
-evaluating `@@`), which returns only the verified tenant's chunk ids; its tsquery is a bound
-value (the lexemes Postgres itself returned, each one quoted as a tsquery literal). With a
-query embedding, each row also carries its cosine similarity, so the retriever needs no
-second round trip for it.
+`ils_bm25_postings` (migration 0015: row-level security would otherwise keep the index from
+evaluating `@@`), which returns, for the verified tenant's matching chunks only, each query
+lexeme's term frequency and the chunk's length; its tsquery is a bound value (the lexemes
+Postgres itself returned, each one quoted as a tsquery literal). Only the top k are then read
+from `data_chunks`; with a query embedding, each of those rows also carries its cosine
+similarity, so the retriever needs no second round trip for it.
 """
 
 from __future__ import annotations
@@ -64,35 +67,27 @@ _SCORED = """
 WITH terms AS (
     SELECT * FROM unnest(CAST(:lexemes AS text[]), CAST(:idfs AS float8[])) AS t(lexeme, idf)
 ), scored AS (
-    SELECT ch.id,
-           sum(terms.idf * u.tf / (u.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
-               + CAST(:b AS float8) * ch.text_search_length / CAST(:avglen AS float8)))) AS score
-    FROM ils_bm25_matches(CAST(:match AS tsquery)) AS m
-    JOIN data_chunks ch ON ch.company_id = :company AND ch.id = m.id
-    CROSS JOIN LATERAL (
-        -- only the query's lexemes: mark them (weight A) and keep the marked ones; any other
-        -- lexeme that kept an A weight is dropped by the join with the terms below
-        SELECT lexeme, cardinality(positions)::float8 AS tf
-        FROM unnest(ts_filter(setweight(ch.text_search_tsv, 'A', CAST(:lexemes AS text[])), '{a}'))
-    ) AS u
-    JOIN terms ON terms.lexeme = u.lexeme
-    WHERE ch.is_active IS TRUE
-    GROUP BY ch.id
-    ORDER BY score DESC, ch.id
+    SELECT p.id,
+           sum(terms.idf * p.tf / (p.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
+               + CAST(:b AS float8) * p.length / CAST(:avglen AS float8)))) AS score
+    FROM ils_bm25_postings(CAST(:match AS tsquery), CAST(:lexemes AS text[])) AS p
+    JOIN terms ON terms.lexeme = p.lexeme
+    GROUP BY p.id
+    ORDER BY score DESC, p.id
     LIMIT :k
 )
 """
 
 BM25_STATEMENT = sa.text(_SCORED + """
 SELECT d.id, d.node_id, d.text, d.metadata_, s.score, NULL::float8 AS similarity
-FROM scored s JOIN data_chunks d ON d.company_id = :company AND d.id = s.id
+FROM scored s JOIN data_chunks d ON d.company_id = :company AND d.id = s.id AND d.is_active IS TRUE
 ORDER BY s.score DESC, s.id
 """)
 
 BM25_WITH_COSINE_STATEMENT = sa.text(_SCORED + """
 SELECT d.id, d.node_id, d.text, d.metadata_, s.score,
        1 - (d.embedding <=> CAST(:embedding AS vector)) AS similarity
-FROM scored s JOIN data_chunks d ON d.company_id = :company AND d.id = s.id
+FROM scored s JOIN data_chunks d ON d.company_id = :company AND d.id = s.id AND d.is_active IS TRUE
 ORDER BY s.score DESC, s.id
 """)
 

@@ -69,8 +69,25 @@ def _recomputed(company_id: str) -> tuple[tuple[int, int], dict[str, int]]:
     return (len(tokens), sum(len(chunk) for chunk in tokens)), df
 
 
+def _chunk_terms(company_id: str) -> tuple[dict[int, tuple[str, int]], dict[int, tuple[str, int]]]:
+    """BM25's narrow copy of the active chunks (id -> tsvector, length) as the triggers keep it,
+    and the same read from the active chunks themselves."""
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
+
+    with tenant(company_id), get_engine().connect() as connection:
+        kept = connection.execute(sa.text(
+            "SELECT id, tsv::text AS tsv, length FROM bm25_chunk_terms WHERE company_id = :c"), {"c": company_id})
+        active = connection.execute(sa.text(
+            "SELECT id, text_search_tsv::text AS tsv, text_search_length AS length FROM data_chunks "
+            "WHERE company_id = :c AND is_active IS TRUE"), {"c": company_id})
+        return ({row.id: (row.tsv, row.length) for row in kept}, {row.id: (row.tsv, row.length) for row in active})
+
+
 def _assert_in_step(company_id: str) -> None:
     assert _stats(company_id) == _recomputed(company_id)
+    kept, active = _chunk_terms(company_id)
+    assert kept == active
 
 
 # -- scores -------------------------------------------------------------------------------------
@@ -357,7 +374,7 @@ def test_no_tenant_scope_sees_no_statistics(company, index_texts) -> None:
         assert connection.execute(sa.text("SELECT count(*) FROM bm25_corpus")).scalar() == 0
 
 
-def test_bm25_matches_returns_only_the_verified_tenants_chunks(make_company, index_texts) -> None:
+def test_bm25_postings_return_only_the_verified_tenants_chunks(make_company, index_texts) -> None:
     """The GIN lookup runs with the owner's rights (row-level security would keep the index from
     evaluating `@@`), so it must filter on the verified tenant itself."""
     from core.db.engines import get_engine
@@ -367,20 +384,23 @@ def test_bm25_matches_returns_only_the_verified_tenants_chunks(make_company, ind
     index_texts(a, HAND_CORPUS)
     index_texts(b, [(f"b-{n}.txt", "Progressive lenses and frames, lenses everywhere.", None) for n in range(5)])
     everything = "'lens' | 'frame' | 'progress' | 'cost'"
-    lookup = sa.text("SELECT id FROM ils_bm25_matches(CAST(:m AS tsquery))")
+    lexemes = ["lens", "frame", "progress", "cost"]
+    lookup = sa.text("SELECT id, lexeme, tf, length FROM ils_bm25_postings(CAST(:m AS tsquery), CAST(:l AS text[]))")
     with tenant(a.id), get_engine().connect() as connection:
-        found = set(connection.execute(lookup, {"m": everything}).scalars())
-        own = set(connection.execute(sa.text(
-            "SELECT id FROM data_chunks WHERE company_id = :a AND text_search_tsv @@ CAST(:m AS tsquery)"),
-            {"a": a.id, "m": everything}).scalars())
-    assert found == own and len(own) >= 4
+        found = {(row.id, row.lexeme, row.tf, row.length)
+                 for row in connection.execute(lookup, {"m": everything, "l": lexemes})}
+        own = {(row.id, row.lexeme, row.tf, row.length) for row in connection.execute(sa.text(
+            "SELECT id, u.lexeme, cardinality(u.positions) AS tf, text_search_length AS length "
+            "FROM data_chunks, unnest(text_search_tsv) AS u "
+            "WHERE company_id = :a AND is_active IS TRUE AND u.lexeme = ANY(CAST(:l AS text[]))"),
+            {"a": a.id, "l": lexemes})}
+    assert found == own and len({row[0] for row in own}) >= 4
     with get_engine().connect() as connection:  # no tenant scope: nothing
-        assert connection.execute(lookup, {"m": everything}).all() == []
+        assert connection.execute(lookup, {"m": everything, "l": lexemes}).all() == []
         acl = connection.execute(sa.text(
-            "SELECT array_to_string(proacl, ',') FROM pg_proc WHERE proname = 'ils_bm25_matches'")).scalar()
+            "SELECT array_to_string(proacl, ',') FROM pg_proc WHERE proname = 'ils_bm25_postings'")).scalar()
     grantees = {entry.split("=", 1)[0] for entry in acl.split(",")}
     assert "" not in grantees and "ils_auth" not in grantees and "ils_app" in grantees  # no PUBLIC execute
-
 
 
 def test_truncate_empties_the_statistics_with_the_chunks(company, index_texts) -> None:
@@ -394,6 +414,7 @@ def test_truncate_empties_the_statistics_with_the_chunks(company, index_texts) -
             connection.execute(sa.text("TRUNCATE data_chunks CASCADE"))
             assert connection.execute(sa.text("SELECT count(*) FROM bm25_terms")).scalar() == 0
             assert connection.execute(sa.text("SELECT count(*) FROM bm25_corpus")).scalar() == 0
+            assert connection.execute(sa.text("SELECT count(*) FROM bm25_chunk_terms")).scalar() == 0
         finally:
             transaction.rollback()
     _assert_in_step(company.id)

@@ -121,6 +121,8 @@ ALLOWED = {
     ("0004_tenant_wall.py", "downgrade"): "table names read from pg_catalog, through _quoted()",
     ("0006_bm25_statistics.py", "upgrade"): "the policy expression is data_chunks' own, read from pg_policies",
     ("0009_chunk_statements.py", "upgrade"): "the policy expression is data_chunks' own, read from pg_policies",
+    ("0015_bm25_chunk_terms.py", "upgrade"): "the policy expression is data_chunks' own, read from pg_policies",
+    ("0015_bm25_chunk_terms.py", "_grant_execute"): "function signatures written in the migration itself",
     ("embedding_cache.py", "_lookup"): "SQLite placeholders only: one '?' per key, the keys themselves bound",
     ("tenant_scope.py", "_set_local_claim"): "SET takes no parameter: the claim is matched against a hex MAC "
                                              "and an id-shaped company id first",

@@ -175,9 +175,9 @@ def test_every_table_view_and_function_the_role_can_reach_leaks_nothing(a_and_b)
             "WHERE n.nspname = 'public' AND p.prokind = 'f' AND has_function_privilege(current_user, p.oid, 'EXECUTE')"
         )).all()
         definers = {f.proname for f in functions if f.prosecdef}
-        # nothing else runs with the owner's rights; ils_bm25_matches returns only the verified tenant's
-        # chunk ids (tests/test_bm25.py::test_bm25_matches_returns_only_the_verified_tenants_chunks)
-        assert definers <= {"ils_current_company", "ils_bm25_matches"}, definers
+        # nothing else runs with the owner's rights; ils_bm25_postings returns only the verified tenant's
+        # chunks (tests/test_bm25.py::test_bm25_postings_return_only_the_verified_tenants_chunks)
+        assert definers <= {"ils_current_company", "ils_bm25_postings"}, definers
         called = 0
         for function in functions:
             kinds = function.args.split(",") if function.args else []
