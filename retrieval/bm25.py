@@ -43,24 +43,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 import sqlalchemy as sa
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
 from core.db.replica import read_engine
+from core.settings import Settings
+from retrieval.spelling import max_edits, nearest
 
 # Document frequencies the first match may add up to: the chunks scored before the bound check.
 POSTING_BUDGET = 1000
 # Score comparisons of the bound check allow for float rounding between Python and Postgres.
 _EPSILON = 1e-9
 
+# Every lexeme of the query, with its document frequency in the company (0: no chunk has it).
 _TERMS = sa.text("""
-SELECT t.lexeme, t.df, c.chunks, c.total_length
-FROM bm25_corpus c JOIN bm25_terms t ON t.company_id = c.company_id
-WHERE c.company_id = :company AND c.chunks > 0 AND t.df > 0
-  AND t.lexeme = ANY(tsvector_to_array(to_tsvector('english', CAST(:query AS text))))
-ORDER BY t.df, t.lexeme
+SELECT q.lexeme, coalesce(t.df, 0) AS df, c.chunks, c.total_length
+FROM bm25_corpus c
+CROSS JOIN unnest(tsvector_to_array(to_tsvector('english', CAST(:query AS text)))) AS q(lexeme)
+LEFT JOIN bm25_terms t ON t.company_id = c.company_id AND t.lexeme = q.lexeme AND t.df > 0
+WHERE c.company_id = :company AND c.chunks > 0
+ORDER BY df, q.lexeme
+""")
+
+# The company's words a misspelled lexeme may stand for (retrieval.spelling): same first letter, similar length.
+_VOCABULARY = sa.text("""
+SELECT lexeme, df FROM bm25_terms
+WHERE company_id = :company AND df > 0 AND left(lexeme, 1) = ANY(CAST(:initials AS text[]))
+  AND length(lexeme) BETWEEN :shortest AND :longest
 """)
 
 _SCORED = """
@@ -70,7 +82,10 @@ WITH terms AS (
     SELECT p.id,
            sum(terms.idf * p.tf / (p.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
                + CAST(:b AS float8) * p.length / CAST(:avglen AS float8)))) AS score
-    FROM ils_bm25_postings(CAST(:match AS tsquery), CAST(:lexemes AS text[])) AS p
+    FROM (
+        SELECT id, length, lexeme, tf + (CAST(:context_weight AS float8) - 1) * context_tf AS tf
+        FROM ils_bm25_postings(CAST(:match AS tsquery), CAST(:lexemes AS text[]))
+    ) AS p
     JOIN terms ON terms.lexeme = p.lexeme
     GROUP BY p.id
     ORDER BY score DESC, p.id
@@ -90,6 +105,20 @@ SELECT d.id, d.node_id, d.text, d.metadata_, s.score,
 FROM scored s JOIN data_chunks d ON d.company_id = :company AND d.id = s.id AND d.is_active IS TRUE
 ORDER BY s.score DESC, s.id
 """)
+
+
+class BM25Options(TypedDict):
+    """bm25_search's ranking options, as the settings give them."""
+
+    k1: float
+    b: float
+    context_weight: float
+    fuzzy: bool
+
+
+def bm25_options(settings: Settings) -> BM25Options:
+    return BM25Options(k1=settings.bm25_k1, b=settings.bm25_b, context_weight=settings.bm25_context_weight,
+                       fuzzy=settings.bm25_fuzzy)
 
 
 @dataclass(frozen=True)
@@ -150,20 +179,48 @@ def _node(row: sa.Row) -> TextNode:
     return node  # type: ignore[return-value]
 
 
-def bm25_search(company_id: str, query: str, k: int, *, k1: float, b: float, embedding: list[float] | None = None,
+def _query_terms(connection: sa.Connection, company_id: str, query: str,
+                 fuzzy: bool) -> tuple[list[_Term], int, int]:
+    """The query's lexemes the company's chunks hold (misspelled ones read as the nearest word
+    they hold, when `fuzzy`), rarest first, with the company's chunk count and total length."""
+    rows = connection.execute(_TERMS, {"company": company_id, "query": query}).all()
+    if not rows:
+        return [], 0, 0
+    chunks, total_length = int(rows[0].chunks), int(rows[0].total_length)
+    found = {row.lexeme: int(row.df) for row in rows if row.df > 0}
+    unknown = [row.lexeme for row in rows if row.df == 0 and max_edits(row.lexeme) > 0] if fuzzy else []
+    if unknown:
+        vocabulary = [(row.lexeme, int(row.df)) for row in connection.execute(_VOCABULARY, {
+            "company": company_id, "initials": sorted({lexeme[0] for lexeme in unknown}),
+            "shortest": min(len(lexeme) - max_edits(lexeme) for lexeme in unknown),
+            "longest": max(len(lexeme) + max_edits(lexeme) for lexeme in unknown)})]
+        for lexeme in unknown:
+            corrected = nearest(lexeme, vocabulary)
+            if corrected is not None:
+                found.setdefault(*corrected)
+    terms = sorted((_Term(lexeme, df, idf(chunks, df)) for lexeme, df in found.items()),
+                   key=lambda t: (t.df, t.lexeme))
+    return terms, chunks, total_length
+
+
+def bm25_search(company_id: str, query: str, k: int, *, k1: float, b: float, context_weight: float = 1.0,
+                fuzzy: bool = False, embedding: list[float] | None = None,
                 posting_budget: int = POSTING_BUDGET) -> list[BM25Hit]:
-    """The company's top-k active chunks by BM25 (ties by chunk id). Call inside `tenant(company_id)`."""
-    params: dict[str, object] = {"company": company_id, "k": int(k), "k1": float(k1), "b": float(b)}
+    """The company's top-k active chunks by BM25 (ties by chunk id). Call inside `tenant(company_id)`.
+
+    `context_weight` counts a query word in the chunk's title or heading path that many times
+    (1: as often as it occurs, like any other word); `fuzzy` reads a query word no chunk holds as
+    the nearest one a chunk does hold (retrieval.spelling)."""
+    params: dict[str, object] = {"company": company_id, "k": int(k), "k1": float(k1), "b": float(b),
+                                 "context_weight": float(context_weight)}
     statement = BM25_STATEMENT
     if embedding is not None:
         statement = BM25_WITH_COSINE_STATEMENT
         params["embedding"] = str([float(x) for x in embedding])
     with read_engine().connect() as connection:
-        rows = connection.execute(_TERMS, {"company": company_id, "query": query}).all()
-        if not rows:
+        terms, chunks, total_length = _query_terms(connection, company_id, query, fuzzy)
+        if not terms:
             return []
-        chunks, total_length = int(rows[0].chunks), int(rows[0].total_length)
-        terms = [_Term(row.lexeme, int(row.df), idf(chunks, int(row.df))) for row in rows]  # rarest first
         params.update(lexemes=[t.lexeme for t in terms], idfs=[t.idf for t in terms],
                       avglen=max(total_length / chunks, 1e-9))
         matched = 1

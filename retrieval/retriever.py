@@ -48,7 +48,7 @@ from core.embeddings import get_embed_model
 from core.search_modes import MODE_NAMES, SearchMode
 from core.settings import Settings
 from core.vector_store import UnscopedQueryError, company_filter, get_vector_store
-from retrieval.bm25 import bm25_search
+from retrieval.bm25 import bm25_options, bm25_search
 from retrieval.fusion import Fusion, fuse
 
 ResultOrder = Literal["similarity", "rank"]
@@ -100,7 +100,7 @@ class TenantRetriever(BaseRetriever):
         self.order: ResultOrder = order
         self.top_k = top_k
         self.threshold = settings.search_threshold if threshold is None else threshold
-        self.bm25_k1, self.bm25_b = settings.bm25_k1, settings.bm25_b
+        self.bm25 = bm25_options(settings)
         self._filters = tenant_filters(company_id)  # built once, from the verified id only
         self._embed_model = embed_model or get_embed_model()
         super().__init__()
@@ -140,7 +140,7 @@ class TenantRetriever(BaseRetriever):
     def _text(self, query_str: str, k: int, embedding: list[float]) -> list[Candidate]:
         if self.text_ranking == "bm25":  # one statement: BM25 order, with each chunk's cosine
             return [Candidate(hit.node, hit.bm25, float(hit.similarity or 0.0))
-                    for hit in bm25_search(self.company_id, query_str, k, k1=self.bm25_k1, b=self.bm25_b,
+                    for hit in bm25_search(self.company_id, query_str, k, **self.bm25,
                                            embedding=embedding)]
         found = self._query_store(VectorStoreQuery(query_str=query_str, similarity_top_k=k, sparse_top_k=k,
                                                    filters=self._filters, mode=VectorStoreQueryMode.TEXT_SEARCH))

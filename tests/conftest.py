@@ -11,10 +11,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from core.settings import get_settings
+
+if TYPE_CHECKING:
+    from retrieval.bm25 import BM25Options
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="ils-rag-test-"))
 os.environ["ENVIRONMENT"] = "test"
@@ -206,11 +210,12 @@ def statements(database: str) -> Iterator[list[str]]:
     sa.event.remove(get_engine(), "before_cursor_execute", record)
 
 
-def bm25_settings() -> dict[str, float]:
-    """BM25_K1 and BM25_B of the configured settings: what the retriever hands `bm25_search`, so a
+def bm25_settings() -> BM25Options:
+    """The BM25 options of the configured settings: what the retriever hands `bm25_search`, so a
     test's direct search ranks as the service does."""
-    settings = get_settings()
-    return {"k1": settings.bm25_k1, "b": settings.bm25_b}
+    from retrieval.bm25 import bm25_options
+
+    return bm25_options(get_settings())
 
 
 @pytest.fixture

@@ -69,19 +69,25 @@ def _recomputed(company_id: str) -> tuple[tuple[int, int], dict[str, int]]:
     return (len(tokens), sum(len(chunk) for chunk in tokens)), df
 
 
-def _chunk_terms(company_id: str) -> tuple[dict[int, tuple[str, int]], dict[int, tuple[str, int]]]:
-    """BM25's narrow copy of the active chunks (id -> tsvector, length) as the triggers keep it,
-    and the same read from the active chunks themselves."""
+Terms = dict[int, tuple[str, int, str]]
+
+
+def _chunk_terms(company_id: str) -> tuple[Terms, Terms]:
+    """BM25's narrow copy of the active chunks (id -> tsvector, length, context tsvector) as the
+    triggers keep it, and the same computed from the active chunks themselves."""
     from core.db.engines import get_engine
     from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:
         kept = connection.execute(sa.text(
-            "SELECT id, tsv::text AS tsv, length FROM bm25_chunk_terms WHERE company_id = :c"), {"c": company_id})
+            "SELECT id, tsv::text AS tsv, length, context_tsv::text AS context FROM bm25_chunk_terms "
+            "WHERE company_id = :c"), {"c": company_id})
         active = connection.execute(sa.text(
-            "SELECT id, text_search_tsv::text AS tsv, text_search_length AS length FROM data_chunks "
+            "SELECT id, text_search_tsv::text AS tsv, text_search_length AS length, "
+            "to_tsvector('english', coalesce(metadata_->>'search_context', ''))::text AS context FROM data_chunks "
             "WHERE company_id = :c AND is_active IS TRUE"), {"c": company_id})
-        return ({row.id: (row.tsv, row.length) for row in kept}, {row.id: (row.tsv, row.length) for row in active})
+        return ({row.id: (row.tsv, row.length, row.context) for row in kept},
+                {row.id: (row.tsv, row.length, row.context) for row in active})
 
 
 def _assert_in_step(company_id: str) -> None:
@@ -185,6 +191,87 @@ def test_query_text_is_a_bound_parameter(company, index_texts, statements) -> No
     bm25 = [s for s in statements if "bm25_terms" in s]
     assert bm25 and all("DROP TABLE" not in s.split(" {", 1)[0] for s in bm25)
     assert all(company.id not in s.split(" {", 1)[0] for s in bm25)
+
+
+def _index_with_context(company, embed_model, items: list[tuple[str, str, str]]) -> list[str]:
+    """One chunk per (filename, text, search context), as ingestion writes a chunk's context."""
+    import uuid
+
+    from llama_index.core.schema import TextNode
+
+    from core.db.tenant_scope import tenant
+    from core.vector_store import get_vector_store
+
+    nodes = []
+    for filename, text, context in items:
+        node = TextNode(id_=str(uuid.uuid4()), text=text, metadata={
+            "company_id": company.id, "source_document_id": uuid.uuid4().hex, "filename": filename,
+            "category": None, "is_active": True, "uploaded_by": None, "search_context": context})
+        node.embedding = embed_model.get_text_embedding(text)
+        nodes.append(node)
+    with tenant(company.id):
+        return get_vector_store().add(nodes)
+
+
+@pytest.mark.parametrize("weight", [1.0, 2.0, 3.5])
+def test_a_word_in_the_title_or_headings_counts_context_weight_times(company, embed_model, weight: float) -> None:
+    """BM25 over text and context, a context occurrence counted `weight` times in tf (the length
+    stays the plain token count): checked term by term against the formula."""
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
+    from retrieval.bm25 import bm25_search, idf
+
+    items = [("care.md", "Rinse lenses in fresh solution every day.", "Contact lens care > Cleaning"),
+             ("fees.md", "Contact lens check-ups cost £25.", "Fees"),
+             ("frames.md", "Frames are adjusted free of charge.", "Frames > Adjustments")]
+    ids = _index_with_context(company, embed_model, items)
+    k1, b = 0.9, 0.4
+    with tenant(company.id):
+        hits = {hit.node.node_id: hit.bm25 for hit in bm25_search(
+            company.id, "contact lens cleaning", 10, k1=k1, b=b, context_weight=weight)}
+        with get_engine().connect() as connection:
+            texts = [_lexemes(connection, text) for _, text, _ in items]
+            contexts = [_lexemes(connection, context) for _, _, context in items]
+            query = sorted(set(_lexemes(connection, "contact lens cleaning")))
+    lengths = [len(t) + len(c) for t, c in zip(texts, contexts, strict=True)]
+    average = sum(lengths) / len(lengths)
+    expected: dict[str, float] = {}
+    for i, node_id in enumerate(ids):
+        score = 0.0
+        for lexeme in query:
+            df = sum(lexeme in t or lexeme in c for t, c in zip(texts, contexts, strict=True))
+            tf = texts[i].count(lexeme) + weight * contexts[i].count(lexeme)
+            if tf:
+                score += idf(len(items), df) * tf / (tf + k1 * (1 - b + b * lengths[i] / average))
+        if score:
+            expected[node_id] = score
+    assert set(hits) == set(expected) == {ids[0], ids[1]}
+    for node_id, score in expected.items():
+        assert hits[node_id] == pytest.approx(score, abs=1e-9)
+    # "cleaning" is only in the care chunk's heading: the heavier the heading, the further it leads
+    assert contexts[0].count("clean") == 1 and "clean" not in texts[0]
+
+
+def test_a_misspelled_word_reads_as_the_companys_nearest_word(make_company, index_texts) -> None:
+    from core.db.tenant_scope import tenant
+    from retrieval.bm25 import bm25_search
+
+    a, b = make_company(), make_company()
+    ids = index_texts(a, HAND_CORPUS)
+    index_texts(b, [("b.txt", "Myopia control for children: atropine drops and special lenses.", None)])
+    options = {**bm25_settings(), "fuzzy": True}
+    with tenant(a.id):
+        misspelled = bm25_search(a.id, "progresive", 5, **options)
+        right = bm25_search(a.id, "progressive", 5, **options)
+        strict = bm25_search(a.id, "progresive", 5, **{**options, "fuzzy": False})
+        # "miopia" is one edit from B's "myopia" but A has no such word: B's vocabulary is not A's
+        other = bm25_search(a.id, "miopia", 5, **options)
+        short = bm25_search(a.id, "tep", 5, **options)  # three letters: no edits (not "tap")
+    assert [h.node.node_id for h in misspelled] == [h.node.node_id for h in right] == [ids[1]]
+    assert misspelled[0].bm25 == pytest.approx(right[0].bm25)
+    assert strict == [] and other == [] and short == []
+    with tenant(b.id):
+        assert len(bm25_search(b.id, "miopia", 5, **options)) == 1
 
 
 def test_text_mode_ranks_by_bm25_with_cosine_scores(company, index_texts) -> None:

@@ -114,7 +114,7 @@ def measure_text(plan: Plan, queries: list[str]) -> dict[str, Any]:
     """`text` mode's store query per bucket: BM25 over the GIN-matched chunks (retrieval.bm25),
     top 10, inside the tenant's scope, as TenantRetriever runs it (without the query embedding)."""
     from core.db.tenant_scope import tenant
-    from retrieval.bm25 import bm25_search
+    from retrieval.bm25 import bm25_options, bm25_search
 
     settings = get_settings()
     out: dict[str, Any] = {}
@@ -123,7 +123,7 @@ def measure_text(plan: Plan, queries: list[str]) -> dict[str, Any]:
         for company, query in items:
             started = time.perf_counter()
             with tenant(company_id(company)):
-                found = bm25_search(company_id(company), queries[query], TOP_K, k1=settings.bm25_k1, b=settings.bm25_b)
+                found = bm25_search(company_id(company), queries[query], TOP_K, **bm25_options(settings))
             latencies.append(time.perf_counter() - started)
             empty += not found
         out[bucket] = {**latency_summary(latencies), "queries": len(items), "empty_share": empty / len(items)}
