@@ -111,10 +111,6 @@ class Settings(BaseSettings):
                            description="BM25 term-frequency saturation of `text` search (higher: repeats count more).")
     bm25_b: float = Field(default=0.4, ge=0.0, le=1.0,
                           description="BM25 length normalisation of `text` search (0: none, 1: full).")
-    bm25_context_weight: float = Field(
-        default=2.0, ge=0.0, le=10.0,
-        description="How many times BM25 counts a query word found in a chunk's document title or heading "
-                    "path (1: like a word of its text).")
     bm25_fuzzy: bool = Field(
         default=True, description="Read a query word no chunk of the company holds as the nearest word one does "
                                   "(1-2 edits, by word length): spelling tolerance of `text` search.")

@@ -9,12 +9,15 @@ scores chunks with Okapi BM25 in Lucene's form (the variant published BM25 basel
 
 - tokens are the lexemes of the `english` text-search configuration, on both sides (the
   chunk's stored tsvector, the query's `to_tsvector`): stemming and stop words as before;
-- `tf` is the number of positions of the lexeme in the chunk's tsvector; `len` is the
-  chunk's token count (`data_chunks.text_search_length`); both are read from the narrow
-  copy `bm25_chunk_terms` (one row per active chunk, migration 0015) rather than the wide
-  chunk rows; `N`, `avglen` and `df_t` are the company's own statistics (`bm25_corpus`,
-  `bm25_terms`, migration 0006), over its active chunks only; all three are kept by triggers
-  on `data_chunks`;
+- `tf` is the number of positions of the lexeme in the chunk's tsvector, where a word of the
+  chunk's document title or heading path (its search context, indexing/chunk_context.py)
+  counts twice (BM25F-style field weighting: such a word says what the whole passage is
+  about); `len` is the chunk's plain token count (`data_chunks.text_search_length`); both are
+  read from the narrow copy `bm25_chunk_terms` (one row per active chunk, migration 0015,
+  which weighs the context when it writes the row) rather than the wide chunk rows; `N`,
+  `avglen` and `df_t` are the company's own statistics (`bm25_corpus`, `bm25_terms`,
+  migration 0006), over its active chunks only; all three are kept by triggers on
+  `data_chunks`;
 - k1 and b are the caller's (the retriever passes its settings' BM25_K1, BM25_B);
 - ties are broken by chunk id, so a ranking never changes between runs.
 
@@ -82,10 +85,7 @@ WITH terms AS (
     SELECT p.id,
            sum(terms.idf * p.tf / (p.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
                + CAST(:b AS float8) * p.length / CAST(:avglen AS float8)))) AS score
-    FROM (
-        SELECT id, length, lexeme, tf + (CAST(:context_weight AS float8) - 1) * context_tf AS tf
-        FROM ils_bm25_postings(CAST(:match AS tsquery), CAST(:lexemes AS text[]))
-    ) AS p
+    FROM ils_bm25_postings(CAST(:match AS tsquery), CAST(:lexemes AS text[])) AS p
     JOIN terms ON terms.lexeme = p.lexeme
     GROUP BY p.id
     ORDER BY score DESC, p.id
@@ -112,13 +112,11 @@ class BM25Options(TypedDict):
 
     k1: float
     b: float
-    context_weight: float
     fuzzy: bool
 
 
 def bm25_options(settings: Settings) -> BM25Options:
-    return BM25Options(k1=settings.bm25_k1, b=settings.bm25_b, context_weight=settings.bm25_context_weight,
-                       fuzzy=settings.bm25_fuzzy)
+    return BM25Options(k1=settings.bm25_k1, b=settings.bm25_b, fuzzy=settings.bm25_fuzzy)
 
 
 @dataclass(frozen=True)
@@ -203,16 +201,13 @@ def _query_terms(connection: sa.Connection, company_id: str, query: str,
     return terms, chunks, total_length
 
 
-def bm25_search(company_id: str, query: str, k: int, *, k1: float, b: float, context_weight: float = 1.0,
-                fuzzy: bool = False, embedding: list[float] | None = None,
+def bm25_search(company_id: str, query: str, k: int, *, k1: float, b: float, fuzzy: bool = False,
+                embedding: list[float] | None = None,
                 posting_budget: int = POSTING_BUDGET) -> list[BM25Hit]:
     """The company's top-k active chunks by BM25 (ties by chunk id). Call inside `tenant(company_id)`.
 
-    `context_weight` counts a query word in the chunk's title or heading path that many times
-    (1: as often as it occurs, like any other word); `fuzzy` reads a query word no chunk holds as
-    the nearest one a chunk does hold (retrieval.spelling)."""
-    params: dict[str, object] = {"company": company_id, "k": int(k), "k1": float(k1), "b": float(b),
-                                 "context_weight": float(context_weight)}
+    `fuzzy` reads a query word no chunk holds as the nearest one a chunk does hold (retrieval.spelling)."""
+    params: dict[str, object] = {"company": company_id, "k": int(k), "k1": float(k1), "b": float(b)}
     statement = BM25_STATEMENT
     if embedding is not None:
         statement = BM25_WITH_COSINE_STATEMENT

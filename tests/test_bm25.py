@@ -69,25 +69,23 @@ def _recomputed(company_id: str) -> tuple[tuple[int, int], dict[str, int]]:
     return (len(tokens), sum(len(chunk) for chunk in tokens)), df
 
 
-Terms = dict[int, tuple[str, int, str]]
+Terms = dict[int, tuple[str, int]]
 
 
 def _chunk_terms(company_id: str) -> tuple[Terms, Terms]:
-    """BM25's narrow copy of the active chunks (id -> tsvector, length, context tsvector) as the
-    triggers keep it, and the same computed from the active chunks themselves."""
+    """BM25's narrow copy of the active chunks (id -> tsvector with the context counted twice,
+    length) as the triggers keep it, and the same computed from the active chunks themselves."""
     from core.db.engines import get_engine
     from core.db.tenant_scope import tenant
 
     with tenant(company_id), get_engine().connect() as connection:
         kept = connection.execute(sa.text(
-            "SELECT id, tsv::text AS tsv, length, context_tsv::text AS context FROM bm25_chunk_terms "
-            "WHERE company_id = :c"), {"c": company_id})
+            "SELECT id, tsv::text AS tsv, length FROM bm25_chunk_terms WHERE company_id = :c"), {"c": company_id})
         active = connection.execute(sa.text(
-            "SELECT id, text_search_tsv::text AS tsv, text_search_length AS length, "
-            "to_tsvector('english', coalesce(metadata_->>'search_context', ''))::text AS context FROM data_chunks "
-            "WHERE company_id = :c AND is_active IS TRUE"), {"c": company_id})
-        return ({row.id: (row.tsv, row.length, row.context) for row in kept},
-                {row.id: (row.tsv, row.length, row.context) for row in active})
+            "SELECT id, (text_search_tsv || to_tsvector('english', coalesce(metadata_->>'search_context', '')))::text "
+            "AS tsv, text_search_length AS length FROM data_chunks WHERE company_id = :c AND is_active IS TRUE"),
+            {"c": company_id})
+        return ({row.id: (row.tsv, row.length) for row in kept}, {row.id: (row.tsv, row.length) for row in active})
 
 
 def _assert_in_step(company_id: str) -> None:
@@ -213,10 +211,9 @@ def _index_with_context(company, embed_model, items: list[tuple[str, str, str]])
         return get_vector_store().add(nodes)
 
 
-@pytest.mark.parametrize("weight", [1.0, 2.0, 3.5])
-def test_a_word_in_the_title_or_headings_counts_context_weight_times(company, embed_model, weight: float) -> None:
-    """BM25 over text and context, a context occurrence counted `weight` times in tf (the length
-    stays the plain token count): checked term by term against the formula."""
+def test_a_word_in_the_title_or_headings_counts_twice(company, embed_model) -> None:
+    """BM25 over text and context, a context occurrence counted twice in tf (the length stays the
+    plain token count): checked term by term against the formula."""
     from core.db.engines import get_engine
     from core.db.tenant_scope import tenant
     from retrieval.bm25 import bm25_search, idf
@@ -228,7 +225,7 @@ def test_a_word_in_the_title_or_headings_counts_context_weight_times(company, em
     k1, b = 0.9, 0.4
     with tenant(company.id):
         hits = {hit.node.node_id: hit.bm25 for hit in bm25_search(
-            company.id, "contact lens cleaning", 10, k1=k1, b=b, context_weight=weight)}
+            company.id, "contact lens cleaning", 10, k1=k1, b=b)}
         with get_engine().connect() as connection:
             texts = [_lexemes(connection, text) for _, text, _ in items]
             contexts = [_lexemes(connection, context) for _, _, context in items]
@@ -240,7 +237,7 @@ def test_a_word_in_the_title_or_headings_counts_context_weight_times(company, em
         score = 0.0
         for lexeme in query:
             df = sum(lexeme in t or lexeme in c for t, c in zip(texts, contexts, strict=True))
-            tf = texts[i].count(lexeme) + weight * contexts[i].count(lexeme)
+            tf = texts[i].count(lexeme) + 2 * contexts[i].count(lexeme)
             if tf:
                 score += idf(len(items), df) * tf / (tf + k1 * (1 - b + b * lengths[i] / average))
         if score:
@@ -248,8 +245,7 @@ def test_a_word_in_the_title_or_headings_counts_context_weight_times(company, em
     assert set(hits) == set(expected) == {ids[0], ids[1]}
     for node_id, score in expected.items():
         assert hits[node_id] == pytest.approx(score, abs=1e-9)
-    # "cleaning" is only in the care chunk's heading: the heavier the heading, the further it leads
-    assert contexts[0].count("clean") == 1 and "clean" not in texts[0]
+    assert contexts[0].count("clean") == 1 and "clean" not in texts[0]  # only in the care chunk's heading
 
 
 def test_a_misspelled_word_reads_as_the_companys_nearest_word(make_company, index_texts) -> None:

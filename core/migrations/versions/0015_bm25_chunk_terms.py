@@ -6,12 +6,15 @@ third of a large company's chunks, so the candidate lookup and the scoring each 
 per candidate: 10,000 pages for a 20k-chunk company, 30-45 ms of a text search. The scoring
 needs only a chunk's tsvector and length, so they get a table of their own:
 
-- `bm25_chunk_terms (company_id, id, tsv, length, context_tsv)`: one row per *active* chunk,
-  keyed like `data_chunks` (company first, so it is distributed with it), GIN-indexed on
-  `tsv`; rows of a company sit together in the primary key, about eight times as many to a
-  page. `context_tsv` is the tsvector of the chunk's search context alone (document title and
-  heading path, `metadata_->>'search_context'`, a few words), so BM25 can weigh a query word
-  found in a chunk's title or headings above one in its body (retrieval/bm25.py);
+- `bm25_chunk_terms (company_id, id, tsv, length)`: one row per *active* chunk, keyed like
+  `data_chunks` (company first, so it is distributed with it), GIN-indexed on `tsv`; rows of a
+  company sit together in the primary key, about eight times as many to a page;
+- `tsv` is the chunk's `text_search_tsv` (its text and search context) with the search context
+  (document title and heading path, `metadata_->>'search_context'`, a few words) added once
+  more, so a query word in a chunk's title or headings counts twice in BM25's term frequency
+  (CONTEXT_WEIGHT; the README's retrieval section has the study that chose it). It is weighed here, when
+  the row is written, rather than at query time: a second tsvector per candidate made a
+  large company's text search half as slow again. `length` stays the plain token count;
 - kept by statement-level AFTER triggers on `data_chunks` beside migration 0006's statistics
   triggers (insert, delete, and an update that changes a chunk's activity or tsvector; a
   TRUNCATE empties it), so every write path keeps it without knowing, and a rolled-back or
@@ -20,9 +23,9 @@ needs only a chunk's tsvector and length, so they get a table of their own:
 
 `ils_bm25_postings(tsquery, text[])` replaces 0006's `ils_bm25_matches`: for the active chunks
 of the caller's verified tenant matching the tsquery, it returns one row per (chunk, query
-lexeme) with the lexeme's term frequency in the whole chunk and in its context, and the
-chunk's length: everything BM25 needs, in one read of the narrow table. It runs as the owner
-for the reason 0006 gives (row-level security keeps an index from evaluating the
+lexeme) with the lexeme's (context-weighted) term frequency and the chunk's length:
+everything BM25 needs, in one read of the narrow table. It runs as the owner for the reason
+0006 gives (row-level security keeps an index from evaluating the
 non-leakproof `@@`) and filters on the same copied tenant predicate. `data_chunks_tsv_idx`,
 whose only reader was the old lookup, is dropped: ingestion maintains one text-search GIN
 index, as before.
@@ -48,7 +51,10 @@ TABLE = "bm25_chunk_terms"
 # Three branches, each reading only the transition tables its event defines. An UPDATE first
 # drops the rows of chunks that stopped counting or changed their tsvector, then adds the rows
 # of chunks that now count with their new tsvector (a company-id change is both).
-CONTEXT_TSV = "to_tsvector('english', coalesce({row}.metadata_->>'search_context', ''))"
+# How many times a word of the chunk's title or heading path counts (text_search_tsv has it once).
+CONTEXT_WEIGHT = 2
+WEIGHTED_TSV = ("{row}.text_search_tsv" + " || to_tsvector('english', coalesce({row}.metadata_->>'search_context', ''))"
+                * (CONTEXT_WEIGHT - 1))
 
 TRIGGER_FUNCTION = """
     CREATE FUNCTION ils_bm25_chunk_terms_changed() RETURNS trigger
@@ -57,8 +63,8 @@ TRIGGER_FUNCTION = """
     AS $$
     BEGIN
         IF TG_OP = 'INSERT' THEN
-            INSERT INTO bm25_chunk_terms (company_id, id, tsv, length, context_tsv)
-            SELECT n.company_id, n.id, n.text_search_tsv, n.text_search_length, {context_n}
+            INSERT INTO bm25_chunk_terms (company_id, id, tsv, length)
+            SELECT n.company_id, n.id, {weighted_n}, n.text_search_length
             FROM terms_new n WHERE n.is_active IS TRUE;
         ELSIF TG_OP = 'DELETE' THEN
             DELETE FROM bm25_chunk_terms t USING terms_old o
@@ -68,8 +74,8 @@ TRIGGER_FUNCTION = """
             USING terms_old o LEFT JOIN terms_new n ON n.company_id = o.company_id AND n.id = o.id
             WHERE t.company_id = o.company_id AND t.id = o.id AND o.is_active IS TRUE
               AND (n.id IS NULL OR n.is_active IS NOT TRUE OR n.text_search_tsv IS DISTINCT FROM o.text_search_tsv);
-            INSERT INTO bm25_chunk_terms (company_id, id, tsv, length, context_tsv)
-            SELECT n.company_id, n.id, n.text_search_tsv, n.text_search_length, {context_n}
+            INSERT INTO bm25_chunk_terms (company_id, id, tsv, length)
+            SELECT n.company_id, n.id, {weighted_n}, n.text_search_length
             FROM terms_new n LEFT JOIN terms_old o ON o.company_id = n.company_id AND o.id = n.id
             WHERE n.is_active IS TRUE AND (o.id IS NULL OR o.is_active IS NOT TRUE
                                            OR o.text_search_tsv IS DISTINCT FROM n.text_search_tsv);
@@ -77,7 +83,7 @@ TRIGGER_FUNCTION = """
         RETURN NULL;
     END
     $$
-""".replace("{context_n}", CONTEXT_TSV.format(row="n"))
+""".replace("{weighted_n}", WEIGHTED_TSV.format(row="n"))
 
 TRUNCATE_FUNCTION = """
     CREATE FUNCTION ils_bm25_chunk_terms_truncated() RETURNS trigger
@@ -114,15 +120,12 @@ def _postings_function(using: str) -> str:
     and the lexemes are its only parameters. Only the query's lexemes are kept from each
     tsvector: they are marked (weight A) and the marked ones unnested."""
     statement = (
-        "SELECT t.id, t.length, u.lexeme, cardinality(u.positions), coalesce(cardinality(c.positions), 0) "
-        "FROM " + TABLE + " t "
+        "SELECT t.id, t.length, u.lexeme, cardinality(u.positions) FROM " + TABLE + " t "
         "CROSS JOIN LATERAL unnest(ts_filter(setweight(t.tsv, 'A', $2), '{a}')) AS u "
-        "LEFT JOIN LATERAL unnest(ts_filter(setweight(t.context_tsv, 'A', $2), '{a}')) AS c "
-        "ON c.lexeme = u.lexeme "
         "WHERE (" + using + ") AND t.tsv @@ $1 AND u.lexeme = ANY($2)")
     return f"""
         CREATE FUNCTION ils_bm25_postings(p_match tsquery, p_lexemes text[])
-        RETURNS TABLE (id bigint, length integer, lexeme text, tf integer, context_tf integer)
+        RETURNS TABLE (id bigint, length integer, lexeme text, tf integer)
         LANGUAGE plpgsql STABLE SECURITY DEFINER
         SET search_path = public, pg_temp
         AS $fn$
@@ -167,7 +170,6 @@ def upgrade() -> None:
             id bigint NOT NULL,
             tsv tsvector NOT NULL,
             length integer NOT NULL,
-            context_tsv tsvector NOT NULL,
             PRIMARY KEY (company_id, id)
         )
     """)
@@ -177,8 +179,8 @@ def upgrade() -> None:
     op.execute(f"CREATE POLICY tenant_isolation ON {TABLE} USING ({using}) WITH CHECK ({check})")
     op.execute(f"CREATE POLICY owner_maintenance ON {TABLE} TO CURRENT_USER USING (true) WITH CHECK (true)")
 
-    op.execute(f"INSERT INTO {TABLE} (company_id, id, tsv, length, context_tsv) "
-               f"SELECT d.company_id, d.id, d.text_search_tsv, d.text_search_length, {CONTEXT_TSV.format(row='d')} "
+    op.execute(f"INSERT INTO {TABLE} (company_id, id, tsv, length) "
+               f"SELECT d.company_id, d.id, {WEIGHTED_TSV.format(row='d')}, d.text_search_length "
                "FROM data_chunks d WHERE d.is_active IS TRUE")
     op.execute(f"CREATE INDEX {TABLE}_tsv_idx ON {TABLE} USING gin (tsv)")
     op.execute(f"ANALYZE {TABLE}")
