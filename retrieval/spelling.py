@@ -32,15 +32,18 @@ FUZZY_MIN_LENGTH = 4
 FUZZY_TWO_EDITS_LENGTH = 7
 
 
-def max_edits(lexeme: str) -> int:
-    if len(lexeme) < FUZZY_MIN_LENGTH:
+def max_edits(lexeme: str, auto: tuple[int, int] = (FUZZY_MIN_LENGTH, FUZZY_TWO_EDITS_LENGTH)) -> int:
+    """Edits allowed for a word of this length; `auto` is (one edit from, two edits from), as
+    Elasticsearch's `AUTO:low,high` (its default, 3,6, is studied in evals/bm25_study.py)."""
+    if len(lexeme) < auto[0]:
         return 0
-    return 1 if len(lexeme) < FUZZY_TWO_EDITS_LENGTH else 2
+    return 1 if len(lexeme) < auto[1] else 2
 
 
-def nearest(lexeme: str, vocabulary: Iterable[tuple[str, int]]) -> tuple[str, int] | None:
+def nearest(lexeme: str, vocabulary: Iterable[tuple[str, int]],
+            auto: tuple[int, int] = (FUZZY_MIN_LENGTH, FUZZY_TWO_EDITS_LENGTH)) -> tuple[str, int] | None:
     """The (word, chunk count) of `vocabulary` that `lexeme` most likely misspells, or None."""
-    limit = max_edits(lexeme)
+    limit = max_edits(lexeme, auto)
     if limit == 0:
         return None
     best: tuple[int, int, str] | None = None
