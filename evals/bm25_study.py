@@ -25,7 +25,6 @@ writes evals/reports/bm25-study.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from core.db.tenant_scope import tenant
 from core.settings import get_settings
 from evals.beir import Dataset, load_dataset
 from evals.metrics import ndcg_at_k
-from evals.report import REPORTS_DIR
+from evals.report import REPORTS_DIR, write_study
 from evals.runner import DOC_DEPTH, cached_embedder, index_corpus, run_queries
 from retrieval.bm25 import idf
 from retrieval.spelling import FUZZY_MIN_LENGTH, FUZZY_TWO_EDITS_LENGTH, nearest
@@ -173,10 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"studying {dataset.name}...")
         study["datasets"][dataset.name] = study_dataset(dataset, console)
     study["seconds"] = time.perf_counter() - started
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "bm25-study.json").write_text(json.dumps(study, indent=2) + "\n")
-    (args.output / "bm25-study.md").write_text(markdown(study))
-    console.print(markdown(study))
+    text = markdown(study)
+    write_study(args.output, "bm25-study", study, text)
+    console.print(text)
 
 
 if __name__ == "__main__":

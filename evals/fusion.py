@@ -34,7 +34,7 @@ from core.db.tenant_scope import tenant
 from core.settings import get_settings
 from evals.beir import Dataset, load_dataset
 from evals.metrics import ndcg_at_k
-from evals.report import REPORTS_DIR
+from evals.report import REPORTS_DIR, write_study
 from evals.runner import CHUNK_DEPTH, DOC_DEPTH, cached_embedder, index_corpus, index_fingerprint
 from retrieval.fusion import Fusion
 from retrieval.fusion import fuse as fuse_rankings
@@ -215,10 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     check_database()
     upgrade()
     study = run_study(args.datasets, console, args.reuse_sides)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "fusion.json").write_text(json.dumps(study, indent=2) + "\n")
-    (args.output / "fusion.md").write_text(markdown(study))
-    console.print(markdown(study))
+    text = markdown(study)
+    write_study(args.output, "fusion", study, text)
+    console.print(text)
 
 
 if __name__ == "__main__":

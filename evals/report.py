@@ -175,3 +175,10 @@ def write_report(report: EvalReport, directory: Path = REPORTS_DIR, name: str | 
     paths["markdown"].write_text(markdown(report))
     chart(report, paths["png"])
     return paths
+
+
+def write_study(directory: Path, name: str, study: dict, text: str) -> None:
+    """A study's figures (`<name>.json`) and its Markdown report (`<name>.md`) in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(study, indent=2) + "\n")
+    (directory / f"{name}.md").write_text(text)
