@@ -100,6 +100,9 @@ def test_set_id_moves_every_row_of_the_company(client, company, make_company, ma
         stats = connection.execute(sa.text("SELECT chunks FROM bm25_corpus WHERE company_id = :c"),
                                    {"c": platform_id}).scalar_one()
         assert stats == 1  # the BM25 statistics moved with the chunk
+        terms = connection.execute(sa.text("SELECT count(*) FROM bm25_chunk_terms WHERE company_id = :c"),
+                                   {"c": platform_id}).scalar_one()
+        assert terms == 1  # and BM25's copy of its terms
         assert connection.execute(sa.text("SELECT companies FROM service_clients WHERE id = :id"),
                                   {"id": credential.id}).scalar_one() == [platform_id]
 

@@ -194,6 +194,8 @@ def ensure_users(companies: int) -> None:
 
 
 def store_size() -> dict[str, float]:
+    """Bytes of the search store: the chunk table with its indexes, and the BM25 tables kept
+    beside it (statistics and the narrow per-chunk terms, with their indexes)."""
     import sqlalchemy as sa
 
     from core.db.owner import get_admin_engine
@@ -201,8 +203,10 @@ def store_size() -> dict[str, float]:
     with get_admin_engine().connect() as connection:  # counts every tenant's rows
         row = connection.execute(sa.text(
             "SELECT pg_total_relation_size('data_chunks'), pg_relation_size('data_chunks'), "
-            "pg_relation_size('data_chunks_embedding_idx'), pg_indexes_size('data_chunks'), count(*) "
-            "FROM data_chunks")).one()
-    total, heap, hnsw, indexes, count = (int(v) for v in row)
+            "pg_relation_size('data_chunks_embedding_idx'), pg_indexes_size('data_chunks'), "
+            "pg_total_relation_size('bm25_chunk_terms') + pg_total_relation_size('bm25_terms') "
+            "+ pg_total_relation_size('bm25_corpus'), count(*) FROM data_chunks")).one()
+    chunks_total, heap, hnsw, indexes, bm25, count = (int(v) for v in row)
+    total = chunks_total + bm25
     return {"total_bytes": total, "heap_bytes": heap, "hnsw_bytes": hnsw, "indexes_bytes": indexes,
-            "bytes_per_chunk": total / max(count, 1), "chunks_per_gb": count / (total / 1e9)}
+            "bm25_bytes": bm25, "bytes_per_chunk": total / max(count, 1), "chunks_per_gb": count / (total / 1e9)}

@@ -68,8 +68,9 @@ def _store_lines(result: dict[str, Any]) -> list[str]:
         return []
     return [f"Store: {store['chunks']:,} chunks over {store['companies']} companies (largest "
             f"{store['largest_share'] * 100:.1f}%, smallest {store['smallest']} chunks), "
-            f"{store['size']['total_bytes'] / 1e6:.0f} MB with indexes = {store['size']['bytes_per_chunk']:.0f} "
-            f"B/chunk ({store['size']['chunks_per_gb']:,.0f} chunks/GB); text: {store.get('corpus', 'SciFact')}. "
+            f"{store['size']['total_bytes'] / 1e6:.0f} MB with indexes and BM25 tables = "
+            f"{store['size']['bytes_per_chunk']:.0f} B/chunk ({store['size']['chunks_per_gb']:,.0f} chunks/GB); "
+            f"text: {store.get('corpus', 'SciFact')}. "
             f"Embedding runtime: `{result['embedding_runtime']}`."]
 
 
