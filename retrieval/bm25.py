@@ -31,15 +31,17 @@ answer is exact. Otherwise the next rarest lexeme joins the match and the statem
 again, up to the whole query. "Can I swim in my contact lenses?" then reads the chunks with
 "swim", not every chunk with "lens".
 
-Two statements, both bound-parameter only and run inside the caller's tenant scope, so
+Every statement is bound-parameter only and runs inside the caller's tenant scope, so
 row-level security applies to the chunks and the statistics alike: one reads the query's
-lexemes with their statistics, the other scores. The GIN match itself goes through
-`ils_bm25_postings` (migration 0015: row-level security would otherwise keep the index from
-evaluating `@@`), which returns, for the verified tenant's matching chunks only, each query
-lexeme's term frequency and the chunk's length; its tsquery is a bound value (the lexemes
-Postgres itself returned, each one quoted as a tsquery literal). Only the top k are then read
-from `data_chunks`; with a query embedding, each of those rows also carries its cosine
-similarity, so the retriever needs no second round trip for it.
+lexemes with their statistics, one (only when a query word is unknown to the company) reads
+the candidate words for its correction, and the scoring statement runs once per match size.
+The GIN match itself goes through `ils_bm25_postings` (migration 0015: row-level security
+would otherwise keep the index from evaluating `@@`), which returns, for the verified
+tenant's matching chunks only, each query lexeme's term frequency and the chunk's length;
+its tsquery is a bound value (the lexemes Postgres itself returned, each one quoted as a
+tsquery literal). Only the top k are then read from `data_chunks`; with a query embedding,
+each of those rows also carries its cosine similarity, so the retriever needs no second
+round trip for it.
 """
 
 from __future__ import annotations
@@ -68,14 +70,16 @@ FROM bm25_corpus c
 CROSS JOIN unnest(tsvector_to_array(to_tsvector('english', CAST(:query AS text)))) AS q(lexeme)
 LEFT JOIN bm25_terms t ON t.company_id = c.company_id AND t.lexeme = q.lexeme AND t.df > 0
 WHERE c.company_id = :company AND c.chunks > 0
-ORDER BY df, q.lexeme
 """)
 
-# The company's words a misspelled lexeme may stand for (retrieval.spelling): same first letter, similar length.
+# The company's words a misspelled lexeme may stand for (retrieval.spelling): same first letter,
+# similar length. Each initial is also a key range (initial <= lexeme < the next character), so
+# the primary key reads only those words; `left()` keeps the answer exact under any collation.
 _VOCABULARY = sa.text("""
-SELECT lexeme, df FROM bm25_terms
-WHERE company_id = :company AND df > 0 AND left(lexeme, 1) = ANY(CAST(:initials AS text[]))
-  AND length(lexeme) BETWEEN :shortest AND :longest
+SELECT t.lexeme, t.df
+FROM unnest(CAST(:initials AS text[]), CAST(:nexts AS text[])) AS r(initial, next)
+JOIN bm25_terms t ON t.company_id = :company AND t.lexeme >= r.initial AND t.lexeme < r.next
+WHERE t.df > 0 AND left(t.lexeme, 1) = r.initial AND length(t.lexeme) BETWEEN :shortest AND :longest
 """)
 
 _SCORED = """
@@ -188,8 +192,9 @@ def _query_terms(connection: sa.Connection, company_id: str, query: str,
     found = {row.lexeme: int(row.df) for row in rows if row.df > 0}
     unknown = [row.lexeme for row in rows if row.df == 0 and max_edits(row.lexeme) > 0] if fuzzy else []
     if unknown:
+        initials = sorted({lexeme[0] for lexeme in unknown})
         vocabulary = [(row.lexeme, int(row.df)) for row in connection.execute(_VOCABULARY, {
-            "company": company_id, "initials": sorted({lexeme[0] for lexeme in unknown}),
+            "company": company_id, "initials": initials, "nexts": [chr(ord(i) + 1) for i in initials],
             "shortest": min(len(lexeme) - max_edits(lexeme) for lexeme in unknown),
             "longest": max(len(lexeme) + max_edits(lexeme) for lexeme in unknown)})]
         for lexeme in unknown:

@@ -5,8 +5,9 @@ Why: staff type "progresive lenses price", "retrun glasses", "dry eye asessment"
 stems those to lexemes no chunk holds, so BM25 ranks on the remaining common words and the
 telling one is lost (the vector side copes; the text side did not). Search engines answer
 this with edit-distance matching of query terms (Elasticsearch's `fuzziness: AUTO`), and this
-module does the same, only for words the company's vocabulary lacks, so a correctly spelled
-query is never changed:
+module does the same, only for words the company's vocabulary lacks: a word some chunk of the
+company holds is never changed. A word none holds (a misspelling, or a real word no document
+of the company uses) is read as the nearest word one does hold, when one is within reach:
 
 - edits allowed by the length of the stemmed word, as `AUTO` does: none below
   FUZZY_MIN_LENGTH characters, one below FUZZY_TWO_EDITS_LENGTH, two from there on;
@@ -15,6 +16,8 @@ query is never changed:
   `rapidfuzz`;
 - the first letter must match (Lucene's prefix length 1: misspellings rarely start wrong,
   and it keeps the candidate list to one letter's words of one company);
+- a word with a digit in it (a year, a price, a model number: "2019", "x200") is never
+  corrected: a number one edit away is another number, not a typo's intent;
 - of the words within reach, the closest wins, then the one more chunks contain, then the
   alphabetically first, so a query always reads the same way.
 
@@ -35,7 +38,7 @@ FUZZY_TWO_EDITS_LENGTH = 7
 def max_edits(lexeme: str, auto: tuple[int, int] = (FUZZY_MIN_LENGTH, FUZZY_TWO_EDITS_LENGTH)) -> int:
     """Edits allowed for a word of this length; `auto` is (one edit from, two edits from), as
     Elasticsearch's `AUTO:low,high` (its default, 3,6, is studied in evals/bm25_study.py)."""
-    if len(lexeme) < auto[0]:
+    if len(lexeme) < auto[0] or any(character.isdigit() for character in lexeme):
         return 0
     return 1 if len(lexeme) < auto[1] else 2
 

@@ -170,12 +170,17 @@ def test_pruned_top_k_equals_scoring_every_match(company, index_texts) -> None:
               ("goggles.txt", "Prescription swimming goggles are available to order.", None)]
     index_texts(company, texts)
     with tenant(company.id):
-        for query in ("can I swim in my contact lenses?", "lenses frames patient", "goggles lens note 7"):
+        # the last query's "goggels" is read as "goggl" (retrieval.spelling) before the match
+        for query in ("can I swim in my contact lenses?", "lenses frames patient", "goggles lens note 7",
+                      "goggels lens note 7"):
             for k in (1, 3, 10):
                 pruned = bm25_search(company.id, query, k, posting_budget=1, **bm25_settings())
                 full = bm25_search(company.id, query, k, posting_budget=10**9, **bm25_settings())
                 assert [(h.node.node_id, round(h.bm25, 9)) for h in pruned] == \
                     [(h.node.node_id, round(h.bm25, 9)) for h in full], (query, k)
+        misspelled = bm25_search(company.id, "goggels lens note 7", 10, **bm25_settings())
+        right = bm25_search(company.id, "goggles lens note 7", 10, **bm25_settings())
+    assert [h.node.node_id for h in misspelled] == [h.node.node_id for h in right]
 
 
 def test_query_text_is_a_bound_parameter(company, index_texts, statements) -> None:
@@ -484,6 +489,28 @@ def test_bm25_postings_return_only_the_verified_tenants_chunks(make_company, ind
             "SELECT array_to_string(proacl, ',') FROM pg_proc WHERE proname = 'ils_bm25_postings'")).scalar()
     grantees = {entry.split("=", 1)[0] for entry in acl.split(",")}
     assert "" not in grantees and "ils_auth" not in grantees and "ils_app" in grantees  # no PUBLIC execute
+
+
+def test_words_moved_into_the_headings_are_counted_twice_at_once(company, index_texts) -> None:
+    """An update that moves words from a chunk's text to its search context may leave the
+    combined tsvector as it was ("Lens lens" + "" and "Lens" + "lens" index alike), yet BM25's
+    copy counts context words twice, so it must follow."""
+    from core.db.engines import get_engine
+    from core.db.tenant_scope import tenant
+
+    (node_id,) = index_texts(company, [("lens.txt", "Lens lens", None)])
+    with tenant(company.id), get_engine().begin() as connection:
+        before = connection.execute(sa.text("SELECT text_search_tsv::text FROM data_chunks WHERE company_id = :c "
+                                            "AND node_id = :n"), {"c": company.id, "n": node_id}).scalar_one()
+        connection.execute(sa.text(
+            "UPDATE data_chunks SET text = 'Lens', metadata_ = jsonb_set(metadata_, '{search_context}', '\"lens\"') "
+            "WHERE company_id = :c AND node_id = :n"), {"c": company.id, "n": node_id})
+        after = connection.execute(sa.text("SELECT text_search_tsv::text FROM data_chunks WHERE company_id = :c "
+                                           "AND node_id = :n"), {"c": company.id, "n": node_id}).scalar_one()
+    assert before == after  # the case: nothing the statistics see has changed
+    _assert_in_step(company.id)
+    kept, _ = _chunk_terms(company.id)
+    assert [tsv for tsv, _ in kept.values()] == ["'len':1,2,3"]  # once in the text, twice in the context
 
 
 def test_truncate_empties_the_statistics_with_the_chunks(company, index_texts) -> None:

@@ -49,8 +49,10 @@ APP_ROLE = "ils_app"
 TABLE = "bm25_chunk_terms"
 
 # Three branches, each reading only the transition tables its event defines. An UPDATE first
-# drops the rows of chunks that stopped counting or changed their tsvector, then adds the rows
-# of chunks that now count with their new tsvector (a company-id change is both).
+# drops the rows of chunks that stopped counting or changed their tsvector or search context
+# (the context is counted twice here: words moved between text and context change the copy
+# even where the combined tsvector stays the same), then adds the rows of chunks that now
+# count with their new terms (a company-id change is both).
 # How many times a word of the chunk's title or heading path counts (text_search_tsv has it once).
 CONTEXT_WEIGHT = 2
 WEIGHTED_TSV = ("{row}.text_search_tsv" + " || to_tsvector('english', coalesce({row}.metadata_->>'search_context', ''))"
@@ -73,12 +75,15 @@ TRIGGER_FUNCTION = """
             DELETE FROM bm25_chunk_terms t
             USING terms_old o LEFT JOIN terms_new n ON n.company_id = o.company_id AND n.id = o.id
             WHERE t.company_id = o.company_id AND t.id = o.id AND o.is_active IS TRUE
-              AND (n.id IS NULL OR n.is_active IS NOT TRUE OR n.text_search_tsv IS DISTINCT FROM o.text_search_tsv);
+              AND (n.id IS NULL OR n.is_active IS NOT TRUE OR n.text_search_tsv IS DISTINCT FROM o.text_search_tsv
+                   OR n.metadata_->>'search_context' IS DISTINCT FROM o.metadata_->>'search_context');
             INSERT INTO bm25_chunk_terms (company_id, id, tsv, length)
             SELECT n.company_id, n.id, {weighted_n}, n.text_search_length
             FROM terms_new n LEFT JOIN terms_old o ON o.company_id = n.company_id AND o.id = n.id
             WHERE n.is_active IS TRUE AND (o.id IS NULL OR o.is_active IS NOT TRUE
-                                           OR o.text_search_tsv IS DISTINCT FROM n.text_search_tsv);
+                                           OR o.text_search_tsv IS DISTINCT FROM n.text_search_tsv
+                                           OR o.metadata_->>'search_context'
+                                              IS DISTINCT FROM n.metadata_->>'search_context');
         END IF;
         RETURN NULL;
     END
@@ -164,6 +169,9 @@ def _revision_0006() -> ModuleType:
 
 
 def upgrade() -> None:
+    # No chunk write may commit between the copy below and the triggers' creation: it would be
+    # counted in the statistics (migration 0006's triggers are live) but missing from the copy.
+    op.execute("LOCK TABLE data_chunks IN SHARE ROW EXCLUSIVE MODE")
     op.execute(f"""
         CREATE TABLE {TABLE} (
             company_id varchar(64) NOT NULL,
