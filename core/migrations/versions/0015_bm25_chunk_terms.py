@@ -12,12 +12,13 @@ needs only a chunk's tsvector and length, so they get a table of their own:
 - `tsv` is the chunk's `text_search_tsv` (its text and search context) with the search context
   (document title and heading path, `metadata_->>'search_context'`, a few words) added once
   more, so a query word in a chunk's title or headings counts twice in BM25's term frequency
-  (CONTEXT_WEIGHT; the README's retrieval section has the study that chose it). It is weighed here, when
-  the row is written, rather than at query time: a second tsvector per candidate made a
-  large company's text search half as slow again. `length` stays the plain token count;
+  (CONTEXT_WEIGHT; the README's retrieval section has the study that chose it). It is
+  weighed here, when the row is written, rather than at query time: a second tsvector per
+  candidate made a large company's text search half as slow again. `length` stays the
+  plain token count;
 - kept by statement-level AFTER triggers on `data_chunks` beside migration 0006's statistics
-  triggers (insert, delete, and an update that changes a chunk's activity or tsvector; a
-  TRUNCATE empties it), so every write path keeps it without knowing, and a rolled-back or
+  triggers (insert, delete, and an update that changes a chunk's activity, tsvector or search
+  context; a TRUNCATE empties it), so every write path keeps it without knowing, and a rolled-back or
   killed ingest takes its rows with it;
 - row-level security with the very policy `data_chunks` has (copied from the catalog).
 
@@ -25,10 +26,10 @@ needs only a chunk's tsvector and length, so they get a table of their own:
 of the caller's verified tenant matching the tsquery, it returns one row per (chunk, query
 lexeme) with the lexeme's (context-weighted) term frequency and the chunk's length:
 everything BM25 needs, in one read of the narrow table. It runs as the owner for the reason
-0006 gives (row-level security keeps an index from evaluating the
-non-leakproof `@@`) and filters on the same copied tenant predicate. `data_chunks_tsv_idx`,
-whose only reader was the old lookup, is dropped: ingestion maintains one text-search GIN
-index, as before.
+0006 gives (row-level security keeps an index from evaluating the non-leakproof `@@`) and
+filters on the same copied tenant predicate. `data_chunks_tsv_idx`, whose only reader was
+the old lookup, is dropped: ingestion maintains one text-search GIN index, as before. The
+upgrade holds off chunk writes while it copies the existing rows and creates the triggers.
 
 Revision ID: 0015
 """
@@ -48,16 +49,16 @@ depends_on = None
 APP_ROLE = "ils_app"
 TABLE = "bm25_chunk_terms"
 
-# Three branches, each reading only the transition tables its event defines. An UPDATE first
-# drops the rows of chunks that stopped counting or changed their tsvector or search context
-# (the context is counted twice here: words moved between text and context change the copy
-# even where the combined tsvector stays the same), then adds the rows of chunks that now
-# count with their new terms (a company-id change is both).
 # How many times a word of the chunk's title or heading path counts (text_search_tsv has it once).
 CONTEXT_WEIGHT = 2
 WEIGHTED_TSV = ("{row}.text_search_tsv" + " || to_tsvector('english', coalesce({row}.metadata_->>'search_context', ''))"
                 * (CONTEXT_WEIGHT - 1))
 
+# Three branches, each reading only the transition tables its event defines. An UPDATE first
+# drops the rows of chunks that stopped counting or changed their tsvector or search context
+# (the context is counted twice here: words moved between text and context change the copy
+# even where the combined tsvector stays the same), then adds the rows of chunks that now
+# count with their new terms (a company-id change is both).
 TRIGGER_FUNCTION = """
     CREATE FUNCTION ils_bm25_chunk_terms_changed() RETURNS trigger
     LANGUAGE plpgsql
