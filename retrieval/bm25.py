@@ -74,7 +74,9 @@ WHERE c.company_id = :company AND c.chunks > 0
 
 # The company's words a misspelled lexeme may stand for (retrieval.spelling): same first letter,
 # similar length. Each initial is also a key range (initial <= lexeme < the next character), so
-# the primary key reads only those words; `left()` keeps the answer exact under any collation.
+# the primary key reads only those words. Under the C collation (the embedded server's) the range
+# holds exactly the words with that initial; under a linguistic one, a word that sorts outside it
+# is only a correction not offered, and `left()` keeps out any word of another initial.
 _VOCABULARY = sa.text("""
 SELECT t.lexeme, t.df
 FROM unnest(CAST(:initials AS text[]), CAST(:nexts AS text[])) AS r(initial, next)

@@ -227,13 +227,18 @@ def index_texts(database: str, embed_model):
     from core.db.tenant_scope import tenant
     from core.vector_store import get_vector_store
 
-    def _index(company, items: list[tuple[str, str, str | None]], *, active: bool = True) -> list[str]:
+    def _index(company, items: list[tuple[str, str, str | None]], *, active: bool = True,
+               contexts: list[str] | None = None) -> list[str]:
+        """`contexts`: each chunk's search context (document title and heading path), as
+        ingestion writes it with CHUNK_CONTEXT including `text`."""
         nodes = []
-        for filename, text, category in items:
+        for n, (filename, text, category) in enumerate(items):
             document_id = uuid.uuid4().hex
-            node = TextNode(id_=str(uuid.uuid4()), text=text, metadata={
-                "company_id": company.id, "source_document_id": document_id, "filename": filename,
-                "category": category, "is_active": active, "uploaded_by": None})
+            metadata = {"company_id": company.id, "source_document_id": document_id, "filename": filename,
+                        "category": category, "is_active": active, "uploaded_by": None}
+            if contexts is not None:
+                metadata["search_context"] = contexts[n]
+            node = TextNode(id_=str(uuid.uuid4()), text=text, metadata=metadata)
             node.embedding = embed_model.get_text_embedding(text)
             nodes.append(node)
         with tenant(company.id):

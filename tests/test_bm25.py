@@ -196,27 +196,7 @@ def test_query_text_is_a_bound_parameter(company, index_texts, statements) -> No
     assert all(company.id not in s.split(" {", 1)[0] for s in bm25)
 
 
-def _index_with_context(company, embed_model, items: list[tuple[str, str, str]]) -> list[str]:
-    """One chunk per (filename, text, search context), as ingestion writes a chunk's context."""
-    import uuid
-
-    from llama_index.core.schema import TextNode
-
-    from core.db.tenant_scope import tenant
-    from core.vector_store import get_vector_store
-
-    nodes = []
-    for filename, text, context in items:
-        node = TextNode(id_=str(uuid.uuid4()), text=text, metadata={
-            "company_id": company.id, "source_document_id": uuid.uuid4().hex, "filename": filename,
-            "category": None, "is_active": True, "uploaded_by": None, "search_context": context})
-        node.embedding = embed_model.get_text_embedding(text)
-        nodes.append(node)
-    with tenant(company.id):
-        return get_vector_store().add(nodes)
-
-
-def test_a_word_in_the_title_or_headings_counts_twice(company, embed_model) -> None:
+def test_a_word_in_the_title_or_headings_counts_twice(company, index_texts) -> None:
     """BM25 over text and context, a context occurrence counted twice in tf (the length stays the
     plain token count): checked term by term against the formula."""
     from core.db.engines import get_engine
@@ -226,7 +206,8 @@ def test_a_word_in_the_title_or_headings_counts_twice(company, embed_model) -> N
     items = [("care.md", "Rinse lenses in fresh solution every day.", "Contact lens care > Cleaning"),
              ("fees.md", "Contact lens check-ups cost £25.", "Fees"),
              ("frames.md", "Frames are adjusted free of charge.", "Frames > Adjustments")]
-    ids = _index_with_context(company, embed_model, items)
+    ids = index_texts(company, [(filename, text, None) for filename, text, _ in items],
+                      contexts=[context for _, _, context in items])
     k1, b = 0.9, 0.4
     with tenant(company.id):
         hits = {hit.node.node_id: hit.bm25 for hit in bm25_search(
