@@ -258,6 +258,24 @@ class ChatService:
             logger.warning("LLM call failed (%s): %s", error.code, exc)
         return error
 
+    def _without_llm(self, exc: Exception, message: str, turns: list[conversations.Turn],
+                     conversation_id: str | None, started: float) -> ChatResult:
+        """The turn's result when the engine stopped before an answer; called from inside the
+        `except` block, so a re-raise keeps the original exception as its cause.
+
+        One place for both `ask` and `stream`: NothingRelevant is no failure (retrieval found
+        nothing, no LLM call was made); anything else is an LLM failure, which answers
+        extractively when `llm_fallback_extractive` is on and raises the API error otherwise.
+        """
+        if isinstance(exc, NothingRelevant):
+            return self._nothing(exc.query, conversation_id, started)
+        error = self._llm_failed(exc)
+        if not self.settings.llm_fallback_extractive:
+            raise error from exc
+        result = self._extractive(message, turns, conversation_id, started)
+        result.mode = "extractive-fallback"
+        return result
+
     # -- one turn -------------------------------------------------------------------------
     def ask(self, message: str, conversation_id: str | None = None) -> ChatResult:
         started = time.perf_counter()
@@ -274,14 +292,8 @@ class ChatService:
                                     sources=llm_source_list(str(response.response), response.source_nodes),
                                     is_relevant=True, mode="llm",
                                     used_external_ai=True, retrieval_query=query, started=started)
-            except NothingRelevant as nothing:
-                result = self._nothing(nothing.query, conversation_id, started)
             except Exception as exc:
-                error = self._llm_failed(exc)
-                if not self.settings.llm_fallback_extractive:
-                    raise error from exc
-                result = self._extractive(message, turns, conversation_id, started)
-                result.mode = "extractive-fallback"
+                result = self._without_llm(exc, message, turns, conversation_id, started)
         self._store(message, result, conversation_id)
         return result
 
@@ -301,14 +313,8 @@ class ChatService:
                 first = next((token for token in tokens if token), None)
                 if first is None:
                     raise LLMBadResponse(EMPTY_REPLY)
-            except NothingRelevant as nothing:
-                result = self._nothing(nothing.query, conversation_id, started)
             except Exception as exc:
-                error = self._llm_failed(exc)
-                if not self.settings.llm_fallback_extractive:
-                    raise error from exc
-                result = self._extractive(message, turns, conversation_id, started)
-                result.mode = "extractive-fallback"
+                result = self._without_llm(exc, message, turns, conversation_id, started)
             else:
                 return self._stream_llm(message, conversation_id, streaming, tokens, first, started)
         if result is None:
