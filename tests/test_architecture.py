@@ -211,7 +211,40 @@ def test_the_architecture_page_names_only_paths_that_exist() -> None:
     modules_named = {token for token in re.findall(r"`([\w.]+\.py)`", page) if "/" not in token}
     missing += sorted(name for name in modules_named
                       if not any(any((ROOT / package).rglob(name)) for package in PACKAGES))
+    # a dotted name (`retrieval.retriever.TenantRetriever`) must import: a renamed function fails here
+    dotted = set(re.findall(rf"`((?:{'|'.join(PACKAGES)})(?:\.\w+)+)`", page))
+    assert dotted  # the page really names code
+    missing += sorted(name for name in dotted if not resolves(name))
     assert missing == []
+
+
+def resolves(dotted: str) -> bool:
+    """Whether `pkg.module.attr...` names something: the longest importable prefix, then
+    attributes. Imported, not parsed, so a name re-exported by a package counts too."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        module = ".".join(parts[:cut])
+        try:
+            found: object = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if not f"{module}.".startswith(f"{exc.name}."):  # a broken module that exists fails the test
+                raise
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(found, attr):
+                return False
+            found = getattr(found, attr)
+        return True
+    return False
+
+
+def test_dotted_names_resolve_to_code() -> None:
+    assert resolves("retrieval.retriever.TenantRetriever.retrieve")
+    assert resolves("core.db.tenant_scope")
+    assert not resolves("retrieval.retriever.search")
+    assert not resolves("retrieval.nowhere.thing")
 
 
 def test_the_image_copies_every_package_the_wheel_holds() -> None:
