@@ -47,13 +47,12 @@ class Service(Protocol):
         """Run the real revocation check per request, or a no-op in its place."""
 
 
-def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200) -> dict[str, Any]:
+def run_auth_bench(service: Service, settings: Settings, output: Path = RESULT, requests: int = 200) -> dict[str, Any]:
     from auth.rate_limit import limiter_for
     from auth.revocation import check_token_authority
     from auth.sessions import login
     from auth.tokens import decode_access_token
     from auth.users import create_company, create_user
-    from core.settings import get_settings
     from indexing.documents import index_text
 
     with admin_session_scope() as session:
@@ -62,9 +61,9 @@ def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200)
         with tenant(company.id), session_scope() as session:
             user = create_user(session, company.id, f"bench-{uuid.uuid4().hex[:6]}@example.com", PASSWORD, "staff")
         for name, text in TEXTS:
-            index_text(company.id, name, text, settings=get_settings())
-        token = login(user.email, PASSWORD, settings=get_settings()).access_token
-        claims = decode_access_token(token, settings=get_settings())
+            index_text(company.id, name, text, settings=settings)
+        token = login(user.email, PASSWORD, settings=settings).access_token
+        claims = decode_access_token(token, settings=settings)
 
         def check() -> None:
             check_token_authority(company_id=claims.company_id, user_id=claims.user_id, role=claims.role,
@@ -76,15 +75,14 @@ def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200)
 
         # The per-user search limit's own step (RATE_LIMIT_STORAGE, auth.rate_limit): one
         # check-and-record on the shared store, also paid by every search.
-        limiter = limiter_for(get_settings().rate_limit_storage, f"bench.{uuid.uuid4().hex[:8]}", 1_000_000, 60)
+        limiter = limiter_for(settings.rate_limit_storage, f"bench.{uuid.uuid4().hex[:8]}", 1_000_000, 60)
         limit_key = f"{company.id}:{user.id}"
         for _ in range(20):
             limiter.attempt(limit_key)
         limited = [timed_ms(lambda: limiter.attempt(limit_key)) for _ in range(requests)]
         limiter.reset(limit_key)
 
-        settings = get_settings().model_copy(update={"search_rate_per_minute": 1_000_000})
-        client = service.client(settings)
+        client = service.client(settings.model_copy(update={"search_rate_per_minute": 1_000_000}))
         headers = {"Authorization": f"Bearer {token}"}
 
         def search() -> None:
@@ -115,7 +113,7 @@ def run_auth_bench(service: Service, output: Path = RESULT, requests: int = 200)
         "requests": requests,
         "check_alone_ms": stats_ms(direct),
         "rate_limit_attempt_ms": stats_ms(limited),
-        "rate_limit_storage": get_settings().rate_limit_storage.split("://")[0],
+        "rate_limit_storage": settings.rate_limit_storage.split("://")[0],
         "search_with_check_ms": stats_ms(with_check),
         "search_without_check_ms": stats_ms(without_check),
     }

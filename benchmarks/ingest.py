@@ -28,7 +28,7 @@ from benchmarks import RESULTS_DIR
 from benchmarks.throwaway import drop_company
 from core.db.owner import get_admin_engine
 from core.embeddings import embedding_info, get_embed_model
-from core.settings import get_settings
+from core.settings import Settings
 from indexing.chunking import build_splitter, chunk_plan
 from indexing.documents import queue_upload
 from indexing.folder import ingest_folder, list_files
@@ -42,10 +42,9 @@ RESULT = RESULTS_DIR / "ingest.json"
 TARGET_RATIO = 0.8
 
 
-def _embed_texts(files: list[tuple[str, bytes]]) -> list[str]:
+def _embed_texts(files: list[tuple[str, bytes]], settings: Settings) -> list[str]:
     """What the pipeline embeds for these (file name, contents): each chunk after its context
     (CHUNK_CONTEXT), so the bare model and the pipeline embed the same texts."""
-    settings = get_settings()
     splitter = build_splitter(get_embed_model())
     docs = [doc for name, data in files
             for doc in part_documents(name, read_parts(name, data, ExtractionLimits.of(settings)),
@@ -53,10 +52,11 @@ def _embed_texts(files: list[tuple[str, bytes]]) -> list[str]:
     return [n.get_content(metadata_mode=MetadataMode.EMBED) for n in splitter.get_nodes_from_documents(docs)]
 
 
-def run_ingest_bench(output: Path = RESULT, repeat: int = 1, folders: list[Path] | None = None) -> dict[str, Any]:
+def run_ingest_bench(settings: Settings, output: Path = RESULT, repeat: int = 1,
+                     folders: list[Path] | None = None) -> dict[str, Any]:
     folders = folders or sorted(p for p in SAMPLES.iterdir() if p.is_dir())
     model = get_embed_model()
-    texts = _embed_texts([(f.name, f.read_bytes()) for folder in folders for f in list_files(folder)])
+    texts = _embed_texts([(f.name, f.read_bytes()) for folder in folders for f in list_files(folder)], settings)
     model.get_text_embedding_batch(texts[:16])  # warm-up: first call pays lazy initialisation
 
     bare_best = pipe_best = float("inf")
@@ -72,7 +72,7 @@ def run_ingest_bench(output: Path = RESULT, repeat: int = 1, folders: list[Path]
             started = time.perf_counter()
             chunks = 0
             for folder in folders:
-                report = ingest_folder(folder, company_id, settings=get_settings())
+                report = ingest_folder(folder, company_id, settings=settings)
                 if report.failed:
                     raise RuntimeError(f"bench ingest of {folder.name} failed: {report.summary()}")
                 chunks += report.chunks_embedded
@@ -111,11 +111,11 @@ QUEUE_RESULT = RESULTS_DIR / "ingest-queue.json"
 READY_LINE = "waiting for jobs"
 
 
-def _upload_bytes(kb: int, n: int) -> bytes:
+def _upload_bytes(kb: int, n: int, settings: Settings) -> bytes:
     """About `kb` KB of the sample practices' own prose, numbered so every upload is its own file."""
     texts = [p.text for folder in sorted(p for p in SAMPLES.iterdir() if p.is_dir()) for f in list_files(folder)
              if f.suffix in (".md", ".txt")
-             for p in read_parts(f.name, f.read_bytes(), ExtractionLimits.of(get_settings()))]
+             for p in read_parts(f.name, f.read_bytes(), ExtractionLimits.of(settings))]
     out, i = [], 0
     while sum(len(t) for t in out) < kb * 1024:
         out.append(f"\n\n# Upload {n}, section {i}\n\n{texts[i % len(texts)]}")
@@ -159,7 +159,7 @@ def _job_rates(company_id: str) -> list[float]:
     return [chunks / float(seconds) for chunks, seconds in rows if seconds]
 
 
-def run_queue_bench(worker_counts: tuple[int, ...] = (1, 2), uploads: int = 6, kb: int = 100,
+def run_queue_bench(settings: Settings, worker_counts: tuple[int, ...] = (1, 2), uploads: int = 6, kb: int = 100,
                     output: Path = QUEUE_RESULT) -> dict[str, Any]:
     """Queue `uploads` files of `kb` KB, drain them with each number of workers, compare with the bare model.
 
@@ -169,8 +169,8 @@ def run_queue_bench(worker_counts: tuple[int, ...] = (1, 2), uploads: int = 6, k
     to the last job's end, workers already started and their model loaded.
     """
     model = get_embed_model()
-    files = [_upload_bytes(kb, n) for n in range(uploads)]
-    texts = _embed_texts([(f"upload-{n}.md", data) for n, data in enumerate(files[:2])])
+    files = [_upload_bytes(kb, n, settings) for n in range(uploads)]
+    texts = _embed_texts([(f"upload-{n}.md", data) for n, data in enumerate(files[:2])], settings)
     model.get_text_embedding_batch(texts[:16])
 
     def bare_rate() -> float:
@@ -190,7 +190,7 @@ def run_queue_bench(worker_counts: tuple[int, ...] = (1, 2), uploads: int = 6, k
         try:
             started = time.perf_counter()
             for n, data in enumerate(files):
-                queue_upload(company_id, f"upload-{n}.md", data, settings=get_settings())
+                queue_upload(company_id, f"upload-{n}.md", data, settings=settings)
             wait_until_drained(company_id, timeout_s=3600)
             elapsed = time.perf_counter() - started
             with get_admin_engine().connect() as connection:

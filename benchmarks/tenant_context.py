@@ -33,6 +33,7 @@ from core.db.engines import get_engine
 from core.db.owner import admin_session_scope, get_admin_engine
 from core.db.tenant_scope import tenant
 from core.embeddings import get_embed_model
+from core.settings import Settings
 from core.vector_store import TenantGuardedPGVectorStore, company_filter, get_vector_store
 
 RESULT = RESULTS_DIR / "tenant-context.json"
@@ -51,16 +52,15 @@ def _owner_store() -> TenantGuardedPGVectorStore:
                                       perform_setup=False)
 
 
-def run_tenant_context_bench(output: Path = RESULT, requests: int = 300) -> dict[str, Any]:
+def run_tenant_context_bench(settings: Settings, output: Path = RESULT, requests: int = 300) -> dict[str, Any]:
     from auth.users import create_company
-    from core.settings import get_settings
     from indexing.documents import index_text
 
     with admin_session_scope() as session:
         company = create_company(session, f"bench-tenant-{uuid.uuid4().hex[:8]}", "Tenant-context benchmark")
     try:
         for filename, text in TEXTS * 10:
-            index_text(company.id, f"{uuid.uuid4().hex[:6]}-{filename}", text, settings=get_settings())
+            index_text(company.id, f"{uuid.uuid4().hex[:6]}-{filename}", text, settings=settings)
         engine = get_engine()
         trivial = sa.text("SELECT 1")
 

@@ -29,13 +29,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.settings import get_settings
+from core.settings import Settings
 from evals.metrics import percentile
 from evals.report import report_paths
 from retrieval.extractive import is_duplicate, normalise, overlap
 from retrieval.passages import units
+
+if TYPE_CHECKING:
+    from indexing.readers import ExtractionLimits
 
 DATASET_DIR = Path(__file__).resolve().parent / "datasets" / "optical-answers"
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
@@ -119,11 +122,11 @@ def citation_checks(answer: str, sources: list[dict[str, Any]], *,
 
 
 @lru_cache(maxsize=8)
-def document_statements(company: str, samples: Path = SAMPLES_DIR) -> frozenset[str]:
-    """Every whole statement (sentence, list item, table row) of a practice's files, normalised."""
-    from indexing.readers import ExtractionLimits, read_parts
+def document_statements(company: str, limits: ExtractionLimits, samples: Path = SAMPLES_DIR) -> frozenset[str]:
+    """Every whole statement (sentence, list item, table row) of a practice's files, normalised.
+    Takes the limits rather than the settings: they are hashable, so the cache can key on them."""
+    from indexing.readers import read_parts
 
-    limits = ExtractionLimits.of(get_settings())
     found: set[str] = set()
     for path in sorted((samples / company).iterdir()):
         for part in read_parts(path.name, path.read_bytes(), limits):
@@ -167,7 +170,8 @@ class Scored:
     error: str | None = None
 
 
-def score_one(question: Question, body: dict[str, Any], latency_ms: float, samples: Path = SAMPLES_DIR) -> Scored:
+def score_one(question: Question, body: dict[str, Any], latency_ms: float, settings: Settings,
+              samples: Path = SAMPLES_DIR) -> Scored:
     answer = body.get("answer") or ""
     metadata = body.get("metadata") or {}
     mode = str(metadata.get("mode") or "")
@@ -192,7 +196,9 @@ def score_one(question: Question, body: dict[str, Any], latency_ms: float, sampl
     scored.lines = len(lines)
     scored.duplicates = duplicates(answer)
     if offline:
-        whole = document_statements(question.company, samples)
+        from indexing.readers import ExtractionLimits
+
+        whole = document_statements(question.company, ExtractionLimits.of(settings), samples)
         scored.fragments = [sentence for sentence, _ in lines if normalise(sentence) not in whole]
     return scored
 
@@ -241,7 +247,8 @@ def summarise(rows: list[Scored]) -> dict[str, float | None]:
 
 
 def run_answers(questions: Iterable[Question], post: Post, headers: dict[str, dict[str, str]], *,
-                samples: Path = SAMPLES_DIR, label: str = "offline", dataset: str = "optical-answers",
+                settings: Settings, samples: Path = SAMPLES_DIR, label: str = "offline",
+                dataset: str = "optical-answers",
                 progress: Callable[[Scored], None] | None = None) -> AnswerReport:
     """Ask every question through `post(path, json, headers) -> (status, body)` as the company's
     user in `headers[company]`; earlier turns of a two-turn case are asked first in the same
@@ -263,7 +270,7 @@ def run_answers(questions: Iterable[Question], post: Post, headers: dict[str, di
         latency = (time.perf_counter() - started) * 1000
         if not error and status != 200:
             error = f"HTTP {status}: {body}"
-        scored = score_one(question, body if not error else {}, latency, samples)
+        scored = score_one(question, body if not error else {}, latency, settings, samples)
         scored.error = error
         rows.append(scored)
         if progress:
@@ -370,7 +377,7 @@ def write_report(report: AnswerReport, directory: Path = REPORTS_DIR, name: str 
 
 
 # -- running against the service -----------------------------------------------------------------
-def prepare_practices(companies: Iterable[str], samples: Path = SAMPLES_DIR,
+def prepare_practices(companies: Iterable[str], settings: Settings, samples: Path = SAMPLES_DIR,
                       slug_prefix: str = "eval-answers") -> dict[str, dict[str, str]]:
     """An evaluation company per sample practice (its folder ingested; unchanged files skipped)
     with a staff user; returns each practice's Authorization header."""
@@ -402,10 +409,10 @@ def prepare_practices(companies: Iterable[str], samples: Path = SAMPLES_DIR,
                 user = create_user(session, company_id, email, "answer-evaluation-only", "staff")
             user_id = user.id
         with tenant(company_id):
-            ingest_folder(samples / name, company_id=company_id, settings=get_settings(), sync=True)
-        precompute(company_id, get_embed_model(), get_settings().embedding_key)
+            ingest_folder(samples / name, company_id=company_id, settings=settings, sync=True)
+        precompute(company_id, get_embed_model(), settings.embedding_key)
         token, _ = issue_access_token(user_id=user_id, company_id=company_id, email=email, role="staff",
-                                      permissions=permissions_for("staff"), settings=get_settings())
+                                      permissions=permissions_for("staff"), settings=settings)
         headers[name] = {"Authorization": f"Bearer {token}"}
     return headers
 

@@ -35,7 +35,7 @@ from rich.console import Console
 
 from core.db.engines import get_engine
 from core.db.tenant_scope import tenant
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 from evals.beir import Dataset, load_dataset
 from evals.metrics import ndcg_at_k
 from evals.report import REPORTS_DIR, write_study
@@ -116,10 +116,9 @@ def rank(company: Company, lexemes: list[str], weight: float, spelling: tuple[in
     return [doc for doc, _ in sorted(best.items(), key=lambda item: (-item[1][0], item[1][1]))][:DOC_DEPTH]
 
 
-def study_dataset(dataset: Dataset, console: Console) -> dict:
-    settings = get_settings()
-    embedder = cached_embedder(settings.data_dir.resolve() / "eval-cache")
-    companies = index_corpus(dataset, embedder, console)
+def study_dataset(dataset: Dataset, console: Console, settings: Settings) -> dict:
+    embedder = cached_embedder(settings.data_dir.resolve() / "eval-cache", settings)
+    companies = index_corpus(dataset, embedder, console, settings)
     loaded = {name: load_company(company_id) for name, company_id in companies.items()}
     judged = [q for q in dataset.queries if dataset.qrels.get(q.id)]
     lexemes = dict(zip((q.id for q in judged), query_lexemes([q.text for q in judged]), strict=True))
@@ -129,7 +128,7 @@ def study_dataset(dataset: Dataset, console: Console) -> dict:
             ndcg = [ndcg_at_k(rank(loaded[q.company], lexemes[q.id], weight, spelling, settings.bm25_k1,
                                    settings.bm25_b), dataset.qrels[q.id]) for q in judged]
             rows.append({"spelling": spelling_name, "context_weight": weight, "ndcg@10": sum(ndcg) / len(ndcg)})
-    service = run_queries("text", judged, companies, console)
+    service = run_queries("text", judged, companies, console, settings)
     service_ndcg = [ndcg_at_k(service[q.id].doc_ids, dataset.qrels[q.id]) for q in judged]
     return {"rows": rows, "service_text_ndcg@10": sum(service_ndcg) / len(service_ndcg), "queries": len(judged)}
 
@@ -165,12 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     check_database()
     upgrade()
     started = time.perf_counter()
-    settings = get_settings()
+    settings = get_settings()  # an entry point (`python -m`): the composition root of this run
     study: dict = {"k1": settings.bm25_k1, "b": settings.bm25_b, "datasets": {}}
     for path in args.datasets:
         dataset = load_dataset(path)
         console.print(f"studying {dataset.name}...")
-        study["datasets"][dataset.name] = study_dataset(dataset, console)
+        study["datasets"][dataset.name] = study_dataset(dataset, console, settings)
     study["seconds"] = time.perf_counter() - started
     text = markdown(study)
     write_study(args.output, "bm25-study", study, text)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from core.settings import Settings
 from evals.beir import load_dataset
 from evals.runner import cached_embedder, index_corpus
 from retrieval.calibration import (
@@ -27,15 +28,13 @@ from retrieval.calibration import (
 CALIBRATION_DEPTH = 10  # passages per question: twice the search's default limit
 
 
-def collect_pairs(dataset_dir: Path, cache_dir: Path, console: Console,
+def collect_pairs(dataset_dir: Path, cache_dir: Path, console: Console, settings: Settings,
                   depth: int = CALIBRATION_DEPTH) -> tuple[list[float], list[bool], list[str], str]:
     """(cosines, relevant, question ids, dataset name) from the top passages of every question."""
-    from core.settings import get_settings
     from retrieval.retriever import TenantRetriever
 
-    settings = get_settings()
     dataset = load_dataset(dataset_dir)
-    companies = index_corpus(dataset, cached_embedder(cache_dir), console)
+    companies = index_corpus(dataset, cached_embedder(cache_dir, settings), console, settings)
     retrievers = {company: TenantRetriever(company_id, mode="vector", top_k=depth, threshold=-1.0,
                                            order="similarity", settings=settings)
                   for company, company_id in companies.items()}
@@ -51,13 +50,11 @@ def collect_pairs(dataset_dir: Path, cache_dir: Path, console: Console,
     return cosines, relevant, groups, dataset.name
 
 
-def refit(dataset_dir: Path, cache_dir: Path, console: Console, *, directory: Path = CALIBRATION_DIR,
-          plot: Path | None = None) -> tuple[Calibration, Path]:
+def refit(dataset_dir: Path, cache_dir: Path, console: Console, *, settings: Settings,
+          directory: Path = CALIBRATION_DIR, plot: Path | None = None) -> tuple[Calibration, Path]:
     """Fit on `dataset_dir` for the configured model, write the calibration file (and a plot)."""
-    cosines, relevant, groups, name = collect_pairs(dataset_dir, cache_dir, console)
-    from core.settings import get_settings
-
-    calibration = fit_calibration(get_settings().embedding_key, cosines, relevant, groups, {
+    cosines, relevant, groups, name = collect_pairs(dataset_dir, cache_dir, console, settings)
+    calibration = fit_calibration(settings.embedding_key, cosines, relevant, groups, {
         "dataset": name, "questions": len(set(groups)), "depth": CALIBRATION_DEPTH,
         "relevance": "passage's document judged relevant (qrels grade >= 1)"})
     path = calibration_path(calibration.model, directory)

@@ -31,7 +31,7 @@ from llama_index.core.schema import QueryBundle
 from rich.console import Console
 
 from core.db.tenant_scope import tenant
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 from evals.beir import Dataset, load_dataset
 from evals.metrics import ndcg_at_k
 from evals.report import REPORTS_DIR, write_study
@@ -69,11 +69,12 @@ def _documents(ranking: Iterable[tuple[str, float]], documents: dict[str, str], 
     return list(seen)
 
 
-def collect_sides(dataset: Dataset, companies: dict[str | None, str], console: Console) -> dict[str, Sides]:
+def collect_sides(dataset: Dataset, companies: dict[str | None, str], console: Console,
+                  settings: Settings) -> dict[str, Sides]:
     from retrieval.retriever import TenantRetriever
 
     retrievers = {company: TenantRetriever(company_id, mode="hybrid", top_k=CHUNK_DEPTH, threshold=-1.0,
-                                           settings=get_settings())
+                                           settings=settings)
                   for company, company_id in companies.items()}
     sides: dict[str, Sides] = {}
     for query in dataset.queries:
@@ -109,21 +110,21 @@ def score(dataset: Dataset, sides: dict[str, Sides], fusion: Fusion | str, depth
     return {"ndcg@10": fmean(ndcg), "hit@5": fmean(hit5)}
 
 
-def run_study(paths: list[Path], console: Console, reuse_sides: bool = False) -> dict:
+def run_study(paths: list[Path], console: Console, settings: Settings, reuse_sides: bool = False) -> dict:
     """`reuse_sides`: read each dataset's two rankings from the last run (DATA_DIR/eval-cache)
     instead of retrieving them again: for comparing new fusions, never after a retrieval change."""
     started = time.perf_counter()
-    cache_dir = get_settings().data_dir.resolve() / "eval-cache"
-    embedder = cached_embedder(cache_dir)
+    cache_dir = settings.data_dir.resolve() / "eval-cache"
+    embedder = cached_embedder(cache_dir, settings)
     datasets, all_sides = [], {}
     for path in paths:
         dataset = load_dataset(path)
-        saved = cache_dir / f"fusion-sides-{dataset.name}-{index_fingerprint()}.json"
+        saved = cache_dir / f"fusion-sides-{dataset.name}-{index_fingerprint(settings)}.json"
         if reuse_sides and saved.is_file():
             all_sides[dataset.name] = {q: Sides(**v) for q, v in json.loads(saved.read_text()).items()}
         else:
-            companies = index_corpus(dataset, embedder, console)
-            all_sides[dataset.name] = collect_sides(dataset, companies, console)
+            companies = index_corpus(dataset, embedder, console, settings)
+            all_sides[dataset.name] = collect_sides(dataset, companies, console, settings)
             saved.write_text(json.dumps({q: asdict(v) for q, v in all_sides[dataset.name].items()}))
         datasets.append(dataset)
     rows = []
@@ -214,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     console = Console()
     check_database()
     upgrade()
-    study = run_study(args.datasets, console, args.reuse_sides)
+    settings = get_settings()  # an entry point (`python -m`): the composition root of this run
+    study = run_study(args.datasets, console, settings, args.reuse_sides)
     text = markdown(study)
     write_study(args.output, "fusion", study, text)
     console.print(text)

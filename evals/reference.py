@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from core.embeddings import get_embed_model
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 from evals.beir import load_dataset
 from evals.metrics import METRICS, average, query_metrics
 from evals.runner import cached_embedder
 
 
-def dense_reference(dataset_dir: Path, cache_dir: Path | None = None) -> dict[str, float]:
+def dense_reference(dataset_dir: Path, settings: Settings, cache_dir: Path | None = None) -> dict[str, float]:
     dataset = load_dataset(dataset_dir)
-    embedder = cached_embedder(cache_dir or get_settings().data_dir.resolve() / "eval-cache")
+    embedder = cached_embedder(cache_dir or settings.data_dir.resolve() / "eval-cache", settings)
     docs = [doc for doc in dataset.corpus if doc.content.strip()]
     matrix = np.asarray(embedder.get_text_embedding_batch([doc.content for doc in docs]), dtype=np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
@@ -50,7 +50,7 @@ def dense_reference(dataset_dir: Path, cache_dir: Path | None = None) -> dict[st
     return average(per_query)
 
 
-def service_chunk_reference(dataset_dir: Path) -> dict[str, dict[str, float]]:
+def service_chunk_reference(dataset_dir: Path, settings: Settings) -> dict[str, dict[str, float]]:
     """Exact-cosine rankings over the chunks the service indexed for `dataset_dir` (one
     company): {"best chunk": ..., "first chunk": ...} averaged metrics."""
     import sqlalchemy as sa
@@ -67,7 +67,7 @@ def service_chunk_reference(dataset_dir: Path) -> dict[str, dict[str, float]]:
         raise SystemExit("--service compares single-company datasets (BEIR folders without a company field)")
     with admin_session_scope() as session:
         company_id = session.scalar(select(Company.id).where(
-            Company.slug == eval_company_slug(dataset.name, None, index_fingerprint())))
+            Company.slug == eval_company_slug(dataset.name, None, index_fingerprint(settings))))
     if company_id is None:
         raise SystemExit(f"run `ils-rag eval --dataset {dataset_dir}` first: the corpus is not indexed yet")
     with tenant(company_id), get_engine().connect() as connection:
@@ -106,10 +106,11 @@ def main() -> None:
     parser.add_argument("--service", action="store_true",
                         help="also rank the service's own stored chunks exactly (after `ils-rag eval`)")
     args = parser.parse_args()
+    settings = get_settings()  # an entry point (`python -m`): the composition root of this run
     started = time.perf_counter()
-    rows = {"MTEB recipe (whole documents, truncated)": dense_reference(args.dataset)}
+    rows = {"MTEB recipe (whole documents, truncated)": dense_reference(args.dataset, settings)}
     if args.service:
-        rows.update(service_chunk_reference(args.dataset))
+        rows.update(service_chunk_reference(args.dataset, settings))
     for label, values in rows.items():
         print(f"{label:42} " + " ".join(f"{name} {values[name]:.4f}" for name in METRICS))
     print(f"({time.perf_counter() - started:.0f} s)")

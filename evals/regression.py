@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 from evals.beir import load_dataset
 from evals.report import RetrieverResult
 from evals.runner import run_evaluation
@@ -51,19 +51,21 @@ def load_baseline(path: Path = BASELINE) -> Baseline:
     return Baseline(**json.loads(path.read_text()))
 
 
-def evaluate(query_ids: list[str], retriever: str | None = None, console: Console | None = None) -> RetrieverResult:
+def evaluate(query_ids: list[str], settings: Settings, retriever: str | None = None,
+             console: Console | None = None) -> RetrieverResult:
     """Score `retriever` (default: SEARCH_MODE) on the given optical queries."""
-    mode = retriever or get_settings().search_mode
+    mode = retriever or settings.search_mode
     console = console or Console(quiet=True)
-    report = run_evaluation(DATASET, [mode], query_ids=query_ids, console=console, cache_dir=CACHE_DIR)
+    report = run_evaluation(DATASET, [mode], settings=settings, query_ids=query_ids, console=console,
+                            cache_dir=CACHE_DIR)
     return report.results[0]
 
 
-def record(path: Path = BASELINE) -> Baseline:
+def record(settings: Settings, path: Path = BASELINE) -> Baseline:
     from core.embeddings import embedding_runtime
 
     ids = subset()
-    result = evaluate(ids, console=Console())
+    result = evaluate(ids, settings, console=Console())
     baseline = Baseline(retriever=result.retriever, embedding_runtime=embedding_runtime(), query_ids=ids,
                         ndcg_at_10=round(result.averages["ndcg@10"], 4), hit_at_5=round(result.averages["hit@5"], 4))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,13 +82,14 @@ def main() -> None:
 
     check_database()
     upgrade()
+    settings = get_settings()  # an entry point (`python -m`): the composition root of this run
     if args.record:
-        baseline = record()
+        baseline = record(settings)
         print(f"recorded {BASELINE}: {baseline.retriever} nDCG@10 {baseline.ndcg_at_10} "
               f"hit@5 {baseline.hit_at_5} on {len(baseline.query_ids)} queries")
     else:
         baseline = load_baseline()
-        result = evaluate(baseline.query_ids, baseline.retriever)
+        result = evaluate(baseline.query_ids, settings, baseline.retriever)
         print(f"{baseline.retriever}: nDCG@10 {result.averages['ndcg@10']:.4f} (baseline {baseline.ndcg_at_10})")
 
 

@@ -30,7 +30,7 @@ from core.db.owner import admin_session_scope
 from core.db.tenant_scope import tenant
 from core.embeddings import embedding_runtime, get_embed_model
 from core.search_modes import MODE_NAMES
-from core.settings import get_settings
+from core.settings import Settings
 from core.tenant_indexes import sync_tenant_indexes
 from core.terminal import progress
 from evals.beir import CorpusDoc, Dataset, Query, load_dataset
@@ -59,7 +59,7 @@ class Ranked:
     seconds: float
 
 
-def index_fingerprint() -> str:
+def index_fingerprint(settings: Settings) -> str:
     """What decides the chunks and vectors of an indexed corpus: backend, model, runtime, chunk
     plan, Markdown sectioning and chunk context (CHUNK_CONTEXT). It is part of the evaluation
     company's slug, so a run with another runtime or chunking indexes into its own companies
@@ -67,14 +67,13 @@ def index_fingerprint() -> str:
     from indexing.chunking import chunk_plan
 
     plan = chunk_plan(get_embed_model())
-    raw = (f"{model_key()}|{plan.chunk_size}|{plan.chunk_overlap}|sections|whole-rows"
-           f"|context={get_settings().chunk_context}")
+    raw = (f"{model_key(settings)}|{plan.chunk_size}|{plan.chunk_overlap}|sections|whole-rows"
+           f"|context={settings.chunk_context}")
     return hashlib.sha256(raw.encode()).hexdigest()[:8]
 
 
-def model_key() -> str:
+def model_key(settings: Settings) -> str:
     """backend:model:runtime, with the runtime actually loaded (after any fallback to torch)."""
-    settings = get_settings()
     return f"{settings.embedding_backend}:{settings.embedding_model}:{embedding_runtime(get_embed_model())}"
 
 
@@ -95,10 +94,10 @@ def ensure_company(slug: str) -> str:
         return company.id
 
 
-def cached_embedder(cache_dir: Path) -> CachedEmbedding:
+def cached_embedder(cache_dir: Path, settings: Settings) -> CachedEmbedding:
     """The service's model behind a disk cache keyed by backend, model, runtime and text
     (int8 vectors differ from fp32 ones, so runtimes never share entries)."""
-    key = model_key()
+    key = model_key(settings)
     name = re.sub(r"[^A-Za-z0-9.-]+", "_", key)
     return CachedEmbedding(get_embed_model(), cache_dir / f"{name}.sqlite", key)
 
@@ -112,48 +111,48 @@ def _stale(company_id: str, docs: dict[str, str]) -> list[str]:
     return [doc_id for doc_id, digest in docs.items() if current.get(doc_id) != (digest, "indexed")]
 
 
-def indexed_text(doc: CorpusDoc) -> str:
+def indexed_text(doc: CorpusDoc, settings: Settings) -> str:
     """What a corpus document's file holds: title and text joined (MTEB's way), unless chunk
     context reaches the text-search index; then its text alone, the title travelling as every
     chunk's context instead of being counted twice in the first one."""
-    return doc.text if doc.title and get_settings().chunk_context in ("text", "both") else doc.content
+    return doc.text if doc.title and settings.chunk_context in ("text", "both") else doc.content
 
 
-def corpus_parts(doc: CorpusDoc) -> list[Part]:
+def corpus_parts(doc: CorpusDoc, settings: Settings) -> list[Part]:
     """The document as an upload of its file would be parsed (Markdown by sections), titled."""
-    parts = text_parts(doc.id, indexed_text(doc))
+    parts = text_parts(doc.id, indexed_text(doc, settings))
     if doc.title:
         parts[0] = Part(parts[0].text, {**parts[0].metadata, "title": doc.title})
     return parts
 
 
 def _index_batch(company_id: str, docs: dict[str, Any], hashes: dict[str, str], embedder: CachedEmbedding,
-                 doc_ids: list[str]) -> tuple[int, list[Any]]:
+                 settings: Settings, doc_ids: list[str]) -> tuple[int, list[Any]]:
     sources = [Source(source_key=doc.id, filename=doc.id, data_hash=hashes[doc.id],
-                      size_bytes=len(indexed_text(doc).encode()), parts=corpus_parts(doc))
-               for doc in (docs[doc_id] for doc_id in doc_ids) if indexed_text(doc).strip()]
-    outcomes = index_sources(company_id, sources, settings=get_settings(), embed_model=embedder)
+                      size_bytes=len(indexed_text(doc, settings).encode()), parts=corpus_parts(doc, settings))
+               for doc in (docs[doc_id] for doc_id in doc_ids) if indexed_text(doc, settings).strip()]
+    outcomes = index_sources(company_id, sources, settings=settings, embed_model=embedder)
     return len(doc_ids), [o for o in outcomes if o.action == "failed"]
 
 
-def index_corpus(dataset: Dataset, embedder: CachedEmbedding, console: Console,
+def index_corpus(dataset: Dataset, embedder: CachedEmbedding, console: Console, settings: Settings,
                  workers: int = 1) -> dict[str | None, str]:
     """Index each company's share of the corpus; unchanged documents are skipped.
 
     With `workers` > 1 that many batches go through the pipeline at once, so one batch's
     Postgres writes overlap another's embedding (each batch holds its own documents' locks)."""
     companies: dict[str | None, str] = {}
-    fingerprint = index_fingerprint()
+    fingerprint = index_fingerprint(settings)
     for company in dataset.companies:
         company_id = ensure_company(eval_company_slug(dataset.name, company, fingerprint))
         companies[company] = company_id
         docs = {doc.id: doc for doc in dataset.corpus if doc.company == company}
-        hashes = {doc_id: content_hash(indexed_text(doc).encode()) for doc_id, doc in docs.items()}
+        hashes = {doc_id: content_hash(indexed_text(doc, settings).encode()) for doc_id, doc in docs.items()}
         todo = _stale(company_id, hashes)
         if not todo:
             continue
 
-        index_batch = partial(_index_batch, company_id, docs, hashes, embedder)
+        index_batch = partial(_index_batch, company_id, docs, hashes, embedder, settings)
         batches = [todo[start:start + INDEX_BATCH] for start in range(0, len(todo), INDEX_BATCH)]
         title = f"indexing {company or dataset.name}"
         with progress(title, not console.quiet, transient=True) as bar, ThreadPoolExecutor(max_workers=workers) as pool:
@@ -177,16 +176,16 @@ def _dedupe(nodes: Iterable[tuple[str, float]], depth: int) -> tuple[list[str], 
     return list(seen), list(seen.values())
 
 
-def service_retriever(mode: str, company_id: str) -> Callable[[str], list[NodeWithScore]]:
+def service_retriever(mode: str, company_id: str, settings: Settings) -> Callable[[str], list[NodeWithScore]]:
     from retrieval.retriever import TenantRetriever
 
     # threshold -1: every candidate is ranked; the threshold is studied separately below
     if mode == "ts_rank":
         retriever = TenantRetriever(company_id, mode="text", top_k=CHUNK_DEPTH, threshold=-1.0, order="rank",
-                                    text_ranking="ts_rank", settings=get_settings())
+                                    text_ranking="ts_rank", settings=settings)
     else:
         retriever = TenantRetriever(company_id, mode=mode, top_k=CHUNK_DEPTH,  # type: ignore[arg-type]
-                                    threshold=-1.0, order="rank", settings=get_settings())
+                                    threshold=-1.0, order="rank", settings=settings)
     return retriever.retrieve
 
 
@@ -207,7 +206,7 @@ def _fresh_query_vectors() -> None:
 
 
 def run_queries(name: str, queries: list[Query], companies: dict[str | None, str],
-                console: Console, workers: int = 1) -> dict[str, Ranked]:
+                console: Console, settings: Settings, workers: int = 1) -> dict[str, Ranked]:
     """Run every query, timing each one. With `workers` > 1, that many queries are in flight
     at once: the run is mostly Postgres time in another process, so on a 2-core machine two
     workers nearly halve the wall time, at the cost of latencies measured under that load."""
@@ -218,7 +217,7 @@ def run_queries(name: str, queries: list[Query], companies: dict[str | None, str
             search[company] = lambda q, rows=rows: [(hit.metadata["filename"], hit.similarity)
                                                     for hit in jaccard_search(q, rows, CHUNK_DEPTH)]
         else:
-            retrieve = service_retriever(name, company_id)
+            retrieve = service_retriever(name, company_id, settings)
             search[company] = lambda q, retrieve=retrieve: [(n.node.metadata["filename"], float(n.score or 0.0))
                                                             for n in retrieve(q)]
 
@@ -324,7 +323,7 @@ def score_retriever(dataset: Dataset, name: str, queries: list[Query], ranked: d
                            per_query=per_query + unanswerable_rows)
 
 
-def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: int | None = None,
+def run_evaluation(dataset_dir: Path, retrievers: list[str], *, settings: Settings, limit_queries: int | None = None,
                    query_ids: Iterable[str] | None = None, console: Console | None = None,
                    cache_dir: Path | None = None, workers: int = 1) -> EvalReport:
     """Index the corpus (unchanged documents skipped), run each retriever over the queries
@@ -342,10 +341,9 @@ def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: i
         wanted = set(query_ids)
         queries = [q for q in queries if q.id in wanted]
     queries = queries[:limit_queries] if limit_queries else queries
-    settings = get_settings()
     started = time.perf_counter()
-    embedder = cached_embedder(cache_dir or settings.data_dir.resolve() / "eval-cache")
-    companies = index_corpus(dataset, embedder, console, workers)
+    embedder = cached_embedder(cache_dir or settings.data_dir.resolve() / "eval-cache", settings)
+    companies = index_corpus(dataset, embedder, console, settings, workers)
     if settings.tenant_index_min_chunks > 0:  # as `ils-rag ingest`: a large corpus is searched through its own index
         sync_tenant_indexes(settings.tenant_index_min_chunks, companies=list(companies.values()))
     index_seconds = time.perf_counter() - started
@@ -358,7 +356,7 @@ def run_evaluation(dataset_dir: Path, retrievers: list[str], *, limit_queries: i
                                          {"c": cid}).scalar() or 0
     results = []
     for name in retrievers:
-        ranked = run_queries(name, queries, companies, console, workers)
+        ranked = run_queries(name, queries, companies, console, settings, workers)
         results.append(score_retriever(dataset, name, queries, ranked,
                                        None if name == "jaccard" else settings.search_threshold))
     return EvalReport(dataset=dataset.name, embedding_model=settings.embedding_model,

@@ -197,7 +197,7 @@ HELD_IN = ["a001", "a002", "a003", "a004", "a013", "a017", "a041", "a042", "a063
 def sample_headers(database, embed_model):
     from evals.answers import prepare_practices
 
-    return prepare_practices(["brightsight-optical", "clearview-eyecare"], slug_prefix="t-answers")
+    return prepare_practices(["brightsight-optical", "clearview-eyecare"], get_settings(), slug_prefix="t-answers")
 
 
 def test_answer_evaluation_regression_subset(client, sample_headers, tmp_path):
@@ -207,7 +207,7 @@ def test_answer_evaluation_regression_subset(client, sample_headers, tmp_path):
     questions = [q for q in load_questions() if q.id in HELD_IN]
     assert len(questions) == len(HELD_IN)
     assert {q.type for q in questions} >= {"price", "policy", "clinical", "table", "follow-up", "off-topic"}
-    report = run_answers(questions, client_post(client), sample_headers)
+    report = run_answers(questions, client_post(client), sample_headers, settings=get_settings())
     metrics = report.metrics
     print(json.dumps(metrics, indent=1))
     assert metrics["errors"] == 0
@@ -237,7 +237,7 @@ def test_answer_evaluation_scores_an_llm_the_same_way(llm_client, sample_headers
     fake_openai.reply = reply
     questions = [q for q in load_questions() if q.id in ("a001", "a002")]
     with llm_client(chat_rate_per_minute=1000) as c:
-        report = run_answers(questions, client_post(c), sample_headers, label="llm")
+        report = run_answers(questions, client_post(c), sample_headers, settings=get_settings(), label="llm")
     assert report.mode == "llm"
     assert report.metrics["fact_recall"] == 1.0 and report.metrics["citation_precision"] == 1.0
     assert report.metrics["fragment_rate"] is None  # an LLM writes its own sentences

@@ -1,6 +1,6 @@
 """The shape of the code, checked: no import cycle among the project's modules, the layers
-point inward (nothing below `app` imports it), and settings are handed down to auth, indexing
-and retrieval rather than fetched there.
+point inward (nothing below `app` imports it), and settings are handed down to auth, indexing,
+retrieval, evals and benchmarks rather than fetched there.
 
 Imports are read from each module's syntax tree, function-level and TYPE_CHECKING imports
 included: an import hidden inside a function still ties two modules together, it only
@@ -134,9 +134,13 @@ def test_nothing_below_app_imports_it() -> None:
 # Layers whose code takes its settings (or the values it needs) from its caller: the composition
 # roots (routes through Depends, CLI commands at their top) decide them once. A module here that
 # asks for `get_settings()` itself would read the process's settings behind a caller's back.
-SETTINGS_HANDED_DOWN = ("auth", "retrieval", "indexing")
+SETTINGS_HANDED_DOWN = ("auth", "retrieval", "indexing", "evals", "benchmarks")
 # module -> why it may still read the process's settings itself (none today)
 SETTINGS_READERS_ALLOWED: dict[str, str] = {}
+# `python -m` scripts: their `main()` is a composition root, as a CLI command is (nothing calls
+# it but the interpreter), so it may read the process's settings exactly once and hand them
+# down; every other function of the module takes them from its caller.
+ENTRY_POINTS = ("evals.fusion", "evals.bm25_study", "evals.reference", "evals.regression")
 
 
 def settings_lookups(source: str) -> list[int]:
@@ -164,11 +168,38 @@ def test_settings_lookups_are_found() -> None:
     assert settings_lookups("def f(settings):\n    return settings.get('get_settings')\n") == []
 
 
-def test_auth_retrieval_and_indexing_take_their_settings_from_the_caller() -> None:
-    found = {name: settings_lookups(path.read_text()) for name, path in modules().items()
-             if name.split(".")[0] in SETTINGS_HANDED_DOWN}
+def entry_point_lookups(source: str) -> list[int]:
+    """The lookups an entry point makes beyond its one allowed: a single `get_settings()` call
+    in its top-level `main()`, and the import of the name. Two calls in main, or any elsewhere,
+    are all reported."""
+    tree = ast.parse(source)
+    calls = [node.lineno for function in tree.body
+             if isinstance(function, ast.FunctionDef) and function.name == "main"
+             for node in ast.walk(function)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "get_settings"]
+    if len(calls) != 1:
+        return settings_lookups(source)
+    imports = {node.lineno for node in tree.body if isinstance(node, ast.ImportFrom)
+               and any(alias.name == "get_settings" for alias in node.names)}
+    return [line for line in settings_lookups(source) if line not in {*calls, *imports}]
+
+
+def test_entry_point_lookups_allow_one_call_in_main_only() -> None:
+    main_only = ("from core.settings import Settings, get_settings\n"
+                 "def run(settings: Settings):\n    return settings.x\n"
+                 "def main():\n    settings = get_settings()\n    run(settings)\n")
+    assert entry_point_lookups(main_only) == []
+    assert entry_point_lookups(main_only + "def other():\n    return get_settings()\n") == [8]
+    twice = main_only.replace("run(settings)", "run(get_settings())")
+    assert entry_point_lookups(twice) == [1, 5, 6]
+
+
+def test_inner_layers_take_their_settings_from_the_caller() -> None:
+    found = {name: entry_point_lookups(path.read_text()) if name in ENTRY_POINTS else settings_lookups(path.read_text())
+             for name, path in modules().items() if name.split(".")[0] in SETTINGS_HANDED_DOWN}
     assert {name: lines for name, lines in found.items() if lines and name not in SETTINGS_READERS_ALLOWED} == {}
     assert set(SETTINGS_READERS_ALLOWED) <= set(found)  # an exception for a module that is gone is stale
+    assert set(ENTRY_POINTS) <= set(found)
 
 
 def test_search_modes_are_named_once() -> None:

@@ -12,6 +12,7 @@ from benchmarks.search.corpus import Store, zipf_sizes
 from benchmarks.search.database import bench_database_name
 from benchmarks.search.measurements import BUCKETS, bucket_of, latency_summary, make_plan
 from benchmarks.search.report import NDCG_TOLERANCE, markdown, targets
+from core.settings import get_settings
 
 
 def test_zipf_sizes_match_the_issue_shape() -> None:
@@ -107,7 +108,7 @@ def test_a_named_dataset_is_checked_before_any_work(tmp_path) -> None:
 
     (tmp_path / "corpus.jsonl").write_text("{}\n")
     with pytest.raises(DatasetMissing) as refused:
-        run(BenchOptions(scifact=tmp_path, results_dir=tmp_path / "results"))
+        run(BenchOptions(scifact=tmp_path, results_dir=tmp_path / "results"), get_settings())
     assert "missing queries.jsonl" in str(refused.value) and "\n" not in str(refused.value)
     assert not (tmp_path / "results").exists()  # refused before anything ran
 
@@ -115,7 +116,7 @@ def test_a_named_dataset_is_checked_before_any_work(tmp_path) -> None:
 def test_a_failed_phase_keeps_the_figures_measured_before_it(tmp_path, monkeypatch) -> None:
     import benchmarks.search.run as search_run
 
-    def phases(options, result, monitor, original_env, log):
+    def phases(options, settings, result, monitor, original_env, log):
         yield "store_search"
         result["store_search"] = _result(0.0)["store_search"]
         yield "http"
@@ -123,7 +124,7 @@ def test_a_failed_phase_keeps_the_figures_measured_before_it(tmp_path, monkeypat
 
     monkeypatch.setattr(search_run, "_phases", phases)
     with pytest.raises(search_run.PhaseFailed, match="the http phase failed"):
-        search_run.run(search_run.BenchOptions(results_dir=tmp_path), log=lambda message: None)
+        search_run.run(search_run.BenchOptions(results_dir=tmp_path), get_settings(), log=lambda message: None)
     kept = json.loads((tmp_path / "search-latest.json").read_text())
     assert kept["store_search"]["tiny"]["recall_at_10"] == 0.97
     assert kept["failed"]["phase"] == "http"

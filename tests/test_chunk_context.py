@@ -103,10 +103,10 @@ def test_evaluation_parses_corpus_files_as_uploads() -> None:
     from evals.runner import corpus_parts
     from indexing.readers import ROWS_KEY
 
-    guide = corpus_parts(CorpusDoc("p/vouchers.md", "Gift Vouchers", GUIDE.decode()))
+    guide = corpus_parts(CorpusDoc("p/vouchers.md", "Gift Vouchers", GUIDE.decode()), get_settings())
     assert len(guide) == 3 and guide[0].metadata["title"] == "Gift Vouchers"
     assert guide[2].metadata["section_path"].endswith("Expiry > Lost / stolen")
-    table = corpus_parts(CorpusDoc("p/prices.csv", "Prices", "item,price\nLens,35.00\nCase,5.00\n"))
+    table = corpus_parts(CorpusDoc("p/prices.csv", "Prices", "item,price\nLens,35.00\nCase,5.00\n"), get_settings())
     assert len(table) == 1 and table[0].metadata[ROWS_KEY] == "rows"
     assert table[0].text == "item: Lens; price: 35.00\nitem: Case; price: 5.00"
 

@@ -78,10 +78,11 @@ def test_embedding_cache_is_keyed_by_model_runtime_and_text(tmp_path, embed_mode
     import numpy as np
 
     from core.embeddings import embedding_runtime
+    from core.settings import get_settings
     from evals.embedding_cache import CachedEmbedding
     from evals.runner import model_key
 
-    assert model_key().endswith(":" + embedding_runtime(embed_model))  # int8 and fp32 never share vectors
+    assert model_key(get_settings()).endswith(":" + embedding_runtime(embed_model))  # int8 and fp32 never share vectors
     fp32 = CachedEmbedding(embed_model, tmp_path / "cache.sqlite", "local:m:onnx")
     first = fp32.get_text_embedding_batch(["progressive lenses", "dry eye"])
     again = CachedEmbedding(embed_model, tmp_path / "cache.sqlite", "local:m:onnx")

@@ -21,7 +21,7 @@ def test_default_retriever_has_not_regressed(database: str, embed_model: object)
     mode = get_settings().search_mode
     assert mode == baseline.retriever, (
         f"SEARCH_MODE is {mode} but the baseline was recorded for {baseline.retriever}: re-record {BASELINE}")
-    result = evaluate(baseline.query_ids, mode)
+    result = evaluate(baseline.query_ids, get_settings(), mode)
     ndcg = result.averages["ndcg@10"]
     print(f"\n{mode} on {result.queries} optical queries: nDCG@10 {ndcg:.4f} (baseline {baseline.ndcg_at_10}), "
           f"hit@5 {result.averages['hit@5']:.3f}, p50 {result.latency_ms_p50:.0f} ms")

@@ -48,9 +48,10 @@ def evaluate_answers(
     settings = get_settings().model_copy(update={"chat_rate_per_minute": 1_000_000})
     label = label or ("llm" if settings.openai_api_key else "offline")
     console.print(f"preparing {len({q.company for q in questions})} practices (unchanged files are skipped)…")
-    headers = prepare_practices(sorted({q.company for q in questions}), samples)
+    headers = prepare_practices(sorted({q.company for q in questions}), settings, samples)
     with TestClient(create_app(settings)) as client:
-        report = run_answers(questions, client_post(client), headers, samples=samples, label=label,
+        report = run_answers(questions, client_post(client), headers, settings=settings, samples=samples,
+                             label=label,
                              dataset=dataset.name,
                              progress=lambda s: console.print(f"{s.id} {s.latency_ms:6.0f} ms {s.mode:10} "
                                                              f"facts {s.facts_found}/{s.facts}", highlight=False))

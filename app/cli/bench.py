@@ -26,11 +26,13 @@ def bench_ingest(
     """Chunks/s of the whole ingestion pipeline vs the bare embedding model, same texts, same run;
     with --workers, the ingestion queue's drain rate with one and N worker processes."""
     from benchmarks.ingest import run_ingest_bench, run_queue_bench
+    from core.settings import get_settings
 
     prepared()
+    settings = get_settings()
     if workers:
         counts = tuple(sorted({1, workers}))
-        queue = run_queue_bench(counts, uploads=uploads, kb=upload_kb,
+        queue = run_queue_bench(settings, counts, uploads=uploads, kb=upload_kb,
                                 output=output.with_name(output.stem + "-queue.json"))
         table = Table("workers", "uploads", "chunks", "seconds", "drain chunks/s", "uploads/min",
                       "one job's chunks/s (median)")
@@ -41,7 +43,7 @@ def bench_ingest(
         console.print(table)
         console.print(f"bare model {queue['bare_chunks_per_s']:.1f} chunks/s; one upload on one worker: "
                       f"{queue['worker_over_bare']:.2f} of it (target {queue['target_ratio']})", highlight=False)
-    result = run_ingest_bench(output, repeat=repeat)
+    result = run_ingest_bench(settings, output, repeat=repeat)
     table = Table("measure", "chunks", "seconds", "chunks/s")
     table.add_row("bare model", str(result["chunks"]), f"{result['bare_seconds']:.2f}",
                   f"{result['bare_chunks_per_s']:.1f}")
@@ -89,9 +91,10 @@ def bench_auth(
 ) -> None:
     """Cost of the per-request revocation check: alone, and on /api/rag/search with vs without it."""
     from benchmarks.auth import run_auth_bench
+    from core.settings import get_settings
 
     prepared()
-    result = run_auth_bench(_AuthService(), output, requests=requests)
+    result = run_auth_bench(_AuthService(), get_settings(), output, requests=requests)
     _print_latencies(result, (("check alone", "check_alone_ms"), ("search with the check", "search_with_check_ms"),
                               ("search without it", "search_without_check_ms"),
                               (f"rate-limit step ({result['rate_limit_storage']})", "rate_limit_attempt_ms")))
@@ -108,9 +111,10 @@ def bench_tenant_context(
 ) -> None:
     """Cost of the signed tenant claim and the row-level security that verifies it."""
     from benchmarks.tenant_context import run_tenant_context_bench
+    from core.settings import get_settings
 
     prepared()
-    result = run_tenant_context_bench(output, requests=requests)
+    result = run_tenant_context_bench(get_settings(), output, requests=requests)
     _print_latencies(result, (("transaction with the claim", "transaction_with_claim_ms"),
                               ("transaction without a tenant", "transaction_without_claim_ms"),
                               ("search query behind the wall", "search_query_behind_wall_ms"),
@@ -153,6 +157,7 @@ def bench_search(
     from benchmarks.search.corpus import DatasetMissing
     from benchmarks.search.report import markdown, summary_lines
     from benchmarks.search.run import BenchOptions, PhaseFailed, run
+    from core.settings import get_settings
 
     command = "ils-rag bench search" + "".join(f" {shlex.quote(a)}" for a in sys.argv[3:])
     options = BenchOptions(chunks=chunks, companies=companies, queries_per_bucket=queries_per_bucket,
@@ -163,7 +168,7 @@ def bench_search(
                            skip_quality=skip_quality, scifact=scifact, results_dir=results_dir.resolve(),
                            command=command)
     try:
-        result = run(options, log=lambda message: console.print(message, highlight=False))
+        result = run(options, get_settings(), log=lambda message: console.print(message, highlight=False))
     except (DatasetMissing, PhaseFailed) as exc:  # a wrong dataset before any work; else what was kept
         raise fail(str(exc)) from exc
     console.print(markdown(result), highlight=False)

@@ -38,6 +38,7 @@ def evaluate(
 ) -> None:
     """Score retrievers on a dataset: terminal table + JSON, Markdown and PNG report."""
     from core.errors import ServiceError
+    from core.settings import get_settings
     from evals.report import REPORTS_DIR, print_table, write_report
     from evals.runner import RETRIEVERS, run_evaluation
 
@@ -51,8 +52,9 @@ def evaluate(
     if runtime:
         use_runtime(runtime)
     prepared()
+    settings = get_settings()  # after use_runtime: the run's settings, handed down
     try:
-        report = run_evaluation(dataset, names, limit_queries=limit_queries, console=console,
+        report = run_evaluation(dataset, names, settings=settings, limit_queries=limit_queries, console=console,
                                 workers=workers)
     except ServiceError as exc:
         raise fail(exc.message) from exc

@@ -99,8 +99,9 @@ def calibrate_scores(
     from evals.calibration import refit
 
     prepared()
-    cache = cache_dir or get_settings().data_dir.resolve() / "eval-cache"
-    calibration, path = refit(dataset, cache, console, plot=plot)
+    settings = get_settings()
+    cache = cache_dir or settings.data_dir.resolve() / "eval-cache"
+    calibration, path = refit(dataset, cache, console, settings=settings, plot=plot)
     info = calibration.fitted_on
     console.print(f"{calibration.model}: {calibration.method} on {info['pairs']} passages of {info['questions']} "
                   f"questions (cv Brier {info['cv_brier']}); threshold 0.7 = cosine >= "

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from app.deps import AppSettings
 from app.routes.web import PAGE_PATH, prefers_html
 from core import SERVICE_NAME, __version__
 from core.db.checks import pgvector_version
@@ -69,8 +70,7 @@ def _database_status(embedded: bool) -> DatabaseStatus:
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
-def health(request: Request) -> JSONResponse:
-    settings = request.app.state.settings
+def health(request: Request, settings: AppSettings) -> JSONResponse:
     database = _database_status(settings.embedded_database)
     loaded = getattr(request.app.state, "embed_model_loaded", False)
     info = embedding_info(get_embed_model()) if loaded else None

@@ -1,11 +1,12 @@
 """The benchmark's own database: `ils_bench` beside the service's, same migrations, the
 synthetic store bulk-loaded into it.
 
-Pointing the process at it: `use_bench_database()` installs a copy of the settings with
-DATABASE_URL (and the service role's URL) set to it and drops the cached engines, store and
+Pointing the process at it: `use_bench_database()` installs a copy of the caller's settings
+with DATABASE_URL (and the service role's URL) set to it and drops the cached engines, store and
 model (core.reconfigure), so everything imported from core afterwards (migrations included)
-talks to the bench database; a server started from this process is given the same URLs in its
-environment (`database_environment`).
+talks to the bench database; it returns that copy, which the benchmark hands down from then on.
+A server started from this process is given the same URLs in its environment
+(`database_environment`).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def bench_database_url(main_url: str, name: str = BENCH_DATABASE) -> str:
     return make_url(main_url).set(database=name).render_as_string(hide_password=False)
 
 
-def use_bench_database(name: str = BENCH_DATABASE) -> str:
-    """Create the bench database next to the service's and point this process at it."""
+def use_bench_database(settings: Settings, name: str = BENCH_DATABASE) -> Settings:
+    """Create the bench database next to the service's and point this process at it; returns the
+    settings now installed (the caller's, with the bench database's URLs)."""
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
@@ -58,7 +60,6 @@ def use_bench_database(name: str = BENCH_DATABASE) -> str:
     from core.db.roles import APP_ROLE
     from core.migrate import upgrade
     from core.reconfigure import reconfigure
-    from core.settings import get_settings
 
     main_url = database_url()  # starts the embedded server when DATABASE_URL is unset
     url = bench_database_url(main_url, name)
@@ -67,7 +68,6 @@ def use_bench_database(name: str = BENCH_DATABASE) -> str:
         if not connection.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar():
             connection.execute(sa.text(f"CREATE DATABASE {quoted_identifier(name)}"))
     admin.dispose()
-    settings = get_settings()
     update = {"database_url": url}
     # The service role (row-level security applies to it) must follow into the bench database.
     if settings.app_database_url:
@@ -75,10 +75,11 @@ def use_bench_database(name: str = BENCH_DATABASE) -> str:
     elif settings.embedded_database:  # trust authentication on the private socket, as core.db.roles derives it
         update["app_database_url"] = make_url(url).set(username=APP_ROLE, password=None).render_as_string(
             hide_password=False)
-    reconfigure(settings.model_copy(update=update))
+    bench = settings.model_copy(update=update)
+    reconfigure(bench)
     check_database()
     upgrade()
-    return url
+    return bench
 
 
 def database_environment(settings: Settings) -> dict[str, str]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.search.corpus import OPTICAL_DIR, REPO_ROOT, Store, company_id, company_number, user_email, user_id
-from core.settings import get_settings
+from core.settings import Settings
 from evals.metrics import percentile
 
 TOP_K = 10
@@ -110,13 +110,12 @@ def measure_store(store: Store, plan: Plan, query_vectors: np.ndarray) -> dict[s
     return out
 
 
-def measure_text(plan: Plan, queries: list[str]) -> dict[str, Any]:
+def measure_text(plan: Plan, queries: list[str], settings: Settings) -> dict[str, Any]:
     """`text` mode's store query per bucket: BM25 over the GIN-matched chunks (retrieval.bm25),
     top 10, inside the tenant's scope, as TenantRetriever runs it (without the query embedding)."""
     from core.db.tenant_scope import tenant
     from retrieval.bm25 import bm25_options, bm25_search
 
-    settings = get_settings()
     out: dict[str, Any] = {}
     for bucket, items in plan.items.items():
         latencies, empty = [], 0
@@ -187,17 +186,17 @@ def jaccard_ratio(plan: Plan, queries: list[str], jaccard: dict[str, Any], per_b
     return out
 
 
-def measure_embeddings(texts: list[str], query: str, rounds: int, log: Any = print) -> dict[str, Any]:
-    """Ingestion throughput (chunks/s) and single-query latency per runtime, interleaved rounds."""
+def measure_embeddings(texts: list[str], query: str, rounds: int, settings: Settings,
+                       log: Any = print) -> dict[str, Any]:
+    """Ingestion throughput (chunks/s) and single-query latency per runtime, interleaved rounds;
+    each runtime's model is built from a copy of `settings`."""
     from core.embeddings import build_embed_model, embedding_runtime
-    from core.settings import get_settings
 
     if not texts:
         raise ValueError("no texts to embed: the corpus has no chunk of the embedding size")
-    base = get_settings()
     models = {}
     for runtime in ("torch", "onnx", "onnx-int8"):
-        model = build_embed_model(base.model_copy(update={"embedding_runtime": runtime, "query_cache_size": 0}))
+        model = build_embed_model(settings.model_copy(update={"embedding_runtime": runtime, "query_cache_size": 0}))
         if embedding_runtime(model) == runtime:
             models[runtime] = model
     vectors = {name: np.asarray(m.get_text_embedding_batch(texts), dtype=np.float32) for name, m in models.items()}
@@ -257,22 +256,22 @@ def uvicorn_command(port: int, workers: int = 1) -> list[str]:
             "--port", str(port), "--log-level", "warning", "--no-access-log", *extra]
 
 
-def _token(company: str) -> str:
+def _token(company: str, settings: Settings) -> str:
     from auth.permissions import permissions_for
     from auth.tokens import issue_access_token
 
     number = company_number(company)  # its user exists (database.ensure_users)
     token, _ = issue_access_token(user_id=user_id(number), company_id=company, email=user_email(number),
-                                  role="staff", permissions=permissions_for("staff"), settings=get_settings())
+                                  role="staff", permissions=permissions_for("staff"), settings=settings)
     return token
 
 
 def measure_http_mode(base_url: str, requests: list[tuple[str, str]], latency_requests: int,
-                      mode: str) -> dict[str, float]:
+                      mode: str, settings: Settings) -> dict[str, float]:
     """One client's `/api/rag/search` latency in another mode (hybrid: both sides and the fusion), limit 10."""
     import httpx
 
-    tokens = {company: _token(company) for company, _ in requests}
+    tokens = {company: _token(company, settings) for company, _ in requests}
     latencies = []
     with httpx.Client(base_url=base_url, timeout=30) as client:
         for n, (company, query) in enumerate(requests[: latency_requests + 10]):
@@ -287,13 +286,14 @@ def measure_http_mode(base_url: str, requests: list[tuple[str, str]], latency_re
 
 
 def measure_http(base_url: str, requests: list[tuple[str, str]], latency_requests: int, concurrency: list[int],
-                 duration_s: float, log: Any = print, cpu_roots: list[int] | None = None) -> dict[str, Any]:
+                 duration_s: float, settings: Settings, log: Any = print,
+                 cpu_roots: list[int] | None = None) -> dict[str, Any]:
     """`requests`: (company id, query). Vector mode, limit 10, threshold -1 (always 10 back).
     With `cpu_roots` (the server's and the database's pids), each level also reports the CPU
     milliseconds those process trees spent per request (the load generator's own CPU excluded)."""
     import httpx
 
-    tokens = {company: _token(company) for company, _ in requests}
+    tokens = {company: _token(company, settings) for company, _ in requests}
 
     def call(client: httpx.Client, company: str, query: str) -> int:
         response = client.post("/api/rag/search", json={"query": query, "limit": TOP_K, "mode": "vector",

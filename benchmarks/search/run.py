@@ -62,6 +62,7 @@ from benchmarks.search.measurements import (
 )
 from benchmarks.search.report import targets, write_results
 from benchmarks.server import running_server
+from core.settings import Settings
 
 
 @dataclass
@@ -100,7 +101,10 @@ def git_revision() -> str:
         return "unknown"
 
 
-def run(options: BenchOptions, log: Any = print) -> dict[str, Any]:
+def run(options: BenchOptions, settings: Settings, log: Any = print) -> dict[str, Any]:
+    """The whole benchmark with the caller's `settings` (the bench database's copy of them is
+    installed and handed down from the setup phase on); the results are written even when a
+    phase fails."""
     check_scifact(options.scifact)  # before any work: a wrong path costs nothing
     started_at = time.perf_counter()
     original_env = os.environ.copy()  # the service's database, for the quality runs
@@ -115,7 +119,7 @@ def run(options: BenchOptions, log: Any = print) -> dict[str, Any]:
     }
     phase = "setup"
     try:
-        for phase in _phases(options, result, monitor, original_env, log):
+        for phase in _phases(options, settings, result, monitor, original_env, log):
             monitor.mark(phase)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -134,17 +138,15 @@ def run(options: BenchOptions, log: Any = print) -> dict[str, Any]:
     return result
 
 
-def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, original_env: dict[str, str],
-            log: Any) -> Iterator[str]:
+def _phases(options: BenchOptions, settings: Settings, result: dict[str, Any], monitor: Contention,
+            original_env: dict[str, str], log: Any) -> Iterator[str]:
     """The run's phases in order; each yields the name of the next before starting it, and adds
     its figures to `result` as soon as it has them."""
     from core.embeddings import embedding_runtime, get_embed_model
-    from core.settings import get_settings
     from core.tenant_indexes import sync_tenant_indexes, tenant_index_summary
 
     tag = corpus_tag(options.scifact)
-    use_bench_database(bench_database_name(options.chunks, options.companies, tag))
-    settings = get_settings()
+    settings = use_bench_database(settings, bench_database_name(options.chunks, options.companies, tag))
     monitor.add_root(postmaster_pid(settings.pgdata_dir))
     model = get_embed_model()
     result["embedding_runtime"] = embedding_runtime(model)
@@ -190,7 +192,7 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
 
     yield "text_search"
     log("text (BM25) search...")
-    result["text_search"] = measure_text(plan, queries)
+    result["text_search"] = measure_text(plan, queries, settings)
 
     yield "jaccard"
     log("legacy Jaccard...")
@@ -209,9 +211,9 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
             requests = [(company_id(c), queries[q]) for items in plan.items.values() for c, q in items]
             random.Random(5).shuffle(requests)
             result["http"] = measure_http(url, requests, options.http_latency_requests, list(options.concurrency),
-                                          options.duration_s, log, cpu_roots)
+                                          options.duration_s, settings, log, cpu_roots)
             result["http"]["hybrid_1_client"] = measure_http_mode(url, requests, options.http_latency_requests,
-                                                                  "hybrid")
+                                                                  "hybrid", settings)
 
         if options.http_workers > 1:
             yield "http_workers"
@@ -221,8 +223,8 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
                                 stop_timeout=15,
                                 on_start=lambda process: monitor.add_root(process.pid)) as (url, server):
                 cpu_roots = [pid for pid in (server.pid, postmaster_pid(settings.pgdata_dir)) if pid]
-                workers = measure_http(url, requests, 20, list(options.concurrency), options.duration_s, log,
-                                       cpu_roots)
+                workers = measure_http(url, requests, 20, list(options.concurrency), options.duration_s, settings,
+                                       log, cpu_roots)
             single = result["http"]["throughput"]
             result["http_workers"] = {"workers": options.http_workers, "throughput": workers["throughput"],
                                       "latency_1_client": workers["latency_1_client"],
@@ -233,7 +235,7 @@ def _phases(options: BenchOptions, result: dict[str, Any], monitor: Contention, 
         yield "embedding"
         log("embedding runtimes...")
         result["embedding"] = measure_embeddings(embedding_texts(options.embed_chunks, options.scifact), queries[0],
-                                                 options.embed_rounds, log)
+                                                 options.embed_rounds, settings, log)
         if not options.skip_quality:
             yield "quality"
             log("retrieval quality per runtime (ils-rag eval on the optical set)...")
