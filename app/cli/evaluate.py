@@ -29,6 +29,8 @@ def evaluate(
         "jaccard,ts_rank,text,vector,hybrid"),
     limit_queries: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N queries.")] = None,
     output: Annotated[Path | None, typer.Option(help="Report folder (default evals/reports/).")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Report file name, without suffix (default: <dataset>[-<runtime>]).")] = None,
     runtime: Annotated[Runtime | None, typer.Option(
         help="Embedding runtime for this run (default: EMBEDDING_RUNTIME). Each runtime indexes into "
              "its own evaluation companies and cache entries.")] = None,
@@ -59,6 +61,6 @@ def evaluate(
     except ServiceError as exc:
         raise fail(exc.message) from exc
     print_table(report, console)
-    name = report.dataset + (f"-{runtime}" if runtime else "")
+    name = name or report.dataset + (f"-{runtime}" if runtime else "")
     paths = write_report(report, output or REPORTS_DIR, name=name)
     console.print("report: " + ", ".join(str(p) for p in paths.values()))

@@ -357,25 +357,33 @@ def _cli() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "app"]
 
 
+def quality_report_name(runtime: str) -> str:
+    """The file name (no suffix) of one runtime's quality report among the benchmark's results."""
+    return f"quality-{runtime}"
+
+
 def runtime_quality(runtimes: list[str], env: dict[str, str], folder: Path, log: Any = print) -> dict[str, Any]:
     """nDCG@10 of vector search on the bundled optical evaluation set, per embedding runtime.
 
     Runs `ils-rag eval --retrievers vector --runtime R` in a subprocess with the environment
     the benchmark started with (the service's own database, not ils_bench); each runtime
-    indexes into its own evaluation companies once, later runs reuse them."""
+    indexes into its own evaluation companies once, later runs reuse them. Each report is
+    written as `folder/quality-R.*`: a name of the benchmark's own, so it is never taken for
+    the evaluation's `evals/reports/optical-R.*` (three retrievers, not one)."""
     out: dict[str, Any] = {}
     folder.mkdir(parents=True, exist_ok=True)
     for runtime in runtimes:
         started = time.perf_counter()
         completed = subprocess.run(
             [*_cli(), "eval", "--dataset", str(OPTICAL_DIR), "--retrievers", "vector", "--runtime", runtime,
-             "--output", str(folder)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=3600)
-        reports = sorted(folder.glob(f"*-{runtime}.json"), key=lambda p: p.stat().st_mtime)
-        if completed.returncode != 0 or not reports:
+             "--output", str(folder), "--name", quality_report_name(runtime)], cwd=REPO_ROOT, env=env,
+            capture_output=True, text=True, timeout=3600)
+        saved = folder / f"{quality_report_name(runtime)}.json"
+        if completed.returncode != 0 or not saved.is_file():
             tail = (completed.stdout + completed.stderr).strip().splitlines()[-3:]
             log(f"  quality {runtime}: evaluation failed ({' / '.join(tail)})")
             continue
-        report = json.loads(reports[-1].read_text())
+        report = json.loads(saved.read_text())
         averages = next(r["averages"] for r in report["results"] if r["retriever"] == "vector")
         out[runtime] = {"ndcg_at_10": float(averages["ndcg@10"]), "recall_at_10": float(averages.get("recall@10", 0)),
                         "runtime_loaded": report.get("embedding_runtime", runtime),

@@ -240,7 +240,7 @@ def _phases(options: BenchOptions, settings: Settings, result: dict[str, Any], m
             yield "quality"
             log("retrieval quality per runtime (ils-rag eval on the optical set)...")
             quality = runtime_quality(list(result["embedding"]["runtimes"]), original_env,
-                                      options.results_dir / "eval", log)
+                                      options.results_dir, log)
             for name, row in result["embedding"]["runtimes"].items():
                 if name in quality:
                     row["optical_ndcg_at_10"] = quality[name]["ndcg_at_10"]
