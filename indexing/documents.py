@@ -25,6 +25,7 @@ from indexing.models import Document
 from indexing.pipeline import index_sources
 from indexing.queue import enqueue, has_pending_job, wait_until_drained
 from indexing.readers import (
+    TEXT_PARSERS,
     ExtractionLimits,
     IngestError,
     check_container,
@@ -55,7 +56,7 @@ def check_upload(filename: str, data: bytes, max_bytes: int, limits: ExtractionL
                           code="PAYLOAD_TOO_LARGE", status_code=413)
     if not data or not data.strip():
         raise IngestError(f"{name!r} is empty.", code="EMPTY_FILE")
-    if suffix not in (".pdf", ".docx"):
+    if suffix in TEXT_PARSERS:  # a text format's bytes must decode now; binary ones are checked below
         decode_text(name, data)
     check_container(name, data, limits)  # a zip bomb is refused (413) here, not later in the background
     return UploadCheck(source_key=f"{UPLOAD_PREFIX}{name}", filename=name)

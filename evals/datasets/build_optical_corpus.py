@@ -35,7 +35,6 @@ from pypdf import PdfReader
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SAMPLES = ROOT / "samples"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "optical" / "corpus.jsonl"
-SUPPORTED = {".md", ".txt", ".csv", ".html", ".htm", ".pdf"}
 
 
 def _title_from_filename(path: Path) -> str:
@@ -91,6 +90,8 @@ def _pdf(path: Path) -> tuple[str, str]:
     return title, text
 
 
+# The formats this builder reads, by suffix: its own readers rather than indexing.readers', because
+# a corpus document also needs a title, which the service's readers do not extract.
 READERS = {".md": _markdown, ".txt": _plain_text, ".csv": _csv, ".html": _html, ".htm": _html, ".pdf": _pdf}
 
 
@@ -100,7 +101,7 @@ def build(samples: Path) -> list[dict[str, str]]:
     for practice in practices:
         for path in sorted(p for p in practice.iterdir() if p.is_file() and not p.name.startswith(".")):
             suffix = path.suffix.lower()
-            if suffix not in SUPPORTED:
+            if suffix not in READERS:
                 print(f"skipping unsupported file {path}", file=sys.stderr)
                 continue
             title, text = READERS[suffix](path)
