@@ -15,13 +15,30 @@ def rss_bytes(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
+def _postmaster_line(pgdata: Path, index: int) -> str | None:
+    """One line of `pgdata`'s postmaster.pid (Postgres documents their order), None when the
+    file or the line is missing: the server is not running, or is still starting."""
+    try:
+        return (pgdata / "postmaster.pid").read_text().splitlines()[index].strip()
+    except (OSError, IndexError):
+        return None
+
+
 def postmaster_pid(pgdata: Path) -> int | None:
     """The running postmaster of `pgdata`, if any (first line of postmaster.pid)."""
+    line = _postmaster_line(pgdata, 0)
     try:
-        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
+        pid = int(line) if line is not None else None
+    except ValueError:
         return None
-    return pid if psutil.pid_exists(pid) else None
+    return pid if pid is not None and psutil.pid_exists(pid) else None
+
+
+def postmaster_socket_dir(pgdata: Path) -> Path | None:
+    """The folder of the Unix socket the postmaster of `pgdata` listens on (fifth line of
+    postmaster.pid): a client connects there as `host=<folder>`."""
+    line = _postmaster_line(pgdata, 4)
+    return Path(line) if line else None
 
 
 def stop_postgres(pgdata: Path) -> None:

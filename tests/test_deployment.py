@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from benchmarks.processes import postmaster_pid, postmaster_socket_dir
 from tests.servers import ROOT, free_port, serve
 
 
@@ -143,8 +144,8 @@ def test_embedded_server_is_tuned_at_first_start_and_stops_with_the_service(tmp_
     try:
         with serve(env, tmp_path / "server.log") as (base, process):
             assert httpx.get(f"{base}/health", timeout=5).json()["database"]["embedded"] is True
-            postmaster = int((data / "pg" / "postmaster.pid").read_text().split()[0])
-            socket_dir = (data / "pg" / "postmaster.pid").read_text().splitlines()[4]
+            postmaster, socket_dir = postmaster_pid(data / "pg"), postmaster_socket_dir(data / "pg")
+            assert postmaster is not None and socket_dir is not None
             engine = sa.create_engine(f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}",
                                       poolclass=sa.pool.NullPool)
             with engine.connect() as connection:
