@@ -27,8 +27,8 @@ def _needs_tuning(uri: str, buffers_mb: int) -> bool:
     """Set shared_buffers for the next start (ALTER SYSTEM); True while the running value differs.
 
     Why: initdb's 128 MB is smaller than the chunk table and its HNSW index at a few tens of
-    thousands of chunks, and then every search re-reads pages through the kernel's cache
-    (`ils-rag bench search`: tenants of 1-20k chunks 25-40% slower at 128 MB).
+    thousands of chunks, and then every search re-reads pages through the kernel's cache, which
+    `ils-rag bench search` shows as slower searches for mid-sized tenants (docs/scaling.md).
     """
     import sqlalchemy as sa
 

@@ -247,6 +247,21 @@ def index_texts(database: str, embed_model):
     return _index
 
 
+@pytest.fixture
+def two_practices(make_company, make_user, index_texts):
+    """Two companies, "Bright" and "Clear", each with its documents indexed and a staff user:
+    `two_practices(bright_docs, clear_docs)` -> (company a, a's headers, company b, b's headers).
+    A factory because the chat and retrieval tests index different documents the same way."""
+
+    def _make(bright: list[tuple[str, str, str | None]], clear: list[tuple[str, str, str | None]]) -> tuple:
+        a, b = make_company("Bright"), make_company("Clear")
+        index_texts(a, bright)
+        index_texts(b, clear)
+        return a, make_user(a)[1], b, make_user(b)[1]
+
+    return _make
+
+
 @pytest.fixture(scope="session")
 def _fake_openai_server():
     from tests.fake_openai import FakeOpenAI

@@ -15,7 +15,7 @@ from benchmarks.search.report import NDCG_TOLERANCE, markdown, targets
 from core.settings import get_settings
 
 
-def test_zipf_sizes_match_the_issue_shape() -> None:
+def test_zipf_sizes_sum_to_the_store_and_populate_every_bucket() -> None:
     sizes = zipf_sizes(100_000, 200)
     assert sum(sizes) == 100_000 and len(sizes) == 200
     assert sizes == sorted(sizes, reverse=True)

@@ -24,11 +24,8 @@ QUESTION = "What do progressive lenses cost?"
 
 
 @pytest.fixture
-def tenants(make_company, make_user, index_texts):
-    a, b = make_company("Bright"), make_company("Clear")
-    index_texts(a, BRIGHT)
-    index_texts(b, CLEAR)
-    return a, make_user(a)[1], b, make_user(b)[1]
+def tenants(two_practices):
+    return two_practices(BRIGHT, CLEAR)
 
 
 def sse_events(text: str) -> list[tuple[str, dict]]:

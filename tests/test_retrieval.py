@@ -22,11 +22,8 @@ CLEAR = [
 
 
 @pytest.fixture
-def two_tenants(make_company, make_user, index_texts):
-    a, b = make_company("Bright"), make_company("Clear")
-    index_texts(a, BRIGHT)
-    index_texts(b, CLEAR)
-    return a, make_user(a)[1], b, make_user(b)[1]
+def two_tenants(two_practices):
+    return two_practices(BRIGHT, CLEAR)
 
 
 def test_retriever_cannot_be_built_or_queried_unscoped(database, embed_model):
