@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from core.settings import get_settings
 from indexing.readers import ExtractionLimits
-from tests.servers import ROOT
+from tests.servers import ROOT, free_port
 
 
 @pytest.fixture
@@ -94,8 +94,8 @@ def _wait_status(company_id: str, document_id: str, statuses: set[str], timeout_
     raise AssertionError(f"document never reached {statuses}: {row.status}")
 
 
-def _start_worker(company_id: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "LOG_FORMAT": "text"}
+def _start_worker(company_id: str, log: Path, metrics_port: int = 0) -> subprocess.Popen:
+    env = {**os.environ, "LOG_FORMAT": "text", "METRICS_PORT": str(metrics_port)}
     handle = log.open("ab")
     return subprocess.Popen([sys.executable, "-m", "app", "worker", "--company-id", company_id], cwd=ROOT, env=env,
                             stdout=handle, stderr=subprocess.STDOUT)
@@ -140,9 +140,15 @@ def test_killed_worker_job_is_retried_by_another_with_one_copy_of_chunks(company
     assert _document(company.id, row.id).status == "indexing"  # the dead worker's state, as it left it
     assert _job(company.id, row.id).status == "running"
 
-    second = _start_worker(company.id, tmp_path / "worker-2.log")
+    metrics_port = free_port()
+    second = _start_worker(company.id, tmp_path / "worker-2.log", metrics_port=metrics_port)
     try:
         done = _wait_status(company.id, row.id, {"indexed", "failed"}, timeout_s=240)
+        # a dedicated worker exposes its own job outcomes and embedding time on METRICS_PORT
+        samples = _scrape(f"http://127.0.0.1:{metrics_port}/metrics", 'ils_ingest_jobs_total{outcome="indexed"}')
+        assert samples['ils_ingest_jobs_total{outcome="indexed"}'] == 1.0
+        assert samples['ils_embedding_duration_seconds_count{kind="batch"}'] > 0
+        assert 'ils_ingest_queue_depth{state="queued"}' in samples
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(30)
@@ -151,6 +157,21 @@ def test_killed_worker_job_is_retried_by_another_with_one_copy_of_chunks(company
     assert (job.status, job.attempts, job.error) == ("done", 2, None)
     rows, node_ids, texts = _chunk_stats(company.id, row.id)
     assert rows == node_ids == texts == done.chunk_count == _expected_chunks(data, "handbook.txt")
+
+
+def _scrape(url: str, wanted: str, timeout_s: float = 30) -> dict[str, float]:
+    """The listener's samples once `wanted` is among them (a job's outcome is counted just after
+    its document is marked indexed)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(url, timeout=5).text
+        samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                   for line in text.splitlines() if line and not line.startswith("#")}
+        if wanted in samples or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.2)
 
 
 def _claim_within(worker: object, timeout_s: float) -> object:
