@@ -24,6 +24,7 @@ from tests.servers import ROOT, free_port
 @pytest.fixture
 def no_api_worker(app: object, client: object) -> Iterator[None]:
     """Stop the test app's in-process worker, so the workers a test starts get its jobs."""
+    from app.main import statements_after_job
     from indexing.queue import BackgroundWorker
 
     state = app.state  # type: ignore[attr-defined]
@@ -34,7 +35,8 @@ def no_api_worker(app: object, client: object) -> Iterator[None]:
         yield
     finally:
         if running is not None:
-            state.ingest_worker = BackgroundWorker(get_settings()).start()
+            settings = get_settings()
+            state.ingest_worker = BackgroundWorker(settings, on_result=statements_after_job(settings)).start()
 
 
 def _text(kb: int, tag: str) -> bytes:
@@ -76,6 +78,16 @@ def _chunk_stats(company_id: str, document_id: str) -> tuple[int, int, int]:
             "WHERE company_id = :c AND metadata_->>'source_document_id' = :d"),
             {"c": company_id, "d": document_id}).one()
     return int(row[0]), int(row[1]), int(row[2])
+
+
+def _statement_rows(company_id: str, document_id: str) -> int:
+    from core.db.owner import get_admin_engine
+
+    with get_admin_engine().connect() as connection:
+        return int(connection.execute(sa.text(
+            "SELECT count(*) FROM chunk_statements s JOIN data_chunks c ON c.company_id = s.company_id "
+            "AND c.node_id = s.node_id WHERE c.company_id = :c AND c.metadata_->>'source_document_id' = :d"),
+            {"c": company_id, "d": document_id}).scalar())
 
 
 def _document(company_id: str, document_id: str):
@@ -120,6 +132,11 @@ def test_large_index_document_call_is_queued_and_indexed(client, company, make_u
     job = _job(company.id, document_id)
     assert (job.status, job.attempts, job.emptied) == ("done", 1, True)
     assert _chunk_stats(company.id, document_id)[0] == row.chunk_count > 1
+    # then the worker stores the document's statement vectors (the offline answerer's), once
+    deadline = time.monotonic() + 60
+    while _statement_rows(company.id, document_id) < row.chunk_count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _statement_rows(company.id, document_id) == row.chunk_count
 
 
 def test_killed_worker_job_is_retried_by_another_with_one_copy_of_chunks(company, no_api_worker,
