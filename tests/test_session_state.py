@@ -19,9 +19,9 @@ def test_the_request_role_cannot_create_temporary_objects(company) -> None:
 
     for statement in ("CREATE TEMP TABLE documents (id text)", "CREATE TEMP VIEW chunk_statements AS SELECT 1 AS x",
                       "CREATE TEMPORARY SEQUENCE s"):
-        with tenant(company.id), get_engine().connect() as connection:
-            with pytest.raises(DBAPIError, match="permission denied"):
-                connection.execute(sa.text(statement))
+        with (tenant(company.id), get_engine().connect() as connection,
+              pytest.raises(DBAPIError, match="permission denied")):
+            connection.execute(sa.text(statement))
 
 
 def test_other_sessions_statements_are_not_readable(make_company) -> None:
