@@ -31,8 +31,10 @@ lint: install
 # builds the store the published figures come from; without it, the repository's texts alone.
 SCIFACT ?=
 
-bench: install  ## search benchmark at 100k chunks (results under benchmarks/results/)
+bench: install  ## search at 100k chunks, then what the tenant wall and token checks cost (benchmarks/results/)
 	$(BIN)/ils-rag bench search $(if $(SCIFACT),--scifact $(SCIFACT))
+	$(BIN)/ils-rag bench tenant-context
+	$(BIN)/ils-rag bench auth
 
 eval: install  ## retrieval evaluation on the bundled optical set (report under evals/reports/)
 	$(BIN)/ils-rag eval --dataset evals/datasets/optical --retrievers jaccard,ts_rank,text,vector,hybrid

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -34,7 +34,8 @@ from core.migrate import upgrade
 from core.settings import Settings, get_settings
 from core.tenant_indexes import TenantIndexMaintainer
 from indexing.documents import recover_interrupted_uploads
-from indexing.queue import BackgroundWorker
+from indexing.queue import BackgroundWorker, JobResult
+from retrieval.statements import precompute_document
 
 logger = logging.getLogger("ils_rag")
 
@@ -49,6 +50,18 @@ def prepare_runtime(settings: Settings) -> None:
     upgrade()
     recover_interrupted_uploads()  # uploads a killed process held in memory can never finish
     get_embed_model()
+
+
+def statements_after_job(settings: Settings) -> Callable[[JobResult], None]:
+    """What a queue worker does once a job's document is indexed: store its chunks' statement
+    vectors (the offline answerer's), after the document is already searchable."""
+    model_key = settings.embedding_key
+
+    def after(result: JobResult) -> None:
+        if result.status == "done":
+            precompute_document(result.job.company_id, result.job.document_id, model_key)
+
+    return after
 
 
 def create_app(settings: Settings | None = None, *, prepare: bool = True) -> FastAPI:
@@ -67,7 +80,7 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
         # rather than starting another that nothing would stop.
         running = getattr(app.state, "ingest_worker", None)
         start = prepare and settings.ingest_in_process_worker and running is None
-        worker = BackgroundWorker(settings).start() if start else None
+        worker = BackgroundWorker(settings, on_result=statements_after_job(settings)).start() if start else None
         if worker is not None:
             app.state.ingest_worker = worker
         try:

@@ -327,8 +327,8 @@ class Worker:
 class BackgroundWorker:
     """One worker on a daemon thread: the API's in-process consumer (INGEST_IN_PROCESS_WORKER)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.worker = Worker(settings, name=f"{socket.gethostname()}:{os.getpid()}:api")
+    def __init__(self, settings: Settings, on_result: Callable[[JobResult], None] | None = None) -> None:
+        self.worker = Worker(settings, name=f"{socket.gethostname()}:{os.getpid()}:api", on_result=on_result)
         self._thread = threading.Thread(target=self.worker.run_forever, name="ingest-worker", daemon=True)
 
     def start(self) -> BackgroundWorker:

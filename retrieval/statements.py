@@ -25,6 +25,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from core.db.engines import get_engine
 from core.db.replica import read_engine
 from core.db.tenant_scope import tenant
+from core.embeddings import get_embed_model
 from retrieval.passages import Rendered, passage_of
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ _WRITE = sa.text(
 _CHUNKS = sa.text(
     "SELECT c.id, c.node_id, c.text, c.metadata_, s.digest FROM data_chunks c "
     "LEFT JOIN chunk_statements s ON s.company_id = c.company_id AND s.node_id = c.node_id "
-    "WHERE c.company_id = :company AND c.id > :after ORDER BY c.id LIMIT :limit")
+    "WHERE c.company_id = :company AND c.id > :after "
+    "AND (CAST(:document AS text) IS NULL OR c.metadata_->>'source_document_id' = :document) "
+    "ORDER BY c.id LIMIT :limit")
 
 
 def statement_texts(rendered: Rendered) -> list[str]:
@@ -110,14 +113,16 @@ def vectors_for(company_id: str, node_ids: Sequence[str], rendered: Sequence[Ren
     return [m if m is not None else np.zeros((0, 1), dtype=np.float32) for m in out]
 
 
-def precompute(company_id: str, embed_model: BaseEmbedding, model_key: str, batch: int = PRECOMPUTE_BATCH) -> int:
-    """Store the statement vectors of every chunk of `company_id` whose row is missing or stale
-    (another normaliser or model); returns how many chunks were (re)computed. Run after
-    ingestion, so no chat pays for them."""
+def precompute(company_id: str, embed_model: BaseEmbedding, model_key: str, batch: int = PRECOMPUTE_BATCH,
+               document_id: str | None = None) -> int:
+    """Store the statement vectors of every chunk of `company_id` (or of one of its documents)
+    whose row is missing or stale (another normaliser or model); returns how many chunks were
+    (re)computed. Run after ingestion, so no chat pays for them."""
     done, after = 0, 0
     while True:
         with tenant(company_id), get_engine().connect() as connection:
-            rows = connection.execute(_CHUNKS, {"company": company_id, "after": after, "limit": batch * 8}).all()
+            rows = connection.execute(_CHUNKS, {"company": company_id, "after": after, "limit": batch * 8,
+                                                "document": document_id}).all()
         if not rows:
             return done
         after = rows[-1].id
@@ -149,3 +154,14 @@ def _starts_document(metadata: dict | None) -> bool:
         return json.loads((metadata or {}).get("_node_content") or "{}").get("start_char_idx") == 0
     except (TypeError, ValueError):
         return False
+
+
+def precompute_document(company_id: str, document_id: str, model_key: str) -> None:
+    """After an upload is indexed (a background task of the upload route, or the queue worker
+    once the job is done): its chunks' statement vectors, so its first chat embeds only the
+    question. A failure here costs only that: the first answer reading a chunk stores its own."""
+    try:
+        precompute(company_id, get_embed_model(), model_key, document_id=document_id)
+    except Exception:
+        logger.warning("statement vectors of document %s not stored; the first answer will store them",
+                       document_id, exc_info=True, extra={"company_id": company_id})

@@ -272,3 +272,30 @@ def test_statement_vectors_are_stored_once_per_chunk_behind_the_tenant_wall(clie
         assert connection.execute(count, {"c": company.id}).scalar() == 0  # another company sees none of them
     with tenant(company.id), get_engine().connect() as connection:
         assert connection.execute(count, {"c": company.id}).scalar() == stored
+
+
+def test_uploads_store_their_statement_vectors_before_the_first_chat(client, make_company, make_user, statements):
+    """An upload (multipart or the seed's index-document) is followed, after its response, by its
+    chunks' statement vectors: the first offline answer reading them embeds only the question."""
+    import sqlalchemy as sa
+
+    from core.db.owner import get_admin_engine
+
+    company = make_company("Upload practice")
+    _, admin = make_user(company, "admin")
+    upload = client.post("/api/documents", headers=admin, files=[("files", ("lens-guide.md", LENS_GUIDE.encode(),
+                                                                            "text/markdown"))])
+    assert upload.status_code == 200, upload.text
+    seeded = client.post("/api/rag/index-document", headers=admin, json={
+        "filename": "price-faq", "content": "How much are premium varifocals?\nPremium varifocal: £320 per pair."})
+    assert seeded.status_code == 200, seeded.text
+    with get_admin_engine().connect() as connection:
+        chunks, stored = connection.execute(sa.text(
+            "SELECT count(*), count(s.node_id) FROM data_chunks c LEFT JOIN chunk_statements s "
+            "ON s.company_id = c.company_id AND s.node_id = c.node_id WHERE c.company_id = :c"),
+            {"c": company.id}).one()
+    assert chunks >= 2 and stored == chunks
+    statements.clear()
+    assert client.post("/api/chat", json={"message": "How much is a premium varifocal?"},
+                       headers=admin).status_code == 200
+    assert not any(s.lstrip().startswith("INSERT INTO chunk_statements") for s in statements)

@@ -36,7 +36,22 @@ def second_postgres():
     shutil.rmtree(parent, ignore_errors=True)
 
 
+def _require_passwords_for_service_roles(owner_url: str) -> None:
+    """Make the throwaway server check the service roles' passwords, as a managed server does.
+
+    pgserver trusts every local connection; a password a process got wrong would go unnoticed."""
+    owner = sa.create_engine(owner_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    with owner.connect() as connection:
+        hba = Path(connection.execute(sa.text("SHOW hba_file")).scalar())
+        rules = "\n".join(f"{kind} all ils_app,ils_auth {address} scram-sha-256".replace("  ", " ")
+                          for kind, address in (("local", ""), ("host", "0.0.0.0/0"), ("host", "::/0")))
+        hba.write_text(rules + "\n" + hba.read_text())
+        connection.execute(sa.text("SELECT pg_reload_conf()"))
+    owner.dispose()
+
+
 def test_external_database_url_works_unchanged(second_postgres: str, tmp_path: Path) -> None:
+    _require_passwords_for_service_roles(second_postgres)
     env = {**os.environ, "DATABASE_URL": second_postgres, "DATA_DIR": str(tmp_path / "data")}
     upgrade = subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], env=env, capture_output=True,
                              text=True, timeout=120, cwd=ROOT)
@@ -49,16 +64,32 @@ def test_external_database_url_works_unchanged(second_postgres: str, tmp_path: P
         assert body["database"]["pgvector_version"].startswith("0.8")
         # the embedded server was never started: no pg folder in DATA_DIR
         assert not (tmp_path / "data" / "pg").exists()
-        # the service itself is connected as ils_app (row-level security applies), with the
-        # generated password kept private in DATA_DIR
-        owner = sa.create_engine(second_postgres, poolclass=sa.pool.NullPool)
+        # the service itself is connected as ils_app (row-level security applies)
+        owner = sa.create_engine(second_postgres, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
         with owner.connect() as connection:
             users = set(connection.execute(sa.text(
                 "SELECT usename FROM pg_stat_activity WHERE datname = current_database() "
                 "AND pid <> pg_backend_pid()")).scalars())
-        owner.dispose()
         assert "ils_app" in users
-        assert (tmp_path / "data" / "db_app_password").stat().st_mode & 0o777 == 0o600
+        assert not list((tmp_path / "data").glob("db_*_password")), "role passwords are not kept per machine"
+
+        # A second machine (another DATA_DIR, the same DATABASE_URL: a worker or an API replica)
+        # starts and sets the service roles' passwords. The first server must still connect:
+        # its connections are cut, and /health then needs a new ils_app connection.
+        other = {**env, "DATA_DIR": str(tmp_path / "other-machine")}
+        assert subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], env=other, capture_output=True,
+                              text=True, timeout=120, cwd=ROOT).returncode == 0
+        with owner.connect() as connection:
+            cut = connection.execute(sa.text(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND usename IN ('ils_app', 'ils_auth')")).scalar()
+        owner.dispose()
+        assert cut >= 1
+        response = httpx.get(f"{base}/health", timeout=10)
+        if response.status_code != 200:  # pre-ping may spend the first request on the cut connection
+            response = httpx.get(f"{base}/health", timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["database"]["reachable"] is True
 
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

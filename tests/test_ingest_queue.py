@@ -18,12 +18,13 @@ import sqlalchemy as sa
 
 from core.settings import get_settings
 from indexing.readers import ExtractionLimits
-from tests.servers import ROOT
+from tests.servers import ROOT, free_port
 
 
 @pytest.fixture
 def no_api_worker(app: object, client: object) -> Iterator[None]:
     """Stop the test app's in-process worker, so the workers a test starts get its jobs."""
+    from app.main import statements_after_job
     from indexing.queue import BackgroundWorker
 
     state = app.state  # type: ignore[attr-defined]
@@ -34,7 +35,8 @@ def no_api_worker(app: object, client: object) -> Iterator[None]:
         yield
     finally:
         if running is not None:
-            state.ingest_worker = BackgroundWorker(get_settings()).start()
+            settings = get_settings()
+            state.ingest_worker = BackgroundWorker(settings, on_result=statements_after_job(settings)).start()
 
 
 def _text(kb: int, tag: str) -> bytes:
@@ -78,6 +80,16 @@ def _chunk_stats(company_id: str, document_id: str) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
+def _statement_rows(company_id: str, document_id: str) -> int:
+    from core.db.owner import get_admin_engine
+
+    with get_admin_engine().connect() as connection:
+        return int(connection.execute(sa.text(
+            "SELECT count(*) FROM chunk_statements s JOIN data_chunks c ON c.company_id = s.company_id "
+            "AND c.node_id = s.node_id WHERE c.company_id = :c AND c.metadata_->>'source_document_id' = :d"),
+            {"c": company_id, "d": document_id}).scalar())
+
+
 def _document(company_id: str, document_id: str):
     from indexing.documents import get_document
 
@@ -94,8 +106,8 @@ def _wait_status(company_id: str, document_id: str, statuses: set[str], timeout_
     raise AssertionError(f"document never reached {statuses}: {row.status}")
 
 
-def _start_worker(company_id: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "LOG_FORMAT": "text"}
+def _start_worker(company_id: str, log: Path, metrics_port: int = 0) -> subprocess.Popen:
+    env = {**os.environ, "LOG_FORMAT": "text", "METRICS_PORT": str(metrics_port)}
     handle = log.open("ab")
     return subprocess.Popen([sys.executable, "-m", "app", "worker", "--company-id", company_id], cwd=ROOT, env=env,
                             stdout=handle, stderr=subprocess.STDOUT)
@@ -120,6 +132,11 @@ def test_large_index_document_call_is_queued_and_indexed(client, company, make_u
     job = _job(company.id, document_id)
     assert (job.status, job.attempts, job.emptied) == ("done", 1, True)
     assert _chunk_stats(company.id, document_id)[0] == row.chunk_count > 1
+    # then the worker stores the document's statement vectors (the offline answerer's), once
+    deadline = time.monotonic() + 60
+    while _statement_rows(company.id, document_id) < row.chunk_count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _statement_rows(company.id, document_id) == row.chunk_count
 
 
 def test_killed_worker_job_is_retried_by_another_with_one_copy_of_chunks(company, no_api_worker,
@@ -140,9 +157,15 @@ def test_killed_worker_job_is_retried_by_another_with_one_copy_of_chunks(company
     assert _document(company.id, row.id).status == "indexing"  # the dead worker's state, as it left it
     assert _job(company.id, row.id).status == "running"
 
-    second = _start_worker(company.id, tmp_path / "worker-2.log")
+    metrics_port = free_port()
+    second = _start_worker(company.id, tmp_path / "worker-2.log", metrics_port=metrics_port)
     try:
         done = _wait_status(company.id, row.id, {"indexed", "failed"}, timeout_s=240)
+        # a dedicated worker exposes its own job outcomes and embedding time on METRICS_PORT
+        samples = _scrape(f"http://127.0.0.1:{metrics_port}/metrics", 'ils_ingest_jobs_total{outcome="indexed"}')
+        assert samples['ils_ingest_jobs_total{outcome="indexed"}'] == 1.0
+        assert samples['ils_embedding_duration_seconds_count{kind="batch"}'] > 0
+        assert 'ils_ingest_queue_depth{state="queued"}' in samples
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(30)
@@ -151,6 +174,21 @@ def test_killed_worker_job_is_retried_by_another_with_one_copy_of_chunks(company
     assert (job.status, job.attempts, job.error) == ("done", 2, None)
     rows, node_ids, texts = _chunk_stats(company.id, row.id)
     assert rows == node_ids == texts == done.chunk_count == _expected_chunks(data, "handbook.txt")
+
+
+def _scrape(url: str, wanted: str, timeout_s: float = 30) -> dict[str, float]:
+    """The listener's samples once `wanted` is among them (a job's outcome is counted just after
+    its document is marked indexed)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(url, timeout=5).text
+        samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                   for line in text.splitlines() if line and not line.startswith("#")}
+        if wanted in samples or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.2)
 
 
 def _claim_within(worker: object, timeout_s: float) -> object:

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Column, Table
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from core.settings import Settings
 
 app = typer.Typer(help="ILS RAG: multi-tenant retrieval-augmented generation for optical practices.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -89,3 +94,14 @@ def sync_tenant_indexes_verbose(min_chunks: int, companies: list[str] | None = N
         console.print("tenant indexes: another process is updating them", highlight=False)
     elif result.dropped:
         console.print(f"tenant indexes: dropped {len(result.dropped)} no longer needed", highlight=False)
+
+
+def start_metrics_listener(settings: Settings) -> WSGIServer | None:
+    """/metrics on METRICS_HOST:METRICS_PORT (none when the port is 0), for `serve` and `worker`:
+    apart from the API's port, so a proxy that publishes the API does not publish the metrics."""
+    if not settings.metrics_port:
+        return None
+    from core.metrics import start_listener
+
+    server, _ = start_listener(settings.metrics_host, settings.metrics_port)
+    return server

@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from app.cli.common import app, console, prepared
+from app.cli.common import app, console, prepared, start_metrics_listener
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # core.metrics.MULTIPROC_ENV, named here without importing the client
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
 
     from core.settings import Settings
 
@@ -61,7 +60,7 @@ def _serve(host: str | None, port: int | None, load_samples: bool, workers: int)
 
         _load(console, settings)
     duties = _start_background_duties(settings) if workers > 1 else []
-    listener = _start_metrics_listener(settings)
+    listener = start_metrics_listener(settings)
     for line in address_lines(settings, host or settings.host, port or settings.port):
         console.print(line, highlight=False)
     if listener is not None:
@@ -113,21 +112,11 @@ def _start_background_duties(settings: Settings) -> list[Callable[[], None]]:
     stops: list[Callable[[], None]] = [
         TenantIndexMaintainer(settings.tenant_index_check_s, settings.tenant_index_min_chunks).start().stop]
     if getattr(settings, "ingest_in_process_worker", False):
+        from app.main import statements_after_job
         from indexing.queue import BackgroundWorker
 
-        stops.append(BackgroundWorker(settings).start().stop)
+        stops.append(BackgroundWorker(settings, on_result=statements_after_job(settings)).start().stop)
     return stops
-
-
-def _start_metrics_listener(settings: Settings) -> WSGIServer | None:
-    """/metrics on METRICS_HOST:METRICS_PORT (none when the port is 0): apart from the API's port,
-    so a proxy that publishes the API does not publish the metrics."""
-    if not settings.metrics_port:
-        return None
-    from core.metrics import start_listener
-
-    server, _ = start_listener(settings.metrics_host, settings.metrics_port)
-    return server
 
 
 def starting_line(settings: Settings) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import app, console, prepared
+from app.cli.common import app, console, prepared, start_metrics_listener
 
 
 @app.command("worker")
@@ -24,13 +24,18 @@ def worker(
         help="Take only this company's jobs (a worker dedicated to one large tenant).")] = None,
 ) -> None:
     """Index queued uploads (the ingestion queue) until SIGTERM/Ctrl-C."""
+    from app.main import statements_after_job
     from core.embeddings import get_embed_model
     from core.settings import get_settings
     from indexing.queue import Worker
 
     prepared()
+    settings = get_settings()
     get_embed_model()  # loaded before the first claim, so a job is never held while the model loads
-    runner = Worker(get_settings(), company_id=company_id)
+    runner = Worker(settings, company_id=company_id, on_result=statements_after_job(settings))
+    # A dedicated worker's job outcomes, embedding time and queue depth are its own to expose:
+    # an API process only sees the jobs its in-process worker (if any) runs.
+    listener = start_metrics_listener(settings)
 
     def _stop(signum: int, frame: object) -> None:
         runner.stop()  # the job in hand finishes; a second signal is the default (exit at once)
@@ -39,5 +44,11 @@ def worker(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     console.print(f"ingest worker {runner.name} waiting for jobs", highlight=False)
-    done = runner.run_forever(idle_exit_s=idle_exit)
+    if listener is not None:
+        console.print(f"  metrics   http://{settings.metrics_host}:{settings.metrics_port}/metrics", highlight=False)
+    try:
+        done = runner.run_forever(idle_exit_s=idle_exit)
+    finally:
+        if listener is not None:
+            listener.shutdown()
     console.print(f"ingest worker {runner.name} stopped after {done} job(s)", highlight=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,7 @@ from core.errors import ServiceError
 from indexing import documents as service
 from indexing.models import Document
 from indexing.readers import SUPPORTED_EXTENSIONS
+from retrieval.statements import precompute_document
 
 router = APIRouter(tags=["documents"])
 # Printable text only: Postgres text and jsonb cannot hold NUL, and control characters in a
@@ -107,6 +108,7 @@ def upload_documents(
     request: Request,
     response: Response,
     settings: AppSettings,
+    background: BackgroundTasks,
     files: list[UploadFile] = File(..., description=f"One or more files ({' '.join(SUPPORTED_EXTENSIONS)})"),
     category: str | None = Form(default=None, max_length=100, pattern=CATEGORY_PATTERN),
     user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE)),
@@ -129,6 +131,8 @@ def upload_documents(
                 row = service.index_upload(user.company_id, name, data, settings=settings, category=category,
                                            uploaded_by=user.id, max_bytes=max_bytes)
                 results.append(UploadResult(filename=row.filename, status="indexed", document=_out(row)))
+                # after the response, like index-document's: the offline answerer's statement vectors
+                background.add_task(precompute_document, user.company_id, row.id, settings.embedding_key)
         except ServiceError as exc:
             errors.append(exc)
             results.append(UploadResult(filename=name, status="failed", error=exc.message, code=exc.code))
@@ -152,6 +156,7 @@ def upload_documents(
 @router.post("/api/rag/index-document", response_model=IndexDocumentResponse,
              responses={202: {"model": IndexDocumentResponse, "description": "Queued (above the inline limit)"}})
 def index_document(body: IndexDocumentRequest, request: Request, response: Response, settings: AppSettings,
+                   background: BackgroundTasks,
                    user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> IndexDocumentResponse:
     queued = len(body.content.encode("utf-8")) > settings.upload_inline_max_kb * 1024
     index = service.queue_text if queued else service.index_text
@@ -162,6 +167,8 @@ def index_document(body: IndexDocumentRequest, request: Request, response: Respo
                                                          "category": body.category})
     if queued:
         response.status_code = 202
+    else:  # after the response: the caller waits for its chunks, not for the offline answerer's vectors
+        background.add_task(precompute_document, user.company_id, row.id, settings.embedding_key)
     return IndexDocumentResponse(document_id=row.id, status=status)
 
 

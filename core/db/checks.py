@@ -6,6 +6,8 @@ Each failure is one actionable ConfigurationError line, so `ils-rag serve` and
 
 from __future__ import annotations
 
+import logging
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -15,6 +17,8 @@ from core.db.owner import get_admin_engine
 from core.db.roles import APP_ROLE, refuse_unless_development
 from core.errors import ConfigurationError
 from core.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
 
 
 def tenant_tables(connection: sa.Connection) -> list[str]:
@@ -67,6 +71,22 @@ def app_role_problems(connection: sa.Connection) -> tuple[list[str], list[str]]:
     return bypasses, broken
 
 
+def session_exposures(connection: sa.Connection) -> list[str]:
+    """What SQL running as this role could reach beyond its transaction (migration 0016 closes
+    both where the migrating role may): objects that outlive it on a pooled connection, and
+    the statement text of the role's other sessions, which serve other companies."""
+    row = connection.execute(sa.text(
+        "SELECT has_database_privilege(current_user, current_database(), 'TEMPORARY') AS temp, "
+        "current_setting('track_activities') = 'on' AS tracked, current_user AS role")).one()
+    found = []
+    if row.temp:
+        found.append(f"{row.role} may create temporary tables (REVOKE TEMPORARY ON DATABASE ... FROM PUBLIC)")
+    if row.tracked:
+        found.append(f"{row.role}'s sessions show their statements to each other in pg_stat_activity "
+                     f"(ALTER ROLE {row.role} SET track_activities = off, as a superuser)")
+    return found
+
+
 def check_app_role(settings: Settings | None = None, engine: Engine | None = None) -> None:
     """Start-up check: the service role must be subject to row-level security and able to work.
 
@@ -78,12 +98,15 @@ def check_app_role(settings: Settings | None = None, engine: Engine | None = Non
     try:
         with (engine or get_engine()).connect() as connection:
             bypasses, broken = app_role_problems(connection)
+            exposures = session_exposures(connection)
     except (OperationalError, DBAPIError) as exc:
         reason = str(exc.orig).strip().splitlines()[0] if getattr(exc, "orig", None) else str(exc)
         raise ConfigurationError(f"the service role cannot connect ({reason}); check APP_DATABASE_URL "
                                  "or run `ils-rag db upgrade` to create it.") from exc
     if broken:
         raise ConfigurationError(f"the service role is not usable: {'; '.join(broken)}.")
+    for exposure in exposures:  # a managed server may not allow the fix: a warning, not a refusal
+        logger.warning("service role: %s; see SECURITY.md", exposure)
     if bypasses:
         refuse_unless_development(settings, (
             f"the service would bypass row-level security ({'; '.join(bypasses)}); set APP_DATABASE_URL to "

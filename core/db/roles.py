@@ -2,14 +2,17 @@
 
 Neither role is superuser nor BYPASSRLS, so the row-level security policies of migration
 0002 apply to every query the service makes. On an external server without a configured
-URL the service sets each role a generated password (kept in DATA_DIR) through the owner.
+URL the service sets each role a password derived from the database's own tenant key,
+so every process that holds DATABASE_URL (API replicas, `ils-rag worker`s on other machines)
+derives the same one and none resets another's.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
-import os
-import secrets
 from functools import lru_cache
 
 import sqlalchemy as sa
@@ -24,26 +27,24 @@ from core.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 APP_ROLE = "ils_app"  # created by migration 0002
-APP_PASSWORD_FILE = "db_app_password"
 AUTH_ROLE = "ils_auth"  # created by migration 0004: reads password hashes, for sign-in only
-AUTH_PASSWORD_FILE = "db_auth_password"
 _ROLE_IDENTIFIERS = {APP_ROLE: APP_ROLE, AUTH_ROLE: AUTH_ROLE}
-_ROLE_SETTINGS = {APP_ROLE: ("APP_DATABASE_URL", APP_PASSWORD_FILE), AUTH_ROLE: ("AUTH_DATABASE_URL",
-                                                                                 AUTH_PASSWORD_FILE)}
+_ROLE_SETTINGS = {APP_ROLE: "APP_DATABASE_URL", AUTH_ROLE: "AUTH_DATABASE_URL"}
+_TENANT_KEY = sa.text("SELECT key FROM ils_tenant_key WHERE id = 1")
 
 
-def _role_password(settings: Settings, filename: str) -> str:
-    """The generated password of a service role on an external server (DATA_DIR/<filename>, 0600)."""
-    path = settings.data_dir.resolve() / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    password = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(password + "\n")
-    return password
+def role_password(tenant_key: bytes, role: str) -> str:
+    """A service role's password on an external server, derived from the owner-only tenant key.
+
+    A password kept per machine (the earlier DATA_DIR file) made every process that started with
+    a different DATA_DIR reset the role's password under the others: a second API replica or a
+    worker on another machine logged the first one out of the database. The tenant key lives in
+    the database, readable by the owner only (migration 0004), so every process holding
+    DATABASE_URL derives the same password, and the service roles, which cannot read the key,
+    cannot derive each other's.
+    """
+    digest = hmac.new(tenant_key, f"ils-rag role password:{role}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 def refuse_unless_development(settings: Settings, message: str) -> None:
@@ -84,7 +85,7 @@ def _derive_role_url(role: str, owner_url: str, configured: str | None) -> str:
     settings = get_settings()
     if configured:
         return driver_url(configured)
-    setting, password_file = _ROLE_SETTINGS[role]
+    setting = _ROLE_SETTINGS[role]
     owner = make_url(owner_url)
     if settings.embedded_database:
         return owner.set(username=role, password=None).render_as_string(hide_password=False)
@@ -99,7 +100,11 @@ def _derive_role_url(role: str, owner_url: str, configured: str | None) -> str:
             if not (me.rolsuper or me.rolcreaterole):
                 return _refuse_or_warn(settings, role, setting,
                                        f"DATABASE_URL's role may not set a password for {role}")
-            password = _role_password(settings, password_file)
+            key = connection.execute(_TENANT_KEY).scalar()
+            if key is None:
+                return _refuse_or_warn(settings, role, setting,
+                                       "the database has no tenant key (run `ils-rag db upgrade`)")
+            password = role_password(bytes(key), role)
             # psycopg2 quotes the parameter client-side; DDL takes no server-side parameters. The
             # role name is one of the two constants above.
             connection.exec_driver_sql(f"ALTER ROLE {_ROLE_IDENTIFIERS[role]} WITH LOGIN PASSWORD %(p)s",
