@@ -2,8 +2,9 @@
 
 Two halves: the chunk store's filter compiler (what LlamaIndex would otherwise paste into SQL
 text) is exercised with hostile values on every operator and every store path, and the
-source tree is walked for SQL text built by f-string, `%` or `.format` from anything but a
-constant, a validated identifier or an entry of a short, justified allow-list.
+source tree is walked for SQL text (a statement or a fragment of one) built by f-string, `%`,
+`.format` or `+` from anything but a constant, a validated identifier or an entry of a short,
+justified allow-list (ALLOWED below).
 """
 
 from __future__ import annotations
@@ -227,11 +228,21 @@ def _constant_loop_names(function: ast.AST) -> set[str]:
     return names
 
 
+def _concatenated(node: ast.AST, chained: set[ast.AST]) -> list[ast.AST]:
+    """The operands of `a + b + c` (an f-string operand counts as one: its own values are checked
+    where it is visited), marking the inner additions as read."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        chained.add(node)
+        return [*_concatenated(node.left, chained), *_concatenated(node.right, chained)]
+    return [node]
+
+
 def _sql_built_from_variables(path: Path, allowed: dict[tuple[str, str], str] = ALLOWED) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     owner = _enclosing_functions(tree)
     loops: dict[ast.AST, set[str]] = {}
-    problems: list[str] = []
+    problems: dict[int, str] = {}
+    chained: set[ast.AST] = set()  # the inner `+` of a chain, read with its outermost one
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
             parts = [v.value for v in node.values if isinstance(v, ast.FormattedValue)]
@@ -243,6 +254,10 @@ def _sql_built_from_variables(path: Path, allowed: dict[tuple[str, str], str] = 
               and _literal(node.func.value)):
             parts = [*node.args, *(k.value for k in node.keywords)]
             text = _literal(node.func.value)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add) and node not in chained:
+            operands = _concatenated(node, chained)
+            parts = [o for o in operands if not (isinstance(o, ast.Constant) and isinstance(o.value, str))]
+            text = " ".join(_literal(o) for o in operands)
         else:
             continue
         function = owner.get(node, tree)
@@ -252,8 +267,8 @@ def _sql_built_from_variables(path: Path, allowed: dict[tuple[str, str], str] = 
         if function not in loops:
             loops[function] = _constant_loop_names(function)
         if not all(_is_constant(p, loops[function]) for p in parts):
-            problems.append(f"{path.relative_to(ROOT)}:{node.lineno} in {name}: {text.strip()[:70]!r}")
-    return sorted(problems)
+            problems.setdefault(node.lineno, f"{path.relative_to(ROOT)}:{node.lineno} in {name}: {text.strip()[:70]!r}")
+    return [problems[line] for line in sorted(problems)]  # one per line: `base + f"..."` is two findings
 
 
 def test_no_sql_is_built_from_variables() -> None:
@@ -288,6 +303,8 @@ def test_the_scanner_catches_what_it_should(tmp_path: Path) -> None:
         "    cur.execute(f\"select * from docs where id = {name}\")\n",
         "    cur.execute(f\"SELECT 1 FROM t ORDER BY {name.upper()}\")\n",
         "    cur.execute(f\"SELECT 1 FROM {TABLES.get(name)}\")\n",
+        "    cur.execute(\"SELECT 1 FROM t WHERE a = '\" + name + \"'\")\n",
+        "    cur.execute(base + \" AND b = :b\")\n",  # whatever `base` holds, it is not known here
     ]
     fine = [
         "    cur.execute(f\"SELECT 1 FROM {TABLE} WHERE id = :id\")\n",  # a constant
@@ -295,6 +312,8 @@ def test_the_scanner_catches_what_it_should(tmp_path: Path) -> None:
         "    cur.execute(f\"SELECT {NAME['id']}, {', '.join(COLUMNS)} FROM t LIMIT {int(name)}\")\n",
         "    raise ValueError(f\"Select a file and sign in or out, {name}: set it in MAX_UPLOAD_MB\")\n",
         "    log.info(f\"{name} is not a supported format; see FROM_ADDRESS or ORDER_LIMIT\")\n",
+        "    cur.execute(\"SELECT 1 FROM \" + TABLE + \" WHERE a = :a\")\n",
+        "    log.info(\"Sign in or \" + name)\n",
     ]
     bad.write_text("def f(name, names, base, cur, log):\n" + "".join(flagged) + "".join(fine))
     global ROOT
