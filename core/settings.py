@@ -167,8 +167,9 @@ class Settings(BaseSettings):
         default=100, ge=1, description="Largest multipart upload request in total (all its files); "
                                        "413 PAYLOAD_TOO_LARGE above, checked before the body is read.")
     max_expanded_mb: int = Field(
-        default=100, ge=1, description="Largest unpacked size of a zip-based document (.docx): its declared "
-                                       "sizes and the bytes actually decompressed; 413 above.")
+        default=100, ge=1, description="Largest unpacked size of a zip-based document (.docx, or any file that "
+                                       "opens as a zip archive): its declared sizes and the bytes actually "
+                                       "decompressed; 413 above.")
     max_extracted_chars: int = Field(
         default=10_000_000, ge=1, description="Most text one .docx or PDF may yield (413 above), so a small "
                                               "file cannot become an unbounded amount of text to embed.")

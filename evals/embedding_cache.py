@@ -49,8 +49,8 @@ class CachedEmbedding(BaseEmbedding):
         with self._lock:
             for start in range(0, len(keys), 500):
                 batch = keys[start:start + 500]
-                marks = ",".join("?" * len(batch))
-                for key, blob in self._db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({marks})", batch):
+                statement = f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(batch))})"
+                for key, blob in self._db.execute(statement, batch):
                     found[key] = array("f", blob).tolist()
         return found
 

@@ -23,7 +23,9 @@ from core.settings import Settings
 
 MAX_NAME_LENGTH = 512
 MAX_ZIP_MEMBERS = 10_000  # a real .docx has a few dozen; thousands of entries is a bomb's trick
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# Formats that are zip archives by definition, with the code a file refused as one gets: a file
+# named so that is not a readable archive is refused up front (not queued to fail in a worker).
+ZIP_FORMATS = {".docx": "CORRUPTED_DOCX"}
 _READ_CHUNK = 1 << 20
 
 
@@ -59,8 +61,13 @@ def _check_text_size(name: str, chars: int, limits: ExtractionLimits) -> None:
 
 
 def is_zip_container(data: bytes) -> bool:
-    """.docx, .xlsx, .odt, .epub... are all zip archives, whatever the file is called."""
-    return data.startswith(_ZIP_MAGIC)
+    """Whether Python's zipfile (what docx2txt opens a .docx with) would read `data` as an archive.
+
+    Asked of zipfile itself, not of the first bytes: zipfile finds the archive by its end record
+    and accepts any bytes in front of it (self-extracting archives), so a bomb behind eight NUL
+    bytes does not start with "PK" and yet unpacks all the same.
+    """
+    return zipfile.is_zipfile(io.BytesIO(data))
 
 
 def check_container(name: str, data: bytes, limits: ExtractionLimits) -> None:
@@ -68,9 +75,15 @@ def check_container(name: str, data: bytes, limits: ExtractionLimits) -> None:
 
     Two checks, because the first can lie: the sizes the archive declares, then the bytes
     that actually come out of decompressing every member, counted as they stream and stopped
-    at the limit. Anything that is not a readable archive is left to the format's reader.
+    at the limit. A file named as a zip-based format (ZIP_FORMATS) that is not a readable,
+    intact archive is refused (422) too: its reader could do nothing with it. Any other file
+    that zipfile happens to open is bounded the same way; if it is damaged, its own reader decides.
     """
+    corrupt_code = ZIP_FORMATS.get(Path(name).suffix.lower())
     if not is_zip_container(data):
+        if corrupt_code:
+            raise IngestError(f"{name!r} is not a valid {Path(name).suffix.lower()} file "
+                              "(it is not a readable zip archive).", code=corrupt_code)
         return
     message = (f"{name!r} unpacks to more than {limits.max_expanded_bytes // (1024 * 1024)} MB "
                "(MAX_EXPANDED_MB); a document that large is refused.")
@@ -88,10 +101,14 @@ def check_container(name: str, data: bytes, limits: ExtractionLimits) -> None:
                         expanded += len(chunk)
                         if expanded > limits.max_expanded_bytes:
                             raise _too_large(message)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError, RuntimeError):
-        # Damaged, encrypted, or a member that does not hold what it declares: the format's reader
-        # refuses it with its own code. What it may unpack is bounded already: Python's zipfile
-        # never decompresses a member past its declared size, and those sizes were checked above.
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError,
+            RuntimeError) as exc:
+        # Damaged, encrypted, or a member that does not hold what it declares. What was unpacked
+        # is bounded already: zipfile never decompresses a member past its declared size, and
+        # those sizes were checked above.
+        if corrupt_code:
+            raise IngestError(f"{name!r} is a damaged {Path(name).suffix.lower()} file "
+                              "(its zip archive cannot be read).", code=corrupt_code) from exc
         return
 
 

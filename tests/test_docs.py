@@ -32,3 +32,17 @@ def test_every_setting_is_in_the_readme_table() -> None:
     assert not missing, f"README's configuration table lacks: {missing}"
     unknown = sorted(documented - {name.upper() for name in Settings.model_fields} - {"HF_HUB_OFFLINE"})
     assert not unknown, f"README documents settings that do not exist: {unknown}"
+
+
+def test_every_setting_and_code_named_in_security_md_exists() -> None:
+    """SECURITY.md promises behaviour by setting names and error codes; a renamed one would make
+    the promise point at nothing. Each `NAME` it quotes is a setting or occurs in the source."""
+    from core.settings import Settings
+
+    root = README.parent
+    names = set(re.findall(r"`([A-Z][A-Z0-9_]{2,})`", (root / "SECURITY.md").read_text()))
+    settings = {name.upper() for name in Settings.model_fields}
+    source = "\n".join(path.read_text() for package in ("app", "auth", "core", "indexing", "retrieval", "tests")
+                       for path in (root / package).rglob("*.py"))
+    missing = sorted(name for name in names - settings if not re.search(rf"\b{name}\b", source))
+    assert names and not missing, f"SECURITY.md names what the code does not have: {missing}"

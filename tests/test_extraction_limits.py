@@ -4,6 +4,7 @@ folder ingest, before anything is embedded or stored."""
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import time
@@ -79,11 +80,49 @@ def test_many_members_that_each_stay_small_still_count_together() -> None:
 def test_a_docx_whose_sizes_lie_is_never_unpacked_past_what_it_declares() -> None:
     liar = _lying(_bomb(3), declared=100)
     started = time.perf_counter()
-    check_container("liar.docx", liar, SMALL)  # declared sizes are small: the stream stops at them
+    with pytest.raises(IngestError) as refused:  # declared sizes are small: the stream stops at them...
+        check_container("liar.docx", liar, SMALL)
+    assert refused.value.status_code == 422 and refused.value.code == "CORRUPTED_DOCX"  # ...and the CRC fails
     with pytest.raises(IngestError) as refused:
         read_parts("liar.docx", liar, SMALL)
-    assert refused.value.code == "CORRUPTED_DOCX"  # the CRC of the first 100 bytes does not match
+    assert refused.value.code == "CORRUPTED_DOCX"
     assert time.perf_counter() - started < 5
+
+
+def _prefixed_bomb(expanded_mb: int, prefix: bytes = b"\x00" * 8) -> bytes:
+    """A Word document whose text is one word but which unpacks to `expanded_mb` MB (a member of
+    zeros no reader looks at), behind bytes that hide the "PK" signature: zipfile (and so docx2txt)
+    opens it all the same, as it would a self-extracting archive."""
+    return prefix + _zeros_docx(expanded_mb)
+
+
+@functools.cache
+def _zeros_docx(expanded_mb: int) -> bytes:
+    return _docx(_paragraphs("hello"), extra={"word/media/zeros.bin": bytes(expanded_mb * 1024 * 1024)})
+
+
+def test_a_bomb_behind_prefixed_bytes_is_still_refused() -> None:
+    bomb = _prefixed_bomb(3)
+    assert not bomb.startswith(b"PK") and zipfile.ZipFile(io.BytesIO(bomb)).namelist()  # zipfile opens it
+    for check in (check_container, read_parts):
+        with pytest.raises(IngestError) as refused:
+            check("bomb.docx", bomb, SMALL)
+        assert refused.value.status_code == 413 and "MAX_EXPANDED_MB" in refused.value.message
+
+
+def test_a_file_that_zipfile_opens_is_bounded_whatever_it_is_called() -> None:
+    with pytest.raises(IngestError) as refused:
+        check_container("report.pdf", _prefixed_bomb(3, prefix=b"%PDF-1.7\n"), SMALL)
+    assert refused.value.status_code == 413
+
+
+@pytest.mark.parametrize("data", [b"Just some text, named .docx.", b"PK\x03\x04" + b"not an archive" * 10,
+                                  b"\x00" * 8 + b"PK\x05\x06" + b"\x00" * 4])
+def test_a_docx_that_is_not_an_archive_is_refused_before_any_reader(data: bytes) -> None:
+    with pytest.raises(IngestError) as refused:
+        check_container("fake.docx", data, SMALL)
+    assert refused.value.status_code == 422 and refused.value.code == "CORRUPTED_DOCX"
+    check_container("notes.txt", data, SMALL)  # a file not named as an archive is left to its own reader
 
 
 def test_docx_text_past_the_limit_is_refused() -> None:
@@ -124,3 +163,38 @@ def test_folder_ingest_reports_the_expanding_docx_failed(company, tmp_path: Path
     assert report.indexed == ["good.md"]
     assert {f.source_key: f.code for f in report.failed} == {"bomb.docx": "EXTRACTION_TOO_LARGE"}
     assert "EXTRACTION_TOO_LARGE" in report.summary()
+
+
+@pytest.mark.parametrize("size_kb", [64, 600])  # inline, and over UPLOAD_INLINE_MAX_KB (it would be queued)
+def test_upload_of_a_prefixed_bomb_gets_413_and_stores_nothing(client, company, make_user, size_kb: int) -> None:
+    _, admin = make_user(company, "admin")
+    bomb = _prefixed_bomb(110, prefix=b"\x00" * 8 + bytes(size_kb * 1024))
+    files = [("files", ("bomb.docx", io.BytesIO(bomb), "application/octet-stream"))]
+    response = client.post("/api/documents", headers=admin, files=files)
+    assert response.status_code == 413, response.text
+    assert response.json()["code"] == "EXTRACTION_TOO_LARGE"
+    assert client.get("/api/documents", headers=admin).json()["total"] == 0
+
+
+def test_upload_of_a_docx_that_is_not_an_archive_gets_422_even_when_it_would_be_queued(client, company,
+                                                                                      make_user) -> None:
+    _, admin = make_user(company, "admin")
+    fake = b"Not a Word document. " * 20_000  # ~400 KB: past UPLOAD_INLINE_MAX_KB
+    files = [("files", ("fake.docx", io.BytesIO(fake), "application/octet-stream"))]
+    response = client.post("/api/documents", headers=admin, files=files)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "CORRUPTED_DOCX" and body["request_id"]
+    assert client.get("/api/documents", headers=admin).json()["total"] == 0
+
+
+def test_folder_ingest_reports_a_prefixed_bomb_failed(company, tmp_path: Path, embed_model) -> None:
+    from indexing.folder import ingest_folder
+
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Opening hours\nWe open at nine on weekdays.\n")
+    (folder / "bomb.docx").write_bytes(_prefixed_bomb(110))
+    report = ingest_folder(folder, company.id, settings=get_settings())
+    assert report.indexed == ["good.md"]
+    assert {f.source_key: f.code for f in report.failed} == {"bomb.docx": "EXTRACTION_TOO_LARGE"}

@@ -4,12 +4,15 @@ Everything here runs as the request role, inside a transaction the service opene
 company A (so the tenant claim is A's, correctly signed), and tries what injected SQL would:
 switch tenant by every means the role has, read every table and view it may read, call every
 function it may execute, and write to company B's rows. None of it may return a row of B or
-any password hash, and B's rows must come out unchanged.
+any password hash, and B's rows must come out unchanged. Each write is first run on A's own rows
+in the same transaction, where it must work: the writes fail on B because of the wall, not
+because they are invalid statements.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -191,27 +194,79 @@ def test_every_table_view_and_function_the_role_can_reach_leaks_nothing(a_and_b)
         assert called > 0
 
 
+# Writes injected SQL would try, each a valid statement for whichever company `:target` names
+# (`:target_user` / `:target_conversation` are that company's): run for A, they change A's rows
+# (the positive control); run for B, they change nothing. `:a` is always the attacker's company.
+WRITES = [
+    "UPDATE documents SET filename = 'pwned', category = 'pwned' WHERE company_id = :target",
+    "UPDATE documents SET company_id = :a WHERE company_id = :target",
+    "DELETE FROM documents WHERE company_id = :target",
+    "INSERT INTO documents (company_id, id, source_key, filename, status) "
+    "VALUES (:target, :new_id, 'wall-probe.txt', 'wall-probe.txt', 'queued')",
+    "DELETE FROM data_chunks WHERE company_id = :target",
+    "UPDATE data_chunks SET metadata_ = jsonb_set(metadata_, '{company_id}', to_jsonb(CAST(:a AS text))) "
+    "WHERE company_id = :target",
+    "UPDATE users SET role = 'admin', password_hash = 'x' WHERE id = :target_user",
+    "DELETE FROM users WHERE company_id = :target",
+    "INSERT INTO conversations (company_id, id, user_id, title) VALUES (:target, :new_id, :target_user, 't')",
+    "UPDATE conversations SET title = 'pwned' WHERE company_id = :target",
+    "INSERT INTO messages (company_id, conversation_id, role, content) "
+    "VALUES (:target, :target_conversation, 'assistant', 'forged')",
+    "DELETE FROM messages WHERE company_id = :target",
+    "UPDATE refresh_tokens SET revoked_at = now() WHERE company_id = :target",
+    "INSERT INTO audit_log (company_id, action) VALUES (:target, 'forged')",
+    "DELETE FROM audit_log WHERE company_id = :target",
+]
+# Refused for every company, A's own row included: the request role has no write privilege here.
+NO_PRIVILEGE = ["UPDATE companies SET name = 'pwned' WHERE id = :target"]
+
+
+def _parameters(company_id: str, user_id: str, a_id: str) -> dict[str, str]:
+    """The statements' parameters aimed at `company_id` (its conversation read by the owner)."""
+    from core.db.owner import get_admin_engine
+
+    with get_admin_engine().connect() as connection:
+        conversation = connection.execute(sa.text("SELECT id FROM conversations WHERE company_id = :c LIMIT 1"),
+                                          {"c": company_id}).scalar_one()
+    return {"target": company_id, "target_user": user_id, "target_conversation": conversation, "a": a_id,
+            "new_id": f"wall-{uuid.uuid4().hex[:12]}"}
+
+
+def _rows_written(connection: sa.Connection, statement: str, params: dict[str, str], *,
+                  keep: bool) -> int | None:
+    """Run one write in a savepoint: the rows it changed, or None when the database refused it.
+    `keep=False` rolls the savepoint back even when it worked (a control must not change A)."""
+    savepoint = connection.begin_nested()
+    try:
+        count = connection.execute(sa.text(statement), params).rowcount
+    except DBAPIError:
+        savepoint.rollback()
+        return None
+    if keep:
+        savepoint.commit()
+    else:
+        savepoint.rollback()
+    return count
+
+
 def test_writes_to_another_company_change_nothing(a_and_b) -> None:
-    (a, _), (b, b_user) = a_and_b
+    from core.db.roles import APP_ROLE
+
+    (a, a_user), (b, b_user) = a_and_b
     before = _snapshot(b.id)
-    writes = [
-        "UPDATE documents SET title = 'pwned' WHERE company_id = :b",
-        "UPDATE documents SET company_id = :a WHERE company_id = :b",
-        "DELETE FROM data_chunks WHERE company_id = :b",
-        "UPDATE users SET role = 'admin', password_hash = 'x' WHERE id = :u",
-        "DELETE FROM messages WHERE company_id = :b",
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE company_id = :b",
-        "UPDATE companies SET name = 'pwned' WHERE id = :b",
-        "INSERT INTO documents (id, company_id, title, filename, status) VALUES ('x', :b, 't', 'f', 'ready')",
-        "INSERT INTO audit_log (company_id, action) VALUES (:b, 'forged')",
-        "UPDATE data_chunks SET metadata_ = jsonb_set(metadata_, '{company_id}', to_jsonb(CAST(:a AS text))) "
-        "WHERE company_id = :b",
-    ]
+    own, other = _parameters(a.id, a_user.id, a.id), _parameters(b.id, b_user.id, a.id)
     with _as_request_of(a.id) as connection:
-        for statement in writes:
-            _try(connection, statement, a=a.id, b=b.id, u=b_user.id)
-        for statement in writes:  # and again after trying to switch tenant first
+        assert connection.execute(sa.text("SELECT current_user")).scalar() == APP_ROLE
+        # The positive control: in this very transaction, as this role, each write works on A's rows,
+        # so what stops it on B's is the wall, not an invalid statement.
+        for statement in WRITES:
+            assert _rows_written(connection, statement, own, keep=False), f"control failed: {statement}"
+        for statement in NO_PRIVILEGE:
+            assert _rows_written(connection, statement, own, keep=False) is None, statement
+        for statement in [*WRITES, *NO_PRIVILEGE]:
+            assert _rows_written(connection, statement, other, keep=True) in (None, 0), statement
+        for statement in [*WRITES, *NO_PRIVILEGE]:  # and again after trying to switch tenant first
             _try(connection, "SELECT set_config('app.company_id', :b, true)", b=b.id)
-            _try(connection, statement, a=a.id, b=b.id, u=b_user.id)
+            assert _rows_written(connection, statement, other, keep=True) in (None, 0), statement
         connection.commit()  # whatever went through would now be permanent
     assert _snapshot(b.id) == before

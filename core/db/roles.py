@@ -23,12 +23,12 @@ from core.db.connections import driver_url
 from core.db.owner import database_url, get_admin_engine
 from core.errors import ConfigurationError, DatabaseUnavailable
 from core.settings import Settings, get_settings
+from core.sql_text import quoted_identifier
 
 logger = logging.getLogger(__name__)
 
 APP_ROLE = "ils_app"  # created by migration 0002
 AUTH_ROLE = "ils_auth"  # created by migration 0004: reads password hashes, for sign-in only
-_ROLE_IDENTIFIERS = {APP_ROLE: APP_ROLE, AUTH_ROLE: AUTH_ROLE}
 _ROLE_SETTINGS = {APP_ROLE: "APP_DATABASE_URL", AUTH_ROLE: "AUTH_DATABASE_URL"}
 _TENANT_KEY = sa.text("SELECT key FROM ils_tenant_key WHERE id = 1")
 
@@ -105,9 +105,9 @@ def _derive_role_url(role: str, owner_url: str, configured: str | None) -> str:
                 return _refuse_or_warn(settings, role, setting,
                                        "the database has no tenant key (run `ils-rag db upgrade`)")
             password = role_password(bytes(key), role)
-            # psycopg2 quotes the parameter client-side; DDL takes no server-side parameters. The
-            # role name is one of the two constants above.
-            connection.exec_driver_sql(f"ALTER ROLE {_ROLE_IDENTIFIERS[role]} WITH LOGIN PASSWORD %(p)s",
+            # psycopg2 quotes the parameter client-side; DDL takes no server-side parameters, so the
+            # role name (one of the two above) is spelled in as a validated identifier.
+            connection.exec_driver_sql(f"ALTER ROLE {quoted_identifier(role)} WITH LOGIN PASSWORD %(p)s",
                                        {"p": password})
             connection.commit()
     except (OperationalError, DBAPIError) as exc:

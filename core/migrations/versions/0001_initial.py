@@ -106,7 +106,7 @@ def upgrade() -> None:
             text varchar NOT NULL,
             metadata_ jsonb NOT NULL,
             node_id varchar NOT NULL,
-            embedding vector({dims}),
+            embedding vector({int(dims)}),
             text_search_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED,
             company_id varchar(64) GENERATED ALWAYS AS (metadata_->>'company_id') STORED NOT NULL,
             PRIMARY KEY (company_id, id),

@@ -35,15 +35,18 @@ _COMPANY_FOREIGN_KEYS = """
                   WHERE a.attname = 'company_id')
 """
 
+_DEFERRABLE = "DEFERRABLE INITIALLY IMMEDIATE"
+_NOT_DEFERRABLE = "NOT DEFERRABLE"
+
 
 def _set_deferrable(deferrable: bool) -> None:
-    clause = "DEFERRABLE INITIALLY IMMEDIATE" if deferrable else "NOT DEFERRABLE"
     op.execute(f"""
         DO $$
         DECLARE fk record;
         BEGIN
             FOR fk IN {_COMPANY_FOREIGN_KEYS} LOOP
-                EXECUTE format('ALTER TABLE %s ALTER CONSTRAINT %I {clause}', fk.table_name, fk.conname);
+                EXECUTE format('ALTER TABLE %s ALTER CONSTRAINT %I %s', fk.table_name, fk.conname,
+                               '{_DEFERRABLE if deferrable else _NOT_DEFERRABLE}');
             END LOOP;
         END
         $$

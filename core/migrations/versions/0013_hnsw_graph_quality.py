@@ -31,7 +31,7 @@ def _rebuild(ef_construction: int) -> None:
     op.execute(f"DROP INDEX IF EXISTS {INDEX}")
     op.execute("SET LOCAL maintenance_work_mem = '256MB'")
     op.execute(f"CREATE INDEX {INDEX} ON data_chunks USING hnsw (embedding vector_cosine_ops) "
-               f"WITH (m = 16, ef_construction = {ef_construction})")
+               f"WITH (m = 16, ef_construction = {int(ef_construction)})")
 
 
 def upgrade() -> None:
