@@ -138,6 +138,7 @@ ALLOWED = {
     ("0015_bm25_chunk_terms.py", "upgrade"): "the policy expression is data_chunks' own, read from pg_policies",
     ("0015_bm25_chunk_terms.py", "_postings_function"): "the same policy expression, quoted as one literal",
     ("0015_bm25_chunk_terms.py", "_grant_execute"): "function signatures written in the migration itself",
+    ("0016_request_role_session_state.py", "_for_each_role"): "role names and statements are the migration's own",
     ("0014_chunk_search_context.py", "_generate_from"): "one of the migration's two constant expressions",
     ("checks.py", "app_role_problems"): "an error message naming the GRANT an operator should run; never executed",
     ("tenant_scope.py", "_set_local_claim"): "SET takes no parameter: the claim is matched against a hex MAC "

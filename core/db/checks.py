@@ -77,13 +77,13 @@ def session_exposures(connection: sa.Connection) -> list[str]:
     the statement text of the role's other sessions, which serve other companies."""
     row = connection.execute(sa.text(
         "SELECT has_database_privilege(current_user, current_database(), 'TEMPORARY') AS temp, "
-        "current_setting('track_activities') = 'on' AS tracked, current_user AS role")).one()
+        "current_setting('track_activities') = 'on' AS tracked")).one()
     found = []
     if row.temp:
-        found.append(f"{row.role} may create temporary tables (REVOKE TEMPORARY ON DATABASE ... FROM PUBLIC)")
+        found.append("it may create temporary tables (revoke TEMPORARY on the database from PUBLIC)")
     if row.tracked:
-        found.append(f"{row.role}'s sessions show their statements to each other in pg_stat_activity "
-                     f"(ALTER ROLE {row.role} SET track_activities = off, as a superuser)")
+        found.append("its sessions show their statements to each other in pg_stat_activity (as a superuser, "
+                     "set track_activities off for the role)")
     return found
 
 
@@ -99,6 +99,7 @@ def check_app_role(settings: Settings | None = None, engine: Engine | None = Non
         with (engine or get_engine()).connect() as connection:
             bypasses, broken = app_role_problems(connection)
             exposures = session_exposures(connection)
+            role_name = connection.execute(sa.text("SELECT current_user")).scalar()
     except (OperationalError, DBAPIError) as exc:
         reason = str(exc.orig).strip().splitlines()[0] if getattr(exc, "orig", None) else str(exc)
         raise ConfigurationError(f"the service role cannot connect ({reason}); check APP_DATABASE_URL "
@@ -106,7 +107,7 @@ def check_app_role(settings: Settings | None = None, engine: Engine | None = Non
     if broken:
         raise ConfigurationError(f"the service role is not usable: {'; '.join(broken)}.")
     for exposure in exposures:  # a managed server may not allow the fix: a warning, not a refusal
-        logger.warning("service role: %s; see SECURITY.md", exposure)
+        logger.warning("the service role %s: %s; see SECURITY.md", role_name, exposure)
     if bypasses:
         refuse_unless_development(settings, (
             f"the service would bypass row-level security ({'; '.join(bypasses)}); set APP_DATABASE_URL to "
