@@ -14,11 +14,11 @@ from auth.passwords import MIN_PASSWORD_LENGTH, hash_password
 from auth.permissions import ROLES
 from auth.revocation import bump_auth_epoch
 from auth.sessions import revoke_user_tokens
+from auth.tokens import COMPANY_ID_RE
 from core.errors import Conflict, NotFound, ServiceError
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-COMPANY_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 def new_id() -> str:
