@@ -108,6 +108,15 @@ def test_counts_read_as_words() -> None:
     assert plural(1, "query", "queries") == "1 query" and plural(3, "query", "queries") == "3 queries"
 
 
+def test_a_console_off_a_terminal_prints_whole_lines(monkeypatch) -> None:
+    """The CLI's and the evaluation studies' consoles: in a pipe, rows are never cut at 80 columns."""
+    from core.terminal import UNBOUNDED_WIDTH, wide_console
+
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert wide_console().width == UNBOUNDED_WIDTH and wide_console(stderr=True).width == UNBOUNDED_WIDTH
+
+
 def test_progress_off_a_terminal_is_periodic_lines_with_totals_and_time_left() -> None:
     from core.terminal import progress
 
