@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Column, Table
 
-from core.terminal import wide_console
+from core.terminal import plural, wide_console
 
 app = typer.Typer(help="ILS RAG: multi-tenant retrieval-augmented generation for optical practices.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -82,7 +82,7 @@ def sync_tenant_indexes_verbose(min_chunks: int, companies: list[str] | None = N
     from core.tenant_indexes import sync_tenant_indexes
 
     result = sync_tenant_indexes(min_chunks, companies=companies, on_build=lambda company, chunks: console.print(
-        f"built the HNSW index of company {company} ({chunks} chunks)", highlight=False))
+        f"built the HNSW index of company {company} ({plural(chunks, 'chunk')})", highlight=False))
     if result.skipped:
         console.print("tenant indexes: another process is updating them", highlight=False)
     elif result.dropped:

@@ -20,6 +20,7 @@ from app.request_models import RequestModel
 from auth import audit
 from auth.permissions import Permission
 from core.errors import ServiceError
+from core.terminal import plural
 from indexing import documents as service
 from indexing.models import Document
 from indexing.readers import SUPPORTED_EXTENSIONS
@@ -113,7 +114,7 @@ def upload_documents(
     user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE)),
 ) -> UploadResponse | JSONResponse:
     if len(files) > settings.max_upload_files:
-        raise ServiceError(f"Send at most {settings.max_upload_files} files per request (got {len(files)}).",
+        raise ServiceError(f"Send at most {plural(settings.max_upload_files, 'file')} per request (got {len(files)}).",
                            code="TOO_MANY_FILES", status_code=413)
     max_bytes = settings.max_upload_mb * 1024 * 1024
     results: list[UploadResult] = []
@@ -145,7 +146,7 @@ def upload_documents(
     elif errors and not counts["indexed"]:
         # every file failed: an error in the service's error shape, with the per-file results kept
         body = UploadResponse(results=results, **counts).model_dump(mode="json")
-        return error_response(request, 422, f"None of the {len(files)} files could be indexed; see results.",
+        return error_response(request, 422, f"None of the {plural(len(files), 'file')} could be indexed; see results.",
                               "UPLOAD_FAILED", **body)
     return UploadResponse(results=results, **counts)
 
