@@ -39,6 +39,8 @@ class CurrentUser:
     email: str
     role: str
     permissions: frozenset[str]
+    # A service client's name (its id is `id`): audit rows carry it, so they say who acted.
+    client_name: str | None = None
 
     def can(self, permission: Permission) -> bool:
         return permission.value in self.permissions
@@ -85,6 +87,7 @@ def get_current_user(request: Request,
     except Unauthorized as exc:
         exc.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
         raise
+    client_name = None
     if claims.client_id is not None:  # a service client's token dies with the client, not at exp
         try:
             client_name = check_client_token(claims.client_id, claims.company_id)
@@ -94,7 +97,7 @@ def get_current_user(request: Request,
         bind_log_context(client=client_name)
     bind_log_context(user_id=claims.user_id, company_id=claims.company_id)  # every log line of the request
     return CurrentUser(id=claims.user_id, company_id=claims.company_id, email=claims.email, role=claims.role,
-                       permissions=frozenset(claims.permissions))
+                       permissions=frozenset(claims.permissions), client_name=client_name)
 
 
 def require(permission: Permission) -> Callable[..., CurrentUser]:

@@ -48,6 +48,9 @@ REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "companyId")
 # Company ids (and sign-in family ids) are generated ids: anything else in a signed token is
 # refused before it reaches a query, a log line or the tenant context.
 PLAIN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A company id here (auth.users creates no other): the platform's UUIDs and numbers. A `companyId`
+# outside it is a malformed token (401 INVALID_TOKEN), not a practice that might exist.
+COMPANY_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 MAX_AUTH_EPOCH = 2**31 - 1  # users.auth_epoch is an integer column
 # What python-jose's messages mean, in our words (its own text never reaches a client).
 _JOSE_REASONS = (
@@ -287,7 +290,7 @@ def decode_access_token(token: str, settings: Settings) -> TokenClaims:
     if user_id and subject and user_id != subject:
         raise _invalid("userId and sub disagree")
     company_id = _identifier(claims["companyId"])
-    if company_id is None or not PLAIN_ID.match(company_id):
+    if company_id is None or not COMPANY_ID_RE.match(company_id):
         raise _invalid("malformed companyId claim (not a plain id)")
 
     token_type = claims.get("typ", ACCESS_TYPE)  # platform tokens predate typ: they are access tokens

@@ -14,11 +14,11 @@ from auth.passwords import MIN_PASSWORD_LENGTH, hash_password
 from auth.permissions import ROLES
 from auth.revocation import bump_auth_epoch
 from auth.sessions import revoke_user_tokens
+from auth.tokens import COMPANY_ID_RE
 from core.errors import Conflict, NotFound, ServiceError
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-COMPANY_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 def new_id() -> str:
@@ -113,9 +113,11 @@ def _active_admins(session: Session, company_id: str) -> int:
 
 
 def update_user(session: Session, company_id: str, user_id: str, *, actor_id: str | None,
-                role: str | None = None, is_active: bool | None = None, client_ip: str | None = None) -> User:
+                role: str | None = None, is_active: bool | None = None, client_ip: str | None = None,
+                actor_client_name: str | None = None) -> User:
     """Change a user's role and/or active flag, audited. Both end the user's access tokens at once
-    (their auth epoch moves); deactivation also revokes their refresh tokens.
+    (their auth epoch moves); deactivation also revokes their refresh tokens. `actor_client_name`:
+    the service client's name when one acts (auth.audit.record).
 
     Refuses a change that would leave the company without an active admin, so nobody can
     lock a practice out of its own user management.
@@ -129,18 +131,20 @@ def update_user(session: Session, company_id: str, user_id: str, *, actor_id: st
         raise Conflict("this is the company's last active admin; promote another admin first", code="LAST_ADMIN")
     if role is not None and role != user.role:
         audit.record(session, company_id, actor_id, audit.ROLE_CHANGED, target=user.id,
-                     details={"email": user.email, "from": user.role, "to": role}, client_ip=client_ip)
+                     details={"email": user.email, "from": user.role, "to": role}, client_ip=client_ip,
+                     client_name=actor_client_name)
         user.role = role
         bump_auth_epoch(session, company_id, user.id)  # tokens saying the old role fail from now on
     if is_active is not None and is_active != user.is_active:
         user.is_active = is_active
         if is_active:
             audit.record(session, company_id, actor_id, audit.USER_REACTIVATED, target=user.id,
-                         details={"email": user.email}, client_ip=client_ip)
+                         details={"email": user.email}, client_ip=client_ip, client_name=actor_client_name)
         else:
             revoked = revoke_user_tokens(session, company_id, user.id)
             bump_auth_epoch(session, company_id, user.id)  # and reactivation will not revive them
             audit.record(session, company_id, actor_id, audit.USER_DEACTIVATED, target=user.id,
-                         details={"email": user.email, "revoked_refresh_tokens": revoked}, client_ip=client_ip)
+                         details={"email": user.email, "revoked_refresh_tokens": revoked}, client_ip=client_ip,
+                         client_name=actor_client_name)
     session.flush()
     return user

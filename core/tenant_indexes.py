@@ -125,7 +125,8 @@ def tenant_index_summary(min_chunks: int) -> str:
         existing = _existing(connection)
     valid = sum(existing.values())
     invalid = f", {len(existing) - valid} invalid" if valid < len(existing) else ""
-    return (f"{valid} companies have their own HNSW index{invalid} "
+    own = "company has its own" if valid == 1 else "companies have their own"
+    return (f"{valid} {own} HNSW index{invalid} "
             f"(TENANT_INDEX_MIN_CHUNKS={min_chunks})")
 
 

@@ -28,6 +28,16 @@ from rich.progress import (
 )
 
 PLAIN_INTERVAL_S = 10.0
+# Not a terminal (a file, a pipe, a CI log): no width to fit, so tables and ids are printed
+# whole instead of being squeezed into rich's default 80 columns ("ret…", "0.5…").
+UNBOUNDED_WIDTH = 1000
+
+
+def wide_console(stderr: bool = False) -> Console:
+    """A console as wide as the terminal it writes to, and unbounded anywhere else: the CLI's
+    and the study scripts' tables then read whole in a log instead of wrapping at 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else UNBOUNDED_WIDTH)
 
 
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:

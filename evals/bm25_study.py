@@ -36,6 +36,7 @@ from rich.console import Console
 from core.db.engines import get_engine
 from core.db.tenant_scope import tenant
 from core.settings import Settings, get_settings
+from core.terminal import wide_console
 from evals.beir import Dataset, load_dataset
 from evals.metrics import ndcg_at_k
 from evals.report import REPORTS_DIR, write_study
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     from core.db.checks import check_database
     from core.migrate import upgrade
 
-    console = Console()
+    console = wide_console()  # tables whole in a pipe, as the CLI prints them
     check_database()
     upgrade()
     started = time.perf_counter()

@@ -32,6 +32,7 @@ from rich.console import Console
 
 from core.db.tenant_scope import tenant
 from core.settings import Settings, get_settings
+from core.terminal import wide_console
 from evals.beir import Dataset, load_dataset
 from evals.metrics import ndcg_at_k
 from evals.report import REPORTS_DIR, write_study
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     from core.db.checks import check_database
     from core.migrate import upgrade
 
-    console = Console()
+    console = wide_console()  # tables whole in a pipe, as the CLI prints them
     check_database()
     upgrade()
     settings = get_settings()  # an entry point (`python -m`): the composition root of this run

@@ -32,7 +32,7 @@ from core.embeddings import embedding_runtime, get_embed_model
 from core.search_modes import MODE_NAMES
 from core.settings import Settings
 from core.tenant_indexes import sync_tenant_indexes
-from core.terminal import progress
+from core.terminal import plural, progress
 from evals.beir import CorpusDoc, Dataset, Query, load_dataset
 from evals.embedding_cache import CachedEmbedding
 from evals.jaccard import jaccard_search
@@ -159,7 +159,7 @@ def index_corpus(dataset: Dataset, embedder: CachedEmbedding, console: Console, 
             task = bar.add_task("documents", total=len(todo))
             for done, failed in pool.map(index_batch, batches):
                 if failed:
-                    console.print(f"[yellow]{len(failed)} documents failed to index, e.g. "
+                    console.print(f"[yellow]{plural(len(failed), 'document')} failed to index, e.g. "
                                   f"{failed[0].source_key}: {failed[0].reason}")
                 bar.advance(task, done)
     return companies

@@ -34,7 +34,7 @@ from core.db.tenant_scope import tenant
 from core.embeddings import configured_dimensions
 from core.errors import ConfigurationError, ServiceError
 from core.settings import Settings
-from core.terminal import progress
+from core.terminal import plural, progress
 from indexing.models import Document
 from indexing.pipeline import chunk_splitter, index_sources
 from indexing.readers import Part, check_extension, safe_source_key
@@ -172,7 +172,7 @@ def migrate_row(row: sa.Row, settings: Settings) -> LegacyRow:
     outcome = index_sources(company_id, [source], settings=settings)[0]
     if outcome.action == "failed":
         return LegacyRow(legacy_id, company_id, "failed", f"[{outcome.code}] {outcome.reason}")
-    return LegacyRow(legacy_id, company_id, "migrated", f"{note}; {outcome.chunk_count} chunks")
+    return LegacyRow(legacy_id, company_id, "migrated", f"{note}; {plural(outcome.chunk_count, 'chunk')}")
 
 
 def migrate_legacy(source_url: str, settings: Settings, show_progress: bool = False) -> LegacyReport:

@@ -42,6 +42,7 @@ from core.db.owner import get_admin_engine
 from core.db.tenant_scope import tenant
 from core.errors import DatabaseUnavailable, ServiceError
 from core.settings import Settings
+from core.terminal import plural
 from indexing.chunk_rows import purge_document
 from indexing.document_state import document_locks, mark_failed, safe_failure
 from indexing.pipeline import index_sources
@@ -54,7 +55,7 @@ CHANNEL = "ils_ingest"  # LISTEN/NOTIFY channel: a new job wakes idle workers at
 CANDIDATES = 20  # pending rows a claim looks at; those another worker holds are skipped
 RETRY_BACKOFF_S = (5, 30, 120)  # after the 1st, 2nd, 3rd+ failed attempt
 CRASHED_CODE = "INDEXING_CRASHED"
-CRASHED_MESSAGE = "indexing stopped its worker {n} times; check the file and send it again"
+CRASHED_MESSAGE = "indexing stopped its worker {times}; check the file and send it again"
 
 _ENQUEUE = sa.text(
     "INSERT INTO ingest_jobs (company_id, id, document_id, filename, category, uploaded_by, payload, max_attempts) "
@@ -182,7 +183,7 @@ class Worker:
                     # job on): this file takes its worker down. Stop trying.
                     crashed = Job(job.company_id, job.id, job.document_id, job.filename, job.category,
                                   job.uploaded_by, job.attempts, job.max_attempts)
-                    message = CRASHED_MESSAGE.format(n=job.attempts)
+                    message = CRASHED_MESSAGE.format(times=plural(job.attempts, "time"))
                     _finish_job(connection, crashed, "failed", f"{CRASHED_CODE}: {message}")
                 else:
                     connection.execute(sa.text(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from core.errors import ServiceError
 from core.settings import Settings
+from core.terminal import plural
 
 MAX_NAME_LENGTH = 512
 MAX_ZIP_MEMBERS = 10_000  # a real .docx has a few dozen; thousands of entries is a bomb's trick
@@ -91,7 +92,7 @@ def check_container(name: str, data: bytes, limits: ExtractionLimits) -> None:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = archive.infolist()
             if len(members) > MAX_ZIP_MEMBERS:
-                raise _too_large(f"{name!r} is an archive of more than {MAX_ZIP_MEMBERS:,} files.")
+                raise _too_large(f"{name!r} is an archive of more than {plural(MAX_ZIP_MEMBERS, 'file')}.")
             if sum(member.file_size for member in members) > limits.max_expanded_bytes:
                 raise _too_large(message)
             expanded = 0

@@ -7,7 +7,9 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -106,6 +108,32 @@ def test_counts_read_as_words() -> None:
 
     assert [plural(n, "chunk") for n in (0, 1, 2, 1500)] == ["0 chunks", "1 chunk", "2 chunks", "1,500 chunks"]
     assert plural(1, "query", "queries") == "1 query" and plural(3, "query", "queries") == "3 queries"
+    assert plural(1, "service client") == "1 service client" and plural(2, "row") == "2 rows"
+
+
+# A value formatted straight before a plural noun ("{n} chunks") reads "1 chunks" for one.
+_COUNT_BEFORE_PLURAL = re.compile(
+    r"\{(?![^{}]*join\()[^{}]*\}\s+(chunks|documents|files|rows|companies|clients|service clients|questions"
+    r"|passages|users|queries|times)\b(?!/)")
+# Where user-facing text is written (the evaluation's and benchmarks' own reports are theirs).
+_USER_FACING = ("app", "auth", "core", "indexing", "retrieval")
+
+
+def test_user_facing_counts_go_through_plural() -> None:
+    root = Path(__file__).resolve().parent.parent
+    found = [f"{path.relative_to(root)}:{number}: {line.strip()}"
+             for package in _USER_FACING for path in sorted((root / package).rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1) if _COUNT_BEFORE_PLURAL.search(line)]
+    assert found == [], "use core.terminal.plural for these counts:\n" + "\n".join(found)
+
+
+def test_a_console_off_a_terminal_prints_whole_lines(monkeypatch) -> None:
+    """The CLI's and the evaluation studies' consoles: in a pipe, rows are never cut at 80 columns."""
+    from core.terminal import UNBOUNDED_WIDTH, wide_console
+
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert wide_console().width == UNBOUNDED_WIDTH and wide_console(stderr=True).width == UNBOUNDED_WIDTH
 
 
 def test_progress_off_a_terminal_is_periodic_lines_with_totals_and_time_left() -> None:

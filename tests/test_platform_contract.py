@@ -97,6 +97,44 @@ def test_a_role_without_permissions_gets_the_default_mapping(client, company, st
     assert nothing.status_code == 403
 
 
+def test_a_platform_role_gets_exactly_its_mapped_access(client, company, staff, admin) -> None:
+    """A role that is not ours is not compared with the user's row (auth.revocation): the
+    setting alone decides what it may do, for a staff user and an admin user alike."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    mapped_app = create_app(Settings(platform_role_permissions={"optometrist": ["knowledge:read"]}), prepare=False)
+    document = {"filename": "a.md", "content": "Frames from £49."}
+    mapped = TestClient(mapped_app)  # no lifespan: the session's app already runs the service's duties
+    for user in (staff, admin):
+        optometrist = bearer(platform_claims(company.id, user.id, role="optometrist", permissions=None))
+        assert search(mapped, optometrist).status_code == 200
+        write = mapped.post("/api/rag/index-document", json=document, headers=optometrist)
+        assert write.status_code == 403 and write.json()["code"] == "FORBIDDEN"
+        me = mapped.get("/api/auth/me", headers=optometrist)
+        assert me.status_code == 200 and me.json()["permissions"] == ["knowledge:read"], me.text
+
+    # The session's app has no PLATFORM_ROLE_PERMISSIONS: the same token is signed, its user
+    # stands, and it may do nothing.
+    unmapped = bearer(platform_claims(company.id, staff.id, role="optometrist", permissions=None))
+    refused = search(client, unmapped)
+    assert refused.status_code == 403 and refused.json()["code"] == "FORBIDDEN"
+    assert client.post("/api/rag/index-document", json=document, headers=unmapped).status_code == 403
+
+
+def test_a_company_id_is_what_companies_here_can_have() -> None:
+    """Letters, digits and dashes, as `companies create --id` accepts: anything else is malformed."""
+    settings = Settings(jwt_secret=SECRET)
+    for good in ("7d1c2a8e-5b7f-4a7e-9d61-0f3b2c9e4a10", 42, "Practice-7"):
+        decoded = decode_access_token(jwt.encode(platform_claims(good, "u1"), SECRET), settings)
+        assert decoded.company_id == str(good)
+    for bad in ("a_b", "a b", "a/b", "x" * 65):
+        with pytest.raises(Unauthorized) as refused:
+            decode_access_token(jwt.encode(platform_claims(bad, "u1"), SECRET), settings)
+        assert refused.value.code == "INVALID_TOKEN"
+
+
 def test_the_mapping_is_extended_by_a_setting() -> None:
     settings = Settings(platform_role_permissions={"optometrist": ["knowledge:read", "chat:use"],
                                                    "staff": ["knowledge:read"]})

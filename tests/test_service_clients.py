@@ -188,6 +188,44 @@ def test_secrets_are_stored_hashed_and_exchanges_audited(client, company, make_c
     assert [(r.user_id, r.target, r.details["client"]) for r in rows] == [(created.id, created.name, created.name)]
 
 
+def test_every_write_by_a_client_is_audited_with_its_name(client, company, make_client, make_user):
+    """Not only the exchange: each upload, update, deletion and user change the client makes
+    names it in the audit log, beside its id."""
+    created = make_client("knowledge:write,users:manage", [company.id])
+    headers = _bearer(_token(client, created))
+    indexed = client.post("/api/rag/index-document", json={"filename": "a.md", "content": "Frames from £49."},
+                          headers=headers)
+    assert indexed.status_code == 200, indexed.text
+    uploaded = client.post("/api/documents", files={"files": ("b.md", b"Lens cloths are free.", "text/markdown")},
+                           headers=headers)
+    assert uploaded.status_code == 200, uploaded.text
+    document_id = indexed.json()["document_id"]
+    assert client.patch(f"/api/documents/{document_id}", json={"category": "pricing"},
+                        headers=headers).status_code == 200
+    assert client.delete(f"/api/documents/{document_id}", headers=headers).status_code == 204
+    make_user(company, "admin")  # so the new admin below is not the last one
+    person = client.post("/api/users", json={"email": "new-admin@example.com", "password": "correct horse battery",
+                                             "role": "admin"}, headers=headers)
+    assert person.status_code == 201, person.text
+    assert client.patch(f"/api/users/{person.json()['id']}", json={"role": "staff"},
+                        headers=headers).status_code == 200
+    assert client.patch(f"/api/users/{person.json()['id']}", json={"is_active": False},
+                        headers=headers).status_code == 200
+
+    with tenant(company.id), session_scope() as session:
+        rows = session.execute(sa.text("SELECT action, user_id, details FROM audit_log WHERE company_id = :c "
+                                       "ORDER BY id"), {"c": company.id}).all()
+    written = [row for row in rows if row.action != clients.CLIENT_TOKEN and row.user_id == created.id]
+    assert [row.action for row in written] == ["documents.upload", "documents.upload", "documents.update",
+                                               "documents.delete", "users.create", "users.role_change",
+                                               "users.deactivate"]
+    assert all(row.details["client"] == created.name for row in written), [row.details for row in written]
+    # what each row said before is kept beside the name
+    assert written[0].details["filename"] == "a.md" and written[4].details["email"] == "new-admin@example.com"
+    # a person's rows carry no client
+    assert all("client" not in (row.details or {}) for row in rows if row.user_id != created.id)
+
+
 def test_the_service_role_cannot_create_or_revoke_clients(database: str, make_client, company):
     created = make_client("knowledge:read", [company.id])
     for statement in ("INSERT INTO service_clients (id, name, secret_hash, scopes, all_companies) "

@@ -789,6 +789,8 @@ def test_every_width_fits_and_every_button_takes_a_tap(open_page, server, practi
     assert tap_targets(page, "#view-documents") >= 1 + 2 * len(BRIGHTSIGHT_SUBSET)
     if width == 390:
         save_screenshot(page, "documents-phone.png", full_page=True)
+    # a layout that fits can still fail underneath (a refused request, a script error at this width)
+    assert console_errors(page) == [], f"console errors at {width} px"
 
 
 def test_reload_returns_to_the_open_conversation_with_its_labels(page, practice, member) -> None:

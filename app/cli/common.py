@@ -5,12 +5,12 @@ import cycle; `app.cli` imports every command module once, which registers its c
 from __future__ import annotations
 
 import json
-import sys
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
+
+from core.terminal import plural, wide_console
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -28,11 +28,9 @@ app.add_typer(companies_app, name="companies")
 app.add_typer(users_app, name="users")
 app.add_typer(bench_app, name="bench")
 
-# Not a terminal (a file, a pipe, a CI log): no width to fit, so tables and ids are printed
-# whole instead of being squeezed into rich's default 80 columns ("ret…", "0.5…").
-UNBOUNDED_WIDTH = 1000
-console = Console(width=None if sys.stdout.isatty() else UNBOUNDED_WIDTH)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else UNBOUNDED_WIDTH)
+# Whole tables and ids in a file or a pipe (core.terminal.wide_console), the terminal's width on one.
+console = wide_console()
+err_console = wide_console(stderr=True)
 
 
 @app.callback()
@@ -89,7 +87,7 @@ def sync_tenant_indexes_verbose(min_chunks: int, companies: list[str] | None = N
     from core.tenant_indexes import sync_tenant_indexes
 
     result = sync_tenant_indexes(min_chunks, companies=companies, on_build=lambda company, chunks: console.print(
-        f"built the HNSW index of company {company} ({chunks} chunks)", highlight=False))
+        f"built the HNSW index of company {company} ({plural(chunks, 'chunk')})", highlight=False))
     if result.skipped:
         console.print("tenant indexes: another process is updating them", highlight=False)
     elif result.dropped:

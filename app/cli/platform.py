@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from app.cli.common import JSON_OPTION, app, companies_app, console, fail, prepared, show_rows
+from core.terminal import plural
 
 clients_app = typer.Typer(help="Service credentials (OAuth 2.0 client credentials) for backends.",
                           no_args_is_help=True)
@@ -82,8 +83,8 @@ def companies_set_id(company: Annotated[str, typer.Argument(help="The company's 
     with admin_session_scope() as session:
         change = change_company_id(session, company, platform_id)
     moved = sum(count for table, count in change.rows.items() if table != "companies")
-    console.print(f"company {change.old_id} is now {change.new_id} ({moved} rows moved, "
-                  f"{change.clients} service clients updated)", highlight=False, soft_wrap=True)
+    console.print(f"company {change.old_id} is now {change.new_id} ({plural(moved, 'row')} moved, "
+                  f"{plural(change.clients, 'service client')} updated)", highlight=False, soft_wrap=True)
 
 
 @app.command("calibrate-scores")
@@ -103,6 +104,6 @@ def calibrate_scores(
     cache = cache_dir or settings.data_dir.resolve() / "eval-cache"
     calibration, path = refit(dataset, cache, console, settings=settings, plot=plot)
     info = calibration.fitted_on
-    console.print(f"{calibration.model}: {calibration.method} on {info['pairs']} passages of {info['questions']} "
-                  f"questions (cv Brier {info['cv_brier']}); threshold 0.7 = cosine >= "
+    console.print(f"{calibration.model}: {calibration.method} on {plural(info['pairs'], 'passage')} of "
+                  f"{plural(info['questions'], 'question')} (cv Brier {info['cv_brier']}); threshold 0.7 = cosine >= "
                   f"{calibration.min_similarity(0.7):.3f}; written {path}", highlight=False)

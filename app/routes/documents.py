@@ -12,15 +12,15 @@ from typing import Literal
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
-from app.deps import AppSettings, CurrentUser, client_ip, require
+from app.deps import AppSettings, CurrentUser, TenantSession, client_ip, require
 from app.errors import error_response
 from app.request_models import RequestModel
 from auth import audit
 from auth.permissions import Permission
-from core.db.engines import session_scope
-from core.db.tenant_scope import tenant
 from core.errors import ServiceError
+from core.terminal import plural
 from indexing import documents as service
 from indexing.models import Document
 from indexing.readers import SUPPORTED_EXTENSIONS
@@ -96,11 +96,12 @@ def _out(row: Document) -> DocumentOut:
     return DocumentOut.model_validate(row)
 
 
-def _audit(request: Request, user: CurrentUser, action: str, target: str, details: dict[str, object]) -> None:
-    """One audit_log row per upload, patch and deletion (who, what, from where)."""
-    with tenant(user.company_id), session_scope() as session:
-        audit.record(session, user.company_id, user.id, action, target=target, details=details,
-                     client_ip=client_ip(request))
+def _audit(session: Session, request: Request, user: CurrentUser, action: str, target: str,
+           details: dict[str, object]) -> None:
+    """One audit_log row per upload, patch and deletion (who, what, from where), in the request's
+    tenant session: it commits before the response is sent, like the rest of the request."""
+    audit.record(session, user.company_id, user.id, action, target=target, details=details,
+                 client_ip=client_ip(request), client_name=user.client_name)
 
 
 @router.post("/api/documents", response_model=UploadResponse)
@@ -108,13 +109,14 @@ def upload_documents(
     request: Request,
     response: Response,
     settings: AppSettings,
+    session: TenantSession,
     background: BackgroundTasks,
     files: list[UploadFile] = File(..., description=f"One or more files ({' '.join(SUPPORTED_EXTENSIONS)})"),
     category: str | None = Form(default=None, max_length=100, pattern=CATEGORY_PATTERN),
     user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE)),
 ) -> UploadResponse | JSONResponse:
     if len(files) > settings.max_upload_files:
-        raise ServiceError(f"Send at most {settings.max_upload_files} files per request (got {len(files)}).",
+        raise ServiceError(f"Send at most {plural(settings.max_upload_files, 'file')} per request (got {len(files)}).",
                            code="TOO_MANY_FILES", status_code=413)
     max_bytes = settings.max_upload_mb * 1024 * 1024
     results: list[UploadResult] = []
@@ -140,7 +142,7 @@ def upload_documents(
         raise errors[0]  # a single file gets its own status code (413, 415, 422...)
     for result in results:
         if result.document is not None:
-            _audit(request, user, "documents.upload", result.document.document_id,
+            _audit(session, request, user, "documents.upload", result.document.document_id,
                    {"filename": result.filename, "status": result.status, "category": category})
     counts = {s: sum(1 for r in results if r.status == s) for s in ("indexed", "queued", "failed")}
     if counts["queued"]:
@@ -148,7 +150,7 @@ def upload_documents(
     elif errors and not counts["indexed"]:
         # every file failed: an error in the service's error shape, with the per-file results kept
         body = UploadResponse(results=results, **counts).model_dump(mode="json")
-        return error_response(request, 422, f"None of the {len(files)} files could be indexed; see results.",
+        return error_response(request, 422, f"None of the {plural(len(files), 'file')} could be indexed; see results.",
                               "UPLOAD_FAILED", **body)
     return UploadResponse(results=results, **counts)
 
@@ -156,15 +158,15 @@ def upload_documents(
 @router.post("/api/rag/index-document", response_model=IndexDocumentResponse,
              responses={202: {"model": IndexDocumentResponse, "description": "Queued (above the inline limit)"}})
 def index_document(body: IndexDocumentRequest, request: Request, response: Response, settings: AppSettings,
-                   background: BackgroundTasks,
+                   session: TenantSession, background: BackgroundTasks,
                    user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> IndexDocumentResponse:
     queued = len(body.content.encode("utf-8")) > settings.upload_inline_max_kb * 1024
     index = service.queue_text if queued else service.index_text
     row = index(user.company_id, body.filename, body.content, settings=settings, category=body.category,
                 uploaded_by=user.id)
     status: Literal["indexed", "queued"] = "queued" if queued else "indexed"
-    _audit(request, user, "documents.upload", row.id, {"filename": row.filename, "status": status,
-                                                         "category": body.category})
+    _audit(session, request, user, "documents.upload", row.id,
+           {"filename": row.filename, "status": status, "category": body.category})
     if queued:
         response.status_code = 202
     else:  # after the response: the caller waits for its chunks, not for the offline answerer's vectors
@@ -185,7 +187,7 @@ def get_document(document_id: str, user: CurrentUser = Depends(require(Permissio
 
 
 @router.patch("/api/documents/{document_id}", response_model=DocumentOut)
-def patch_document(document_id: str, body: DocumentPatch, request: Request,
+def patch_document(document_id: str, body: DocumentPatch, request: Request, session: TenantSession,
                    user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> DocumentOut:
     fields = body.model_fields_set
     if not fields:
@@ -196,13 +198,13 @@ def patch_document(document_id: str, body: DocumentPatch, request: Request,
     row = service.patch_document(user.company_id, document_id,
                                  category=body.category if "category" in fields else unset,
                                  is_active=body.is_active if "is_active" in fields else unset)
-    _audit(request, user, "documents.update", row.id, body.model_dump(include=fields))
+    _audit(session, request, user, "documents.update", row.id, body.model_dump(include=fields))
     return _out(row)
 
 
 @router.delete("/api/documents/{document_id}", status_code=204)
-def delete_document(document_id: str, request: Request,
+def delete_document(document_id: str, request: Request, session: TenantSession,
                     user: CurrentUser = Depends(require(Permission.KNOWLEDGE_WRITE))) -> Response:
     service.delete_document(user.company_id, document_id)
-    _audit(request, user, "documents.delete", document_id, {})
+    _audit(session, request, user, "documents.delete", document_id, {})
     return Response(status_code=204)

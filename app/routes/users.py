@@ -75,7 +75,8 @@ def create_company_user(body: CreateUserRequest, request: Request, session: Tena
     company = check_company(user, body.company_id)
     created = create_user(session, company, body.email, body.password, body.role, body.full_name)
     audit.record(session, company, user.id, audit.USER_CREATED, target=created.id,
-                 details={"email": created.email, "role": created.role}, client_ip=client_ip(request))
+                 details={"email": created.email, "role": created.role}, client_ip=client_ip(request),
+                 client_name=user.client_name)
     return UserOut.of(created)
 
 
@@ -90,6 +91,6 @@ def update_company_user(user_id: str, body: UpdateUserRequest, request: Request,
                         session: TenantSession, user: CurrentUser = Depends(manage)) -> UserOut:
     """Deactivate/reactivate (`is_active`) or change `role`; deactivation ends the user's sessions."""
     company = check_company(user, body.company_id)
-    updated = update_user(session, company, user_id, actor_id=user.id, role=body.role,
-                          is_active=body.is_active, client_ip=client_ip(request))
+    updated = update_user(session, company, user_id, actor_id=user.id, actor_client_name=user.client_name,
+                          role=body.role, is_active=body.is_active, client_ip=client_ip(request))
     return UserOut.of(updated)
