@@ -17,6 +17,7 @@ from rich.console import Console
 
 from core.settings import Settings
 from evals.beir import load_dataset
+from evals.report import write_study
 from evals.runner import cached_embedder, index_corpus
 from retrieval.calibration import (
     CALIBRATION_DIR,
@@ -50,9 +51,68 @@ def collect_pairs(dataset_dir: Path, cache_dir: Path, console: Console, settings
     return cosines, relevant, groups, dataset.name
 
 
+SEARCH_LIMIT = 5  # passages a search returns by default: what a threshold is judged on
+SCORE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def threshold_effects(calibration: Calibration, cosines: list[float], relevant: list[bool], groups: list[str],
+                      answerable: set[str], default_floor: float) -> list[dict[str, object]]:
+    """What each threshold does to the first SEARCH_LIMIT passages of every question: how many
+    answerable questions still get a passage (a relevant one), how many unanswerable ones get
+    any, and how many of the returned passages are relevant. In-sample: the curve was fitted
+    on the same pairs, so this describes the curve rather than estimating held-out behaviour."""
+    by_question: dict[str, list[tuple[float, bool]]] = {}
+    for cosine, hit, question in zip(cosines, relevant, groups, strict=True):
+        by_question.setdefault(question, []).append((cosine, hit))
+    floors = [("0.7 as a raw cosine (the plan's number)", 0.7)]
+    floors += [(f"{t} on `score`", calibration.min_similarity(t)) for t in SCORE_THRESHOLDS]
+    floors.append(("omitted: `SEARCH_THRESHOLD` cosine", default_floor))
+    rows = []
+    for label, floor in floors:
+        kept = {q: [hit for cosine, hit in sorted(pairs, reverse=True)[:SEARCH_LIMIT] if cosine >= floor]
+                for q, pairs in by_question.items()}
+        returned = [hit for q in kept for hit in kept[q]]
+        rows.append({
+            "threshold": label, "cosine_floor": round(floor, 3),
+            "answerable": len(answerable),
+            "answerable_with_result": sum(1 for q in answerable if kept.get(q)),
+            "answerable_with_relevant": sum(1 for q in answerable if any(kept.get(q, []))),
+            "unanswerable": len(by_question) - len(answerable),
+            "unanswerable_with_result": sum(1 for q in kept if q not in answerable and kept[q]),
+            "returned": len(returned),
+            "returned_relevant_share": round(sum(returned) / len(returned), 2) if returned else None,
+        })
+    return rows
+
+
+def effects_markdown(calibration: Calibration, rows: list[dict[str, object]]) -> str:
+    points = [0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7]
+    lines = [f"# Score calibration: {calibration.model} ({calibration.method})", "",
+             "| cosine (`similarity`) | " + " | ".join(str(p) for p in points) + " |",
+             "|---|" + "---|" * len(points),
+             "| calibrated `score` | " + " | ".join(f"{calibration.score(p):.2f}" for p in points) + " |", "",
+             f"What a threshold does (first {SEARCH_LIMIT} passages of each question, vector search; in-sample):", "",
+             "| threshold | cosine floor | answerable questions with ≥ 1 result | … with ≥ 1 relevant result | "
+             "unanswerable questions with a result | returned passages that are relevant |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        n = row["answerable"]
+        share = "-" if row["returned_relevant_share"] is None else f"{row['returned_relevant_share']:.2f}"
+        lines.append(f"| {row['threshold']} | {row['cosine_floor']:.3f} | {row['answerable_with_result']}/{n} "
+                     f"({row['answerable_with_result'] / n:.0%}) | {row['answerable_with_relevant']}/{n} "
+                     f"({row['answerable_with_relevant'] / n:.0%}) | "
+                     f"{row['unanswerable_with_result']}/{row['unanswerable']} | {share} of {row['returned']} |")
+    info = calibration.fitted_on
+    lines += ["", f"Fitted on {info.get('pairs')} passages of {info.get('questions')} questions "
+                  f"({info.get('dataset')}); cross-validated Brier score {info.get('cv_brier')}.", ""]
+    return "\n".join(lines)
+
+
 def refit(dataset_dir: Path, cache_dir: Path, console: Console, *, settings: Settings,
-          directory: Path = CALIBRATION_DIR, plot: Path | None = None) -> tuple[Calibration, Path]:
-    """Fit on `dataset_dir` for the configured model, write the calibration file (and a plot)."""
+          directory: Path = CALIBRATION_DIR, plot: Path | None = None,
+          report_dir: Path | None = None) -> tuple[Calibration, Path]:
+    """Fit on `dataset_dir` for the configured model, write the calibration file (and a plot,
+    and the threshold-effect report `score-calibration.{json,md}` in `report_dir`)."""
     cosines, relevant, groups, name = collect_pairs(dataset_dir, cache_dir, console, settings)
     calibration = fit_calibration(settings.embedding_key, cosines, relevant, groups, {
         "dataset": name, "questions": len(set(groups)), "depth": CALIBRATION_DEPTH,
@@ -62,6 +122,14 @@ def refit(dataset_dir: Path, cache_dir: Path, console: Console, *, settings: Set
     path.write_text(calibration.to_json())
     if plot is not None:
         draw(calibration, cosines, relevant, plot)
+    if report_dir is not None:
+        dataset = load_dataset(dataset_dir)
+        answerable = {q.id for q in dataset.queries
+                      if any(grade >= 1 for grade in dataset.qrels.get(q.id, {}).values())}
+        rows = threshold_effects(calibration, cosines, relevant, groups, answerable, settings.search_threshold)
+        write_study(report_dir, "score-calibration", {"model": calibration.model, "method": calibration.method,
+                                                      "fitted_on": calibration.fitted_on, "thresholds": rows},
+                    effects_markdown(calibration, rows))
     return calibration, path
 
 

@@ -78,3 +78,28 @@ def test_search_returns_the_score_beside_the_cosine_and_thresholds_it(client, co
     default = client.post("/api/rag/search", json={"query": "How much do progressive lenses cost?"},
                           headers=headers).json()
     assert default["threshold_applies_to"] == "similarity" and default["min_similarity"] == default["threshold"]
+
+
+def test_threshold_effects_count_what_a_search_would_return() -> None:
+    """The report behind docs/platform.md's threshold table: the first five passages of each
+    question above each floor, counted per kind of question."""
+    from evals.calibration import threshold_effects
+
+    rng = np.random.default_rng(7)
+    cosines = rng.uniform(0.1, 0.9, 600)
+    relevant = rng.uniform(0, 1, 600) < cosines
+    groups = [f"q{i % 60}" for i in range(600)]
+    calibration = fit_calibration("test:model", list(cosines), list(relevant), groups, {"dataset": "synthetic"})
+    # q0: answerable, one strong relevant passage; q1: unanswerable, one weak passage
+    pairs = [(0.8, True), (0.5, False), (0.3, False)], [(0.35, False)]
+    cos = [c for c, _ in pairs[0]] + [c for c, _ in pairs[1]]
+    rel = [r for _, r in pairs[0]] + [r for _, r in pairs[1]]
+    rows = threshold_effects(calibration, cos, rel, ["q0"] * 3 + ["q1"], {"q0"}, default_floor=0.25)
+    by_label = {row["threshold"]: row for row in rows}
+    everything = by_label["omitted: `SEARCH_THRESHOLD` cosine"]
+    assert (everything["returned"], everything["answerable_with_relevant"], everything["unanswerable_with_result"]) \
+        == (4, 1, 1)
+    plan = by_label["0.7 as a raw cosine (the plan's number)"]
+    assert (plan["returned"], plan["returned_relevant_share"], plan["unanswerable_with_result"]) == (1, 1.0, 0)
+    floors = [row["cosine_floor"] for row in rows if "on `score`" in str(row["threshold"])]
+    assert floors == sorted(floors)  # a higher score threshold never lowers the cosine floor

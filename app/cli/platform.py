@@ -98,11 +98,12 @@ def calibrate_scores(
     """Refit the calibrated `score` (probability a passage is relevant) for the configured model."""
     from core.settings import get_settings
     from evals.calibration import refit
+    from evals.report import REPORTS_DIR
 
     prepared()
     settings = get_settings()
     cache = cache_dir or settings.data_dir.resolve() / "eval-cache"
-    calibration, path = refit(dataset, cache, console, settings=settings, plot=plot)
+    calibration, path = refit(dataset, cache, console, settings=settings, plot=plot, report_dir=REPORTS_DIR)
     info = calibration.fitted_on
     console.print(f"{calibration.model}: {calibration.method} on {plural(info['pairs'], 'passage')} of "
                   f"{plural(info['questions'], 'question')} (cv Brier {info['cv_brier']}); threshold 0.7 = cosine >= "
