@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -52,16 +53,27 @@ def prepare_runtime(settings: Settings) -> None:
     get_embed_model()
 
 
-def statements_after_job(settings: Settings) -> Callable[[JobResult], None]:
-    """What a queue worker does once a job's document is indexed: store its chunks' statement
-    vectors (the offline answerer's), after the document is already searchable."""
-    model_key = settings.embedding_key
+class PendingStatements:
+    """A queue worker's hooks for the offline answerer's statement vectors: each indexed job's
+    document is noted, and its vectors are stored once the queue is empty, so they never delay
+    the next upload (an answer that reads a chunk before then stores that chunk's own)."""
 
-    def after(result: JobResult) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self._model_key = settings.embedding_key
+        self._pending: deque[tuple[str, str]] = deque()
+
+    def job_finished(self, result: JobResult) -> None:
         if result.status == "done":
-            precompute_document(result.job.company_id, result.job.document_id, model_key)
+            self._pending.append((result.job.company_id, result.job.document_id))
 
-    return after
+    def store(self) -> None:
+        while self._pending:
+            company_id, document_id = self._pending.popleft()
+            precompute_document(company_id, document_id, self._model_key)
+
+    def hooks(self) -> dict[str, Callable]:
+        """Keyword arguments of indexing.queue.Worker / BackgroundWorker."""
+        return {"on_result": self.job_finished, "on_idle": self.store}
 
 
 def create_app(settings: Settings | None = None, *, prepare: bool = True) -> FastAPI:
@@ -80,7 +92,7 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
         # rather than starting another that nothing would stop.
         running = getattr(app.state, "ingest_worker", None)
         start = prepare and settings.ingest_in_process_worker and running is None
-        worker = BackgroundWorker(settings, on_result=statements_after_job(settings)).start() if start else None
+        worker = BackgroundWorker(settings, **PendingStatements(settings).hooks()).start() if start else None
         if worker is not None:
             app.state.ingest_worker = worker
         try:

@@ -137,11 +137,13 @@ class Worker:
     """
 
     def __init__(self, settings: Settings, name: str | None = None,
-                 on_result: Callable[[JobResult], None] | None = None, company_id: str | None = None) -> None:
+                 on_result: Callable[[JobResult], None] | None = None, company_id: str | None = None,
+                 on_idle: Callable[[], None] | None = None) -> None:
         self.settings = settings  # the process's: extraction limits, chunk context, poll interval
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.company_id = company_id  # a worker dedicated to one company (a large tenant's backlog)
         self._on_result = on_result
+        self._on_idle = on_idle  # work that waits for an empty queue (it must never delay a job)
         self._connection: Connection | None = None
         self._stop = threading.Event()
 
@@ -314,6 +316,8 @@ class Worker:
                 done += 1
                 idle_since = time.monotonic()
                 continue
+            if self._on_idle is not None:
+                self._on_idle()
             observe_queue_depth()
             if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                 break
@@ -328,8 +332,10 @@ class Worker:
 class BackgroundWorker:
     """One worker on a daemon thread: the API's in-process consumer (INGEST_IN_PROCESS_WORKER)."""
 
-    def __init__(self, settings: Settings, on_result: Callable[[JobResult], None] | None = None) -> None:
-        self.worker = Worker(settings, name=f"{socket.gethostname()}:{os.getpid()}:api", on_result=on_result)
+    def __init__(self, settings: Settings, on_result: Callable[[JobResult], None] | None = None,
+                 on_idle: Callable[[], None] | None = None) -> None:
+        self.worker = Worker(settings, name=f"{socket.gethostname()}:{os.getpid()}:api", on_result=on_result,
+                             on_idle=on_idle)
         self._thread = threading.Thread(target=self.worker.run_forever, name="ingest-worker", daemon=True)
 
     def start(self) -> BackgroundWorker:

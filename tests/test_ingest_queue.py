@@ -24,7 +24,7 @@ from tests.servers import ROOT, free_port
 @pytest.fixture
 def no_api_worker(app: object, client: object) -> Iterator[None]:
     """Stop the test app's in-process worker, so the workers a test starts get its jobs."""
-    from app.main import statements_after_job
+    from app.main import PendingStatements
     from indexing.queue import BackgroundWorker
 
     state = app.state  # type: ignore[attr-defined]
@@ -36,7 +36,7 @@ def no_api_worker(app: object, client: object) -> Iterator[None]:
     finally:
         if running is not None:
             settings = get_settings()
-            state.ingest_worker = BackgroundWorker(settings, on_result=statements_after_job(settings)).start()
+            state.ingest_worker = BackgroundWorker(settings, **PendingStatements(settings).hooks()).start()
 
 
 def _text(kb: int, tag: str) -> bytes:
@@ -132,7 +132,7 @@ def test_large_index_document_call_is_queued_and_indexed(client, company, make_u
     job = _job(company.id, document_id)
     assert (job.status, job.attempts, job.emptied) == ("done", 1, True)
     assert _chunk_stats(company.id, document_id)[0] == row.chunk_count > 1
-    # then the worker stores the document's statement vectors (the offline answerer's), once
+    # then, the queue being empty, the worker stores the document's statement vectors (the offline answerer's)
     deadline = time.monotonic() + 60
     while _statement_rows(company.id, document_id) < row.chunk_count and time.monotonic() < deadline:
         time.sleep(0.2)

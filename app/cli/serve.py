@@ -112,10 +112,10 @@ def _start_background_duties(settings: Settings) -> list[Callable[[], None]]:
     stops: list[Callable[[], None]] = [
         TenantIndexMaintainer(settings.tenant_index_check_s, settings.tenant_index_min_chunks).start().stop]
     if getattr(settings, "ingest_in_process_worker", False):
-        from app.main import statements_after_job
+        from app.main import PendingStatements
         from indexing.queue import BackgroundWorker
 
-        stops.append(BackgroundWorker(settings, on_result=statements_after_job(settings)).start().stop)
+        stops.append(BackgroundWorker(settings, **PendingStatements(settings).hooks()).start().stop)
     return stops
 
 

@@ -24,7 +24,7 @@ def worker(
         help="Take only this company's jobs (a worker dedicated to one large tenant).")] = None,
 ) -> None:
     """Index queued uploads (the ingestion queue) until SIGTERM/Ctrl-C."""
-    from app.main import statements_after_job
+    from app.main import PendingStatements
     from core.embeddings import get_embed_model
     from core.settings import get_settings
     from indexing.queue import Worker
@@ -32,7 +32,7 @@ def worker(
     prepared()
     settings = get_settings()
     get_embed_model()  # loaded before the first claim, so a job is never held while the model loads
-    runner = Worker(settings, company_id=company_id, on_result=statements_after_job(settings))
+    runner = Worker(settings, company_id=company_id, **PendingStatements(settings).hooks())
     # A dedicated worker's job outcomes, embedding time and queue depth are its own to expose:
     # an API process only sees the jobs its in-process worker (if any) runs.
     listener = start_metrics_listener(settings)
