@@ -103,8 +103,10 @@ def effects_markdown(calibration: Calibration, rows: list[dict[str, object]]) ->
                      f"({row['answerable_with_relevant'] / n:.0%}) | "
                      f"{row['unanswerable_with_result']}/{row['unanswerable']} | {share} of {row['returned']} |")
     info = calibration.fitted_on
-    lines += ["", f"Fitted on {info.get('pairs')} passages of {info.get('questions')} questions "
-                  f"({info.get('dataset')}); cross-validated Brier score {info.get('cv_brier')}.", ""]
+    brier = ", ".join(f"{method} {value:.5f}" for method, value in dict(info.get("cv_brier", {})).items())
+    lines += ["", f"Fitted on {info.get('pairs'):,} passages of {info.get('questions')} questions "
+                  f"({info.get('dataset')}); cross-validated Brier score (5 folds, split by question): {brier}; "
+                  f"the lower one is kept.", ""]
     return "\n".join(lines)
 
 
