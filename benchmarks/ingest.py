@@ -160,7 +160,10 @@ def _upload_bytes(kb: int, n: int, settings: Settings) -> bytes:
 
 def _start_workers(count: int, company_id: str) -> list[subprocess.Popen[str]]:
     """`count` worker processes for one company, returned once each has loaded its model."""
-    env = {**os.environ, "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING", "INGEST_POLL_S": "0.5"}
+    # N workers on one machine share its cores (EMBEDDING_THREADS), as a deployment of N per machine would.
+    threads = max(1, (os.cpu_count() or 1) // count)
+    env = {**os.environ, "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING", "INGEST_POLL_S": "0.5",
+           "EMBEDDING_THREADS": str(threads)}
     procs = [subprocess.Popen([sys.executable, "-m", "app", "worker", "--company-id", company_id],
                               cwd=Path(__file__).resolve().parent.parent, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(count)]

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
         description="Local: the bundled all-MiniLM-L6-v2 (or a path). OpenAI: text-embedding-3-small / ada-002.",
     )
     embedding_batch_size: int = Field(default=64, ge=1, description="Texts per embedding batch during ingestion.")
+    embedding_threads: int = Field(
+        default=0, ge=0, description="CPU threads one ONNX embedding session uses; 0 = every core. Set it to "
+                                     "cores / N when N `ils-rag worker` processes share one machine, so they "
+                                     "do not each claim every core.")
     embedding_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
         default="onnx",
         description="Local model runtime: onnx (exported + fused at first use, same vectors as torch, faster), "

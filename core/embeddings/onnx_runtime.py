@@ -66,8 +66,9 @@ class OnnxEmbedding(BaseEmbedding):
         instance = cls(model_name=str(model_dir), runtime=runtime, max_length=max_length,
                        embed_batch_size=max(1024, settings.embedding_batch_size),
                        run_batch_size=settings.embedding_batch_size)
-        instance._session = session(path)
-        instance._bulk_session = session(path, spinning=True)
+        threads = settings.embedding_threads or None
+        instance._session = session(path, threads)
+        instance._bulk_session = session(path, threads, spinning=True)
         instance._tokenizer = tokenizer
         instance._dimensions = int(instance._session.get_outputs()[0].shape[-1] or configured_dimensions(settings))
         instance._query_cache = QueryCache(settings.query_cache_size)
