@@ -140,39 +140,32 @@ def test_pdf_text_past_the_limit_is_refused(samples_dir: Path) -> None:
     assert refused.value.status_code == 413 and refused.value.code == "EXTRACTION_TOO_LARGE"
 
 
-def test_upload_of_an_expanding_docx_gets_413_and_stores_nothing(client, company, make_user) -> None:
-    _, admin = make_user(company, "admin")
-    bomb = _bomb(110)  # past the default MAX_EXPANDED_MB=100; over UPLOAD_INLINE_MAX_KB, so it would be queued
-    assert len(bomb) < 1024 * 1024
-    files = [("files", ("bomb.docx", io.BytesIO(bomb), "application/octet-stream"))]
-    response = client.post("/api/documents", headers=admin, files=files)
-    assert response.status_code == 413, response.text
-    body = response.json()
-    assert body["code"] == "EXTRACTION_TOO_LARGE" and body["request_id"]
-    assert client.get("/api/documents", headers=admin).json()["total"] == 0
-
-
-def test_folder_ingest_reports_the_expanding_docx_failed(company, tmp_path: Path, embed_model) -> None:
+@pytest.mark.parametrize("bomb", [_bomb, _prefixed_bomb], ids=["zip", "zip-behind-a-prefix"])
+def test_folder_ingest_reports_the_expanding_docx_failed(company, tmp_path: Path, embed_model, bomb) -> None:
     from indexing.folder import ingest_folder
 
     folder = tmp_path / "kb"
     folder.mkdir()
     (folder / "good.md").write_text("# Opening hours\nWe open at nine on weekdays.\n")
-    (folder / "bomb.docx").write_bytes(_bomb(110))
+    (folder / "bomb.docx").write_bytes(bomb(110))
     report = ingest_folder(folder, company.id, settings=get_settings())
     assert report.indexed == ["good.md"]
     assert {f.source_key: f.code for f in report.failed} == {"bomb.docx": "EXTRACTION_TOO_LARGE"}
     assert "EXTRACTION_TOO_LARGE" in report.summary()
 
 
-@pytest.mark.parametrize("size_kb", [64, 600])  # inline, and over UPLOAD_INLINE_MAX_KB (it would be queued)
-def test_upload_of_a_prefixed_bomb_gets_413_and_stores_nothing(client, company, make_user, size_kb: int) -> None:
+# past the default MAX_EXPANDED_MB=100; the 600 KB ones are over UPLOAD_INLINE_MAX_KB, so they would be queued
+@pytest.mark.parametrize("bomb", [lambda: _bomb(110),
+                                  lambda: _prefixed_bomb(110, prefix=b"\x00" * 8 + bytes(64 * 1024)),
+                                  lambda: _prefixed_bomb(110, prefix=b"\x00" * 8 + bytes(600 * 1024))],
+                         ids=["zip", "zip-behind-64-kb", "zip-behind-600-kb"])
+def test_upload_of_an_expanding_docx_gets_413_and_stores_nothing(client, company, make_user, bomb) -> None:
     _, admin = make_user(company, "admin")
-    bomb = _prefixed_bomb(110, prefix=b"\x00" * 8 + bytes(size_kb * 1024))
-    files = [("files", ("bomb.docx", io.BytesIO(bomb), "application/octet-stream"))]
+    files = [("files", ("bomb.docx", io.BytesIO(bomb()), "application/octet-stream"))]
     response = client.post("/api/documents", headers=admin, files=files)
     assert response.status_code == 413, response.text
-    assert response.json()["code"] == "EXTRACTION_TOO_LARGE"
+    body = response.json()
+    assert body["code"] == "EXTRACTION_TOO_LARGE" and body["request_id"]
     assert client.get("/api/documents", headers=admin).json()["total"] == 0
 
 
@@ -186,15 +179,3 @@ def test_upload_of_a_docx_that_is_not_an_archive_gets_422_even_when_it_would_be_
     body = response.json()
     assert body["code"] == "CORRUPTED_DOCX" and body["request_id"]
     assert client.get("/api/documents", headers=admin).json()["total"] == 0
-
-
-def test_folder_ingest_reports_a_prefixed_bomb_failed(company, tmp_path: Path, embed_model) -> None:
-    from indexing.folder import ingest_folder
-
-    folder = tmp_path / "kb"
-    folder.mkdir()
-    (folder / "good.md").write_text("# Opening hours\nWe open at nine on weekdays.\n")
-    (folder / "bomb.docx").write_bytes(_prefixed_bomb(110))
-    report = ingest_folder(folder, company.id, settings=get_settings())
-    assert report.indexed == ["good.md"]
-    assert {f.source_key: f.code for f in report.failed} == {"bomb.docx": "EXTRACTION_TOO_LARGE"}

@@ -46,23 +46,17 @@ def _for_each_role(statement: str) -> None:
         """)
 
 
+# Database-level, and the database's name is known only on the server: format() quotes it there.
+REVOKE_TEMPORARY = ("DO $$ BEGIN EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', "
+                    "current_database()); END $$")
+GRANT_TEMPORARY = "DO $$ BEGIN EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO PUBLIC', current_database()); END $$"
+
+
 def upgrade() -> None:
-    op.execute("""
-        DO $$
-        BEGIN
-            EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
-        END
-        $$
-    """)
+    op.execute(REVOKE_TEMPORARY)
     _for_each_role("ALTER ROLE {role} SET track_activities = off")
 
 
 def downgrade() -> None:
-    op.execute("""
-        DO $$
-        BEGIN
-            EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO PUBLIC', current_database());
-        END
-        $$
-    """)
+    op.execute(GRANT_TEMPORARY)
     _for_each_role("ALTER ROLE {role} RESET track_activities")
