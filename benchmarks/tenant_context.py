@@ -68,17 +68,17 @@ class ProofTimer:
     search the claim's round trips take, and in how many transactions."""
 
     def __init__(self) -> None:
-        self.engine, self.spent_ms, self.proofs = sa.Engine, 0.0, 0
+        self.spent_ms, self.proofs = 0.0, 0
         self._started: float | None = None
 
     def __enter__(self) -> ProofTimer:
-        sa.event.listen(self.engine, "before_cursor_execute", self._before)
-        sa.event.listen(self.engine, "after_cursor_execute", self._after)
+        sa.event.listen(sa.Engine, "before_cursor_execute", self._before)
+        sa.event.listen(sa.Engine, "after_cursor_execute", self._after)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        sa.event.remove(self.engine, "before_cursor_execute", self._before)
-        sa.event.remove(self.engine, "after_cursor_execute", self._after)
+        sa.event.remove(sa.Engine, "before_cursor_execute", self._before)
+        sa.event.remove(sa.Engine, "after_cursor_execute", self._after)
 
     def reset(self) -> None:
         self.spent_ms, self.proofs = 0.0, 0
@@ -145,6 +145,8 @@ def run_tenant_context_bench(settings: Settings, output: Path = RESULT, requests
             behind_wall = [n.node_id for n in wall_store.query(query).nodes]
         if not behind_wall or behind_wall != [n.node_id for n in owner_store.query(query).nodes]:
             raise RuntimeError("the two sides of the benchmark did not run the same search")
+        if proofs_per_search < PROOF_ROUND_TRIPS:
+            raise RuntimeError("no tenant proof was seen inside a hybrid search: is_tenant_proof is out of date")
     finally:
         drop_company(company.id)
     # The policy's share of the store query's added time: what is left once the proof inside it is taken out.

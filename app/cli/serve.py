@@ -17,7 +17,6 @@ from app.cli.common import app, console, prepared, start_metrics_listener
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # core.metrics.MULTIPROC_ENV, named here without importing the client
 
 if TYPE_CHECKING:
-
     from core.settings import Settings
 
 

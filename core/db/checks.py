@@ -71,20 +71,21 @@ def app_role_problems(connection: sa.Connection) -> tuple[list[str], list[str]]:
     return bypasses, broken
 
 
-def session_exposures(connection: sa.Connection) -> list[str]:
+def session_exposures(connection: sa.Connection) -> tuple[str, list[str]]:
     """What SQL running as this role could reach beyond its transaction (migration 0016 closes
     both where the migrating role may): objects that outlive it on a pooled connection, and
-    the statement text of the role's other sessions, which serve other companies."""
+    the statement text of the role's other sessions, which serve other companies. Returns the
+    role's name and what it could reach (empty: nothing)."""
     row = connection.execute(sa.text(
-        "SELECT has_database_privilege(current_user, current_database(), 'TEMPORARY') AS temp, "
-        "current_setting('track_activities') = 'on' AS tracked")).one()
+        "SELECT current_user AS role, has_database_privilege(current_user, current_database(), 'TEMPORARY') "
+        "AS temp, current_setting('track_activities') = 'on' AS tracked")).one()
     found = []
     if row.temp:
         found.append("it may create temporary tables (revoke TEMPORARY on the database from PUBLIC)")
     if row.tracked:
         found.append("its sessions show their statements to each other in pg_stat_activity (as a superuser, "
                      "set track_activities off for the role)")
-    return found
+    return row.role, found
 
 
 def check_app_role(settings: Settings | None = None, engine: Engine | None = None) -> None:
@@ -98,8 +99,7 @@ def check_app_role(settings: Settings | None = None, engine: Engine | None = Non
     try:
         with (engine or get_engine()).connect() as connection:
             bypasses, broken = app_role_problems(connection)
-            exposures = session_exposures(connection)
-            role_name = connection.execute(sa.text("SELECT current_user")).scalar()
+            role_name, exposures = session_exposures(connection)
     except (OperationalError, DBAPIError) as exc:
         reason = str(exc.orig).strip().splitlines()[0] if getattr(exc, "orig", None) else str(exc)
         raise ConfigurationError(f"the service role cannot connect ({reason}); check APP_DATABASE_URL "

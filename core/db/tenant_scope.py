@@ -41,8 +41,9 @@ _PLANNER_ONLY = sa.text(
                                     sa.bindparam("values", type_=ARRAY(sa.Text)))
 
 PROOF_ROUND_TRIPS = 2  # per tenant transaction: the transaction's facts, then the signed claim
-_PROOF_PREFIXES = ("SELECT pg_backend_pid() AS pid", f"SELECT set_config('{TENANT_SETTING}'",
-                   f"SET LOCAL {TENANT_SETTING} ")
+# What the proof statements start with as sent (up to their first bound name, which the driver
+# spells its own way), taken from the statements themselves so a change to them cannot go unseen.
+_PROOF_PREFIXES = (*(s.text.split(":", 1)[0] for s in (_TRANSACTION_FACTS, _SET_CLAIM)), f"SET LOCAL {TENANT_SETTING} ")
 
 _CLAIM_SHAPE = re.compile(r"^[0-9a-f]{64}:[A-Za-z0-9_.:-]{1,64}$")
 
